@@ -1,0 +1,1 @@
+"""HTTP layer: routers, schemas, problem+json errors. Knows nothing of autograd."""

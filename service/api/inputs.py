@@ -1,0 +1,128 @@
+"""Read an image request: ``multipart/form-data`` (file field ``image`` + option fields) or JSON (``image`` base64).
+
+Options arrive as strings (form) or JSON values; they are collected into a plain dict of lists/values and validated
+by a pydantic model per endpoint, so both encodings share one set of rules and one set of error messages.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from typing import Any, TypeVar
+
+from fastapi import Request
+from pydantic import BaseModel, ValidationError
+from starlette.datastructures import UploadFile
+
+from ..errors import BadOption, InvalidImage, InvalidOption, PayloadTooLarge, UnsupportedMediaType
+
+M = TypeVar("M", bound=BaseModel)
+MAX_JSON_DEPTH = 8
+
+
+def _list_fields(model: type[BaseModel]) -> set[str]:
+    """Fields that accept several values (repeatable form fields)."""
+    out = set()
+    for name, f in model.model_fields.items():
+        if getattr(f.annotation, "__origin__", None) is list or "list[" in str(f.annotation):
+            out.add(name)
+    return out
+
+
+async def read_image_request(request: Request, options_model: type[M], *, max_image_bytes: int) -> tuple[bytes, M]:
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype == "multipart/form-data":
+        data, raw = await _read_multipart(request, options_model)
+    elif ctype == "application/json" or ctype.endswith("+json"):
+        data, raw = await _read_json(request)
+    elif not ctype:
+        raise UnsupportedMediaType("missing Content-Type: send multipart/form-data (field 'image') or application/json ('image': base64)")
+    else:
+        raise UnsupportedMediaType(f"Content-Type {ctype!r} is not supported: send multipart/form-data (field 'image') or application/json ('image': base64)")
+    if len(data) > max_image_bytes:
+        raise PayloadTooLarge(f"image of {len(data)} bytes exceeds the limit of {max_image_bytes} bytes")
+    return data, parse_options(options_model, raw)
+
+
+def parse_options(options_model: type[M], raw: dict[str, Any]) -> M:
+    unknown = sorted(set(raw) - set(options_model.model_fields))
+    if unknown:
+        known = ", ".join(sorted(options_model.model_fields))
+        raise BadOption(f"unknown option(s): {', '.join(unknown)} (known: image, {known})",
+                        errors=[{"field": u, "message": "unknown option"} for u in unknown])
+    try:
+        return options_model.model_validate(raw)
+    except ValidationError as exc:
+        errors = [{"field": ".".join(str(p) for p in e["loc"]) or "options", "message": e["msg"]} for e in exc.errors()]
+        detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors[:5])
+        raise InvalidOption(detail, errors=errors) from None
+
+
+async def _read_multipart(request: Request, options_model: type[BaseModel]) -> tuple[bytes, dict[str, Any]]:
+    try:
+        form = await request.form(max_files=2, max_fields=64)
+    except Exception as exc:  # noqa: BLE001 - malformed multipart of any kind is the client's problem
+        if exc.__class__.__name__ == "BodyTooLarge":
+            raise
+        raise BadOption(f"malformed multipart body: {getattr(exc, 'detail', None) or exc}") from None
+    try:
+        files = [v for _, v in form.multi_items() if isinstance(v, UploadFile)]
+        image = form.get("image")
+        if not isinstance(image, UploadFile):
+            if isinstance(image, str):
+                raise BadOption("field 'image' must be a file upload (use -F image=@file in curl)")
+            raise BadOption("missing file field 'image'")
+        if len(files) > 1:
+            raise BadOption("send exactly one file, in field 'image'")
+        data = await image.read()
+        lists = _list_fields(options_model)
+        raw: dict[str, Any] = {}
+        for key, value in form.multi_items():
+            if key == "image":
+                continue
+            if isinstance(value, UploadFile):
+                raise BadOption(f"field {key!r} must be a plain form field, not a file")
+            if key in lists:
+                raw.setdefault(key, []).append(value)
+            elif key in raw:
+                raise BadOption(f"option {key!r} given more than once")
+            else:
+                raw[key] = value
+        return data, raw
+    finally:
+        await form.close()
+
+
+async def _read_json(request: Request) -> tuple[bytes, dict[str, Any]]:
+    body = await request.body()
+    try:
+        payload = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        raise BadOption(f"body is not valid JSON: {exc.__class__.__name__}") from None
+    if not isinstance(payload, dict):
+        raise BadOption("JSON body must be an object with an 'image' member")
+    if _depth(payload) > MAX_JSON_DEPTH:
+        raise BadOption(f"JSON body is nested deeper than {MAX_JSON_DEPTH} levels")
+    image = payload.pop("image", None)
+    if image is None:
+        raise BadOption("missing member 'image' (base64 of the image file)")
+    if not isinstance(image, str):
+        raise BadOption("member 'image' must be a base64 string")
+    if image.startswith("data:") and "," in image:
+        image = image.split(",", 1)[1]
+    try:
+        data = base64.b64decode(image, validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidImage("member 'image' is not valid base64") from None
+    return data, payload
+
+
+def _depth(obj: Any, level: int = 0) -> int:
+    if level > MAX_JSON_DEPTH:
+        return level
+    if isinstance(obj, dict):
+        return max((_depth(v, level + 1) for v in obj.values()), default=level + 1)
+    if isinstance(obj, list):
+        return max((_depth(v, level + 1) for v in obj), default=level + 1)
+    return level

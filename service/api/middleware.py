@@ -1,0 +1,137 @@
+"""Pure-ASGI middleware: request ids + access metrics + last-resort 500s, and the body-size limit.
+
+Pure ASGI (not BaseHTTPMiddleware) so streaming bodies are limited *before* they are read into memory and every
+response, including an unexpected 500, carries ``X-Request-ID``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+import uuid
+from typing import Any, Awaitable, Callable
+
+from ..metrics import Metrics
+
+Scope = dict[str, Any]
+Message = dict[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+log = logging.getLogger("xaas.access")
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+def _problem_bytes(status: int, title: str, detail: str, code: str) -> bytes:
+    return json.dumps({"type": f"https://xaas.dev/problems/{code}", "title": title, "status": status, "detail": detail}).encode()
+
+
+async def _send_problem(send: Send, status: int, title: str, detail: str, code: str, extra: list[tuple[bytes, bytes]] = []) -> None:
+    body = _problem_bytes(status, title, detail, code)
+    headers = [(b"content-type", b"application/problem+json"), (b"content-length", str(len(body)).encode()), *extra]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+class BodyLimitMiddleware:
+    """413 when ``Content-Length`` exceeds the limit (before reading), or when a chunked body grows past it."""
+
+    def __init__(self, app: ASGIApp, max_body_bytes: int):
+        self.app = app
+        self.max = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        for name, value in scope.get("headers", []):
+            if name == b"content-length":
+                try:
+                    declared = int(value)
+                except ValueError:
+                    return await _send_problem(send, 400, "Bad Request", "Content-Length is not an integer", "bad-request")
+                if declared > self.max:
+                    return await _send_problem(send, 413, "Payload too large",
+                                               f"request body of {declared} bytes exceeds the limit of {self.max} bytes", "payload-too-large",
+                                               [(b"connection", b"close")])
+        seen = 0
+        started = False
+
+        async def limited_receive() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max:
+                    raise BodyTooLarge()
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except BodyTooLarge:
+            if not started:
+                await _send_problem(send, 413, "Payload too large", f"request body exceeds the limit of {self.max} bytes",
+                                    "payload-too-large", [(b"connection", b"close")])
+
+
+class RequestContextMiddleware:
+    """Echo or mint ``X-Request-ID``, log one line per request, record route metrics, turn crashes into 500 problems."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics):
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        incoming = dict(scope.get("headers", [])).get(b"x-request-id", b"").decode("latin-1")
+        request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = request_id
+        status = 500
+        started = False
+        t0 = time.perf_counter()
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status, started
+            if message["type"] == "http.response.start":
+                started = True
+                status = message["status"]
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        except Exception:  # noqa: BLE001 - last resort: never a bare 500 page, never a dropped connection
+            log.exception("unhandled error", extra={"request_id": request_id})
+            if not started:
+                await _send_problem(send_with_id, 500, "Internal Server Error",
+                                    "an unexpected error occurred; quote the X-Request-ID when reporting it", "internal-error")
+        finally:
+            elapsed = time.perf_counter() - t0
+            route = _route_template(scope)
+            self.metrics.requests.labels(route, scope.get("method", ""), str(status)).inc()
+            self.metrics.latency.labels(route).observe(elapsed)
+            state = scope.get("state", {})
+            log.info("request", extra={
+                "request_id": request_id, "route": route, "http_method": scope.get("method"), "status": status,
+                "latency_ms": round(elapsed * 1000, 2), "model": state.get("model"), "method": state.get("xai_method"),
+                "batch_rows": state.get("batch_rows"),
+            })
+
+
+def _route_template(scope: Scope) -> str:
+    route = scope.get("route")
+    path = getattr(route, "path", None)
+    return path or "unmatched"

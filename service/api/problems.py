@@ -1,0 +1,62 @@
+"""RFC 9457 problem+json responses for every error path."""
+
+from __future__ import annotations
+
+import logging
+from http import HTTPStatus
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import JSONResponse
+
+from ..errors import XaasError
+
+PROBLEM_TYPE_BASE = "https://xaas.dev/problems/"
+PROBLEM_MEDIA_TYPE = "application/problem+json"
+
+log = logging.getLogger("xaas.api")
+
+
+def problem_response(status: int, detail: str, *, title: str | None = None, code: str | None = None,
+                     errors: list[dict[str, Any]] | None = None, headers: dict[str, str] | None = None) -> JSONResponse:
+    phrase = HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else "Error"
+    body: dict[str, Any] = {
+        "type": PROBLEM_TYPE_BASE + (code or phrase.lower().replace(" ", "-")),
+        "title": title or phrase,
+        "status": status,
+        "detail": detail,
+    }
+    if errors:
+        body["errors"] = errors
+    return JSONResponse(body, status_code=status, headers=headers, media_type=PROBLEM_MEDIA_TYPE)
+
+
+def from_error(exc: XaasError) -> JSONResponse:
+    return problem_response(exc.status, exc.detail, title=exc.title, code=exc.code, errors=exc.errors, headers=exc.headers)
+
+
+def _validation_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
+    out = []
+    for err in exc.errors():
+        loc = [str(p) for p in err.get("loc", ()) if p not in ("body", "query", "path")]
+        out.append({"field": ".".join(loc) or "request", "message": err.get("msg", "invalid")})
+    return out
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(XaasError)
+    async def _xaas(_: Request, exc: XaasError) -> JSONResponse:
+        return from_error(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = _validation_errors(exc)
+        detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors[:5])
+        return problem_response(422, detail, title="Invalid request", code="invalid-option", errors=errors)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        detail = exc.detail if isinstance(exc.detail, str) else HTTPStatus(exc.status_code).phrase
+        return problem_response(exc.status_code, detail, headers=getattr(exc, "headers", None))

@@ -1,0 +1,47 @@
+"""``create_app(settings)``: wires the runtime (registry + batchers), routers, middleware and error handlers."""
+
+from __future__ import annotations
+
+import logging
+from contextlib import asynccontextmanager
+from typing import AsyncIterator, Callable
+
+from fastapi import FastAPI
+
+from . import __version__
+from .api import problems
+from .api.middleware import BodyLimitMiddleware, RequestContextMiddleware
+from .api.routes import health, models, predict
+from .config import Settings
+from .metrics import Metrics
+from .runtime import Runtime
+
+log = logging.getLogger("xaas")
+
+DESCRIPTION = """Explanation-as-a-service for image models: predictions, heatmaps (Grad-CAM and friends) and boxes over
+HTTP. Errors are RFC 9457 `application/problem+json`; every response carries `X-Request-ID`."""
+
+
+def create_app(settings: Settings | None = None, *, runtime: Runtime | None = None,
+               on_load_failure: Callable[[str], None] | None = None) -> FastAPI:
+    settings = settings or Settings()
+    metrics = runtime.metrics if runtime else Metrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        rt = runtime or Runtime(settings, metrics=metrics)
+        app.state.runtime = rt
+        rt.start(on_failure=on_load_failure)
+        try:
+            yield
+        finally:
+            rt.stop()
+
+    app = FastAPI(title="xaas", version=__version__, description=DESCRIPTION, lifespan=lifespan)
+    problems.install(app)
+    for router in (health.router, models.router, predict.router):
+        app.include_router(router)
+    # Added last = outermost: the request id wraps everything, including 413s from the body limit.
+    app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestContextMiddleware, metrics=metrics)
+    return app

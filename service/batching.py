@@ -1,0 +1,285 @@
+"""DynamicBatcher: groups compatible jobs from many requests into one model pass, on one worker thread per model.
+
+A batch forms when ``max_batch_size`` rows of the same *key* wait or ``max_batch_delay_ms`` passed since the oldest
+of them arrived. Only jobs with equal keys share a pass (the key encodes the work: predict, or explain with one method
+and one parameter set), so every job gets exactly the answer it would get alone.
+
+The queue is bounded (``max_queue`` rows): a full queue raises ``QueueFull`` at once instead of growing memory. A job
+whose future was cancelled (client gone) or whose deadline passed is dropped before it costs model time. A failing
+batch is split in halves and retried, so one poisoned job fails alone and an out-of-memory batch shrinks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Callable, Hashable, Sequence
+
+from .errors import DeadlineExceeded, ModelExecutionError, QueueFull, ServiceUnavailable, XaasError
+
+log = logging.getLogger("xaas.batching")
+
+RunBatch = Callable[[Hashable, Sequence[Any]], Sequence[Any]]
+"""``run_batch(key, payloads) -> results``: one result (or an Exception instance) per payload, in order."""
+
+
+@dataclass
+class Job:
+    key: Hashable
+    payload: Any
+    size: int
+    deadline: float
+    enqueued: float = field(default_factory=time.monotonic)
+    future: concurrent.futures.Future = field(default_factory=concurrent.futures.Future)
+
+
+@dataclass
+class BatcherStats:
+    """Counters kept by the batcher itself (the metrics module reads them; tests assert on them)."""
+
+    batches: int = 0
+    jobs_run: int = 0
+    rows_run: int = 0
+    dropped_cancelled: int = 0
+    dropped_expired: int = 0
+    rejected_full: int = 0
+    splits: int = 0
+    batch_sizes: list[int] = field(default_factory=list)
+
+
+class DynamicBatcher:
+    """One model's queue and worker thread. Thread-safe ``submit``; ``run`` for asyncio callers."""
+
+    def __init__(
+        self,
+        name: str,
+        run_batch: RunBatch,
+        *,
+        max_batch_size: int = 16,
+        max_batch_delay_ms: float = 5.0,
+        max_queue: int = 256,
+        observer: "BatchObserver | None" = None,
+    ):
+        if max_batch_size < 1 or max_queue < 1 or max_batch_delay_ms < 0:
+            raise ValueError("max_batch_size and max_queue must be >= 1, max_batch_delay_ms >= 0")
+        self.name = name
+        self._run_batch = run_batch
+        self.max_batch_size = max_batch_size
+        self.max_batch_delay = max_batch_delay_ms / 1000.0
+        self.max_queue = max_queue
+        self.stats = BatcherStats()
+        self._observer = observer
+        self._queues: dict[Hashable, deque[Job]] = {}
+        self._queued_rows = 0
+        self._cond = threading.Condition()
+        self._accepting = True
+        self._stop_by: float | None = None
+        self._thread: threading.Thread | None = None
+        self._exclusive: deque[Callable[[], None]] = deque()
+
+    # -- lifecycle -------------------------------------------------------------------------------------------------
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, name=f"xaas-worker-{self.name}", daemon=True)
+            self._thread.start()
+
+    def stop(self, grace: float = 10.0) -> None:
+        """Stop accepting, finish queued work for up to ``grace`` seconds, fail the rest with 503, join the worker."""
+        with self._cond:
+            self._accepting = False
+            self._stop_by = time.monotonic() + grace
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout=grace + 5.0)
+        with self._cond:
+            leftovers = [job for q in self._queues.values() for job in q]
+            self._queues.clear()
+            self._queued_rows = 0
+        for job in leftovers:
+            _fail(job, ServiceUnavailable("the service is shutting down", headers={"Retry-After": "5"}))
+
+    @property
+    def queued_rows(self) -> int:
+        return self._queued_rows
+
+    @property
+    def accepting(self) -> bool:
+        return self._accepting
+
+    # -- submission ------------------------------------------------------------------------------------------------
+    def submit(self, key: Hashable, payload: Any, *, size: int = 1, timeout: float = 30.0) -> concurrent.futures.Future:
+        job = Job(key, payload, max(1, size), time.monotonic() + timeout)
+        with self._cond:
+            if not self._accepting:
+                raise ServiceUnavailable("the service is shutting down", headers={"Retry-After": "5"})
+            if self._queued_rows + job.size > self.max_queue and self._queued_rows > 0:
+                self.stats.rejected_full += 1
+                if self._observer:
+                    self._observer.rejected(self.name)
+                raise QueueFull(
+                    f"model '{self.name}' has {self._queued_rows} rows queued (limit {self.max_queue}); retry shortly",
+                    headers={"Retry-After": str(self.retry_after())},
+                )
+            self._queues.setdefault(key, deque()).append(job)
+            self._queued_rows += job.size
+            self._cond.notify_all()
+        if self._observer:
+            self._observer.queue_depth(self.name, self._queued_rows)
+        return job.future
+
+    async def run(self, key: Hashable, payload: Any, *, size: int = 1, timeout: float = 30.0) -> Any:
+        """Submit and await the result; cancellation of the caller cancels the job (it is dropped if still queued)."""
+        future = self.submit(key, payload, size=size, timeout=timeout)
+        try:
+            return await asyncio.wait_for(asyncio.wrap_future(future), timeout)
+        except asyncio.TimeoutError:
+            future.cancel()
+            raise DeadlineExceeded(f"the request did not finish within {timeout:g} s") from None
+
+    def retry_after(self) -> int:
+        """Seconds a rejected client should wait: roughly the time to drain the current queue, at least 1."""
+        recent = self.stats.batch_sizes[-20:]
+        per_batch = max(1, sum(recent) // len(recent)) if recent else self.max_batch_size
+        return max(1, min(30, round(self._queued_rows / per_batch * 0.1)))
+
+    def call_exclusive(self, fn: Callable[[], None]) -> None:
+        """Run ``fn`` on the worker thread between batches (for background jobs that must own the model briefly)."""
+        with self._cond:
+            self._exclusive.append(fn)
+            self._cond.notify_all()
+
+    # -- worker ----------------------------------------------------------------------------------------------------
+    def _loop(self) -> None:
+        while True:
+            batch, exclusive = self._next_batch()
+            if exclusive is not None:
+                try:
+                    exclusive()
+                except Exception:  # noqa: BLE001 - a background task must not kill the worker
+                    log.exception("exclusive task failed on worker %s", self.name)
+                continue
+            if batch is None:
+                return
+            self._execute(batch)
+
+    def _next_batch(self) -> tuple[list[Job] | None, Callable[[], None] | None]:
+        with self._cond:
+            while True:
+                if self._exclusive and not self._queued_rows:
+                    return None, self._exclusive.popleft()
+                if self._stop_by is not None and (not self._queued_rows or time.monotonic() > self._stop_by):
+                    return None, None
+                if self._queued_rows:
+                    break
+                self._cond.wait()
+            key = min(self._queues, key=lambda k: self._queues[k][0].enqueued)
+            queue = self._queues[key]
+            flush_at = queue[0].enqueued + self.max_batch_delay
+            while sum(j.size for j in queue) < self.max_batch_size and self._accepting:
+                remaining = flush_at - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._cond.wait(remaining)
+            batch: list[Job] = []
+            rows = 0
+            while queue and (not batch or rows + queue[0].size <= self.max_batch_size):
+                job = queue.popleft()
+                batch.append(job)
+                rows += job.size
+            if not queue:
+                del self._queues[key]
+            self._queued_rows -= rows
+        if self._observer:
+            self._observer.queue_depth(self.name, self._queued_rows)
+        return batch, None
+
+    def _execute(self, jobs: list[Job]) -> None:
+        now = time.monotonic()
+        live: list[Job] = []
+        for job in jobs:
+            if job.deadline <= now:
+                self.stats.dropped_expired += 1
+                _fail(job, DeadlineExceeded("the request's deadline passed while it was queued"))
+            elif not job.future.set_running_or_notify_cancel():
+                self.stats.dropped_cancelled += 1
+            else:
+                live.append(job)
+        if not live:
+            return
+        if self._observer:
+            for job in live:
+                self._observer.queue_wait(self.name, now - job.enqueued)
+        self._run(live)
+
+    def _run(self, jobs: list[Job]) -> None:
+        rows = sum(j.size for j in jobs)
+        t0 = time.perf_counter()
+        try:
+            results = self._run_batch(jobs[0].key, [j.payload for j in jobs])
+            if len(results) != len(jobs):
+                raise RuntimeError(f"run_batch returned {len(results)} results for {len(jobs)} jobs")
+        except Exception as exc:  # noqa: BLE001 - isolate failures: split and retry, then fail only the culprit
+            if len(jobs) > 1:
+                self.stats.splits += 1
+                log.warning("batch of %d jobs on %s failed (%s); splitting", len(jobs), self.name, exc.__class__.__name__)
+                half = len(jobs) // 2
+                self._run(jobs[:half])
+                self._run(jobs[half:])
+                return
+            if _is_oom(exc):
+                _free_cuda_cache()
+                _fail(jobs[0], ServiceUnavailable("the model ran out of memory on this request", headers={"Retry-After": "5"}))
+            elif isinstance(exc, XaasError):
+                _fail(jobs[0], exc)
+            else:
+                log.exception("job failed on model %s", self.name)
+                _fail(jobs[0], ModelExecutionError(f"the model failed on this request ({exc.__class__.__name__})"))
+            return
+        elapsed = time.perf_counter() - t0
+        self.stats.batches += 1
+        self.stats.jobs_run += len(jobs)
+        self.stats.rows_run += rows
+        self.stats.batch_sizes.append(rows)
+        del self.stats.batch_sizes[:-1000]
+        if self._observer:
+            self._observer.batch(self.name, rows, elapsed)
+        for job, result in zip(jobs, results):
+            if isinstance(result, BaseException):
+                _fail(job, result)
+            elif not job.future.done():
+                job.future.set_result(result)
+
+
+class BatchObserver:
+    """Receives batching events (the metrics module implements it); methods must be cheap and never raise."""
+
+    def queue_depth(self, model: str, rows: int) -> None: ...
+    def queue_wait(self, model: str, seconds: float) -> None: ...
+    def batch(self, model: str, rows: int, seconds: float) -> None: ...
+    def rejected(self, model: str) -> None: ...
+
+
+def _fail(job: Job, exc: BaseException) -> None:
+    if not job.future.done():
+        try:
+            job.future.set_exception(exc)
+        except concurrent.futures.InvalidStateError:
+            pass
+
+
+def _is_oom(exc: BaseException) -> bool:
+    import torch
+
+    return isinstance(exc, torch.cuda.OutOfMemoryError) or (isinstance(exc, RuntimeError) and "out of memory" in str(exc))
+
+
+def _free_cuda_cache() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

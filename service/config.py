@@ -1,0 +1,45 @@
+"""Typed settings, read from ``XAAS_*`` environment variables (and an optional ``.env``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+DEFAULT_MODELS_FILE = PACKAGE_DIR / "models.yaml"
+
+
+class Settings(BaseSettings):
+    """Service settings. Every field can be set as ``XAAS_<FIELD>`` (e.g. ``XAAS_PORT=9000``)."""
+
+    model_config = SettingsConfigDict(env_prefix="XAAS_", env_file=".env", extra="ignore")
+
+    host: str = Field("127.0.0.1", description="Interface to bind.")
+    port: int = Field(8000, ge=1, le=65535, description="TCP port.")
+    models: Path = Field(DEFAULT_MODELS_FILE, description="Path of the model registry (models.yaml).")
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="Device policy for models whose entry says `device: auto`: auto → cuda when available."
+    )
+
+    # Input limits: checked before any expensive work.
+    max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024, description="Largest accepted request body (bytes).")
+    max_pixels: int = Field(40_000_000, ge=1, description="Largest decoded image (width × height): decompression bombs.")
+    max_frames: int = Field(1000, ge=1, description="Most frames a DICOM/GIF/TIFF may declare.")
+    max_targets: int = Field(20, ge=1, description="Most targets (explicit or top_k) in one request.")
+
+    # Batching defaults (each model may override them in models.yaml).
+    max_batch_size: int = Field(16, ge=1, le=1024, description="Most jobs run in one model pass.")
+    max_batch_delay_ms: float = Field(5.0, ge=0, le=10_000, description="How long the first job of a batch waits for company.")
+    max_queue: int = Field(256, ge=1, description="Jobs waiting per model before new ones get 429.")
+    request_timeout: float = Field(30.0, gt=0, description="Deadline of one request in seconds (504 past it).")
+    shutdown_grace: float = Field(20.0, ge=0, description="Seconds to finish queued work on shutdown.")
+
+    workers_threads: int = Field(4, ge=1, le=64, description="Thread pool for decoding and rendering.")
+    log_level: str = Field("info", description="Logging level.")
+
+
+def get_settings() -> Settings:
+    return Settings()

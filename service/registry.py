@@ -1,0 +1,303 @@
+"""Model registry: ``models.yaml`` → validated ``ModelSpec`` → warm ``LoadedModel``.
+
+A broken entry fails with one line naming the entry and the field (``ConfigError``), never a long traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from torch import nn
+
+from .errors import ConfigError, NotFound, ServiceUnavailable
+from .loaders import build_module, resolve_path
+
+log = logging.getLogger("xaas.registry")
+
+
+class BatchingSpec(BaseModel):
+    """Per-model overrides of the global batching settings."""
+
+    model_config = ConfigDict(extra="forbid")
+    max_batch_size: int | None = Field(None, ge=1, le=1024)
+    max_batch_delay_ms: float | None = Field(None, ge=0, le=10_000)
+    max_queue: int | None = Field(None, ge=1)
+
+
+class ModelSpec(BaseModel):
+    """One entry of ``models.yaml``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+    source: str
+    weights: str | None = None
+    args: dict[str, Any] = Field(default_factory=dict)
+    labels: list[str] | str | None = None
+    num_classes: int | None = Field(None, ge=1)
+    task: Literal["multiclass", "multilabel"] = "multiclass"
+    input_size: tuple[int, int] = (224, 224)
+    mean: list[float] = Field(default_factory=lambda: [0.485, 0.456, 0.406])
+    std: list[float] = Field(default_factory=lambda: [0.229, 0.224, 0.225])
+    channels: Literal[1, 3] = 3
+    target_layer: str | None = None
+    device: str = "auto"
+    default: bool = False
+    enabled: bool = True
+    localize_threshold: float | None = Field(None, gt=0, lt=1)
+    batching: BatchingSpec = Field(default_factory=BatchingSpec)
+
+    @field_validator("input_size")
+    @classmethod
+    def _size(cls, v: tuple[int, int]) -> tuple[int, int]:
+        if not all(8 <= s <= 4096 for s in v):
+            raise ValueError("each side must be between 8 and 4096 pixels")
+        return v
+
+    @field_validator("source")
+    @classmethod
+    def _source(cls, v: str) -> str:
+        kind, _, rest = v.partition(":")
+        if kind not in ("torchvision", "torchscript", "python") or not rest:
+            raise ValueError("expected 'torchvision:<arch>', 'torchscript:<path>' or 'python:<module>:<factory>'")
+        return v
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        if v in ("auto", "cpu", "cuda") or (v.startswith("cuda:") and v[5:].isdigit()):
+            return v
+        raise ValueError("expected auto, cpu, cuda or cuda:N")
+
+    @field_validator("std")
+    @classmethod
+    def _std(cls, v: list[float]) -> list[float]:
+        if any(s <= 0 for s in v):
+            raise ValueError("std values must be > 0")
+        return v
+
+    @model_validator(mode="after")
+    def _norm_len(self) -> "ModelSpec":
+        for name in ("mean", "std"):
+            if len(getattr(self, name)) not in (1, self.channels):
+                raise ValueError(f"{name} needs 1 or {self.channels} values (channels={self.channels})")
+        return self
+
+
+@dataclass
+class LoadedModel:
+    """A warm model: the module on its device plus everything needed to feed and read it."""
+
+    spec: ModelSpec
+    module: nn.Module
+    device: torch.device
+    labels: list[str]
+    target_layer: str
+    load_seconds: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def task(self) -> str:
+        return self.spec.task
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.labels)
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return (self.spec.channels, *self.spec.input_size)
+
+    def class_index(self, target: int | str) -> int:
+        """Resolve a class index or label; raises ``InvalidOption`` naming the bad target."""
+        from .errors import InvalidOption
+
+        if isinstance(target, int) or (isinstance(target, str) and target.strip().lstrip("-").isdigit()):
+            idx = int(target)
+            if not 0 <= idx < self.num_classes:
+                raise InvalidOption(f"target {idx} is out of range: model '{self.name}' has classes 0..{self.num_classes - 1}")
+            return idx
+        try:
+            return self.labels.index(target)
+        except ValueError:
+            hint = ", ".join(self.labels[:10]) + (" ..." if self.num_classes > 10 else "")
+            raise InvalidOption(f"target {target!r} is not a label of model '{self.name}' (labels: {hint})") from None
+
+
+def read_registry_file(path: Path) -> list[ModelSpec]:
+    """Parse and validate ``models.yaml``; disabled entries are dropped. Raises ``ConfigError``."""
+    try:
+        raw = yaml.safe_load(Path(path).read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: models file not found (set XAAS_MODELS or --models)") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from None
+    if not isinstance(raw, dict) or not isinstance(raw.get("models"), list):
+        raise ConfigError(f"{path}: expected a top-level 'models:' list")
+    specs: list[ModelSpec] = []
+    for i, entry in enumerate(raw["models"]):
+        label = f"{path}: models[{i}]" + (f" ({entry.get('name')!r})" if isinstance(entry, dict) and entry.get("name") else "")
+        if not isinstance(entry, dict):
+            raise ConfigError(f"{label}: expected a mapping")
+        try:
+            spec = ModelSpec.model_validate(entry)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            where = ".".join(str(p) for p in err["loc"]) or "entry"
+            raise ConfigError(f"{label}, field '{where}': {err['msg']}") from None
+        if spec.enabled:
+            specs.append(spec)
+    names = [s.name for s in specs]
+    dupes = {n for n in names if names.count(n) > 1}
+    if dupes:
+        raise ConfigError(f"{path}: duplicate model name(s): {', '.join(sorted(dupes))}")
+    if not specs:
+        raise ConfigError(f"{path}: no enabled model")
+    if sum(s.default for s in specs) > 1:
+        raise ConfigError(f"{path}: more than one model has 'default: true'")
+    return specs
+
+
+def resolve_device(requested: str, policy: str) -> torch.device:
+    if policy == "cpu":
+        return torch.device("cpu")
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(requested)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"field 'device': {requested} requested but CUDA is not available")
+    return dev
+
+
+def read_labels(spec: ModelSpec, base_dir: Path) -> list[str] | None:
+    if spec.labels is None:
+        return None
+    if isinstance(spec.labels, list):
+        return [str(x) for x in spec.labels]
+    path = resolve_path(spec.labels, base_dir, "labels")
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".json":
+        import json
+
+        data = json.loads(text)
+        data = data.get("classes", data) if isinstance(data, dict) else data
+        return [str(x) for x in data]
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def load_model(spec: ModelSpec, *, base_dir: Path, device_policy: str = "auto") -> LoadedModel:
+    """Build, freeze, move and warm up one model. Raises ``ConfigError`` prefixed with the model name."""
+    t0 = time.perf_counter()
+    try:
+        device = resolve_device(spec.device, device_policy)
+        labels = read_labels(spec, base_dir)
+        if labels is not None and spec.num_classes is not None and len(labels) != spec.num_classes:
+            raise ConfigError(f"field 'labels': {len(labels)} labels but num_classes is {spec.num_classes}")
+        num_classes = spec.num_classes or (len(labels) if labels else None)
+        module = build_module(spec.source, spec.weights, spec.args, num_classes=num_classes, base_dir=base_dir)
+        module.eval()
+        for p in module.parameters():
+            p.requires_grad_(False)
+        module.to(device)
+        out_classes = _warm_up(module, spec, device)
+        if num_classes is not None and out_classes != num_classes:
+            raise ConfigError(f"field 'num_classes': the model outputs {out_classes} classes, the entry says {num_classes}")
+        if labels is None:
+            labels = [str(i) for i in range(out_classes)]
+        target_layer = _target_layer(module, spec)
+    except ConfigError as exc:
+        raise ConfigError(f"model '{spec.name}': {exc}") from None
+    return LoadedModel(spec, module, device, labels, target_layer, load_seconds=time.perf_counter() - t0)
+
+
+def _warm_up(module: nn.Module, spec: ModelSpec, device: torch.device) -> int:
+    dummy = torch.zeros(2, spec.channels, *spec.input_size, device=device)
+    try:
+        with torch.inference_mode():
+            out = module(dummy)
+    except Exception as exc:  # noqa: BLE001
+        raise ConfigError(f"field 'input_size': warm-up forward pass on {tuple(dummy.shape)} failed: {exc}") from None
+    if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[0] != 2:
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ConfigError(f"field 'source': the model must return logits [batch, classes], got {shape}")
+    return int(out.shape[1])
+
+
+def _target_layer(module: nn.Module, spec: ModelSpec) -> str:
+    from .engine import find_target_layer, spatial_layers
+
+    if spec.target_layer is None:
+        return find_target_layer(module, (spec.channels, *spec.input_size))
+    valid = spatial_layers(module, (spec.channels, *spec.input_size))
+    if spec.target_layer not in valid:
+        raise ConfigError(f"field 'target_layer': {spec.target_layer!r} is not a layer with a spatial output (e.g. {', '.join(valid[-5:])})")
+    return spec.target_layer
+
+
+class ModelRegistry:
+    """The set of warm models, loaded once at start-up; read-only afterwards (so no lock on lookups)."""
+
+    def __init__(self, specs: list[ModelSpec], *, base_dir: Path, device_policy: str = "auto"):
+        self.specs = specs
+        self.base_dir = base_dir
+        self.device_policy = device_policy
+        self._models: dict[str, LoadedModel] = {}
+        self.state: Literal["loading", "ready", "failed"] = "loading"
+        self.error: str | None = None
+        self._ready = threading.Event()
+        self.default_name = next((s.name for s in specs if s.default), specs[0].name)
+
+    @classmethod
+    def from_file(cls, path: Path, *, device_policy: str = "auto") -> "ModelRegistry":
+        path = Path(path).resolve()
+        return cls(read_registry_file(path), base_dir=path.parent, device_policy=device_policy)
+
+    def load_all(self) -> None:
+        """Load every model; on failure record the one-line reason and re-raise ``ConfigError``."""
+        try:
+            for spec in self.specs:
+                model = load_model(spec, base_dir=self.base_dir, device_policy=self.device_policy)
+                self._models[spec.name] = model
+                log.info("model loaded", extra={"model": spec.name, "device": str(model.device), "seconds": round(model.load_seconds, 3)})
+        except ConfigError as exc:
+            self.state, self.error = "failed", str(exc)
+            raise
+        except Exception as exc:  # noqa: BLE001 - unexpected failure still gets a one-line reason
+            self.state, self.error = "failed", f"{exc.__class__.__name__}: {exc}"
+            raise ConfigError(self.error) from exc
+        self.state = "ready"
+        self._ready.set()
+
+    def wait_ready(self, timeout: float | None = None) -> bool:
+        return self._ready.wait(timeout)
+
+    @property
+    def ready(self) -> bool:
+        return self.state == "ready"
+
+    def names(self) -> list[str]:
+        return [s.name for s in self.specs]
+
+    def get(self, name: str | None) -> LoadedModel:
+        name = name or self.default_name
+        if name not in self.names():
+            raise NotFound(f"unknown model {name!r}; available: {', '.join(self.names())}")
+        model = self._models.get(name)
+        if model is None:
+            raise ServiceUnavailable(f"model {name!r} is not loaded yet", headers={"Retry-After": "5"})
+        return model
+
+    def loaded(self) -> list[LoadedModel]:
+        return [self._models[n] for n in self.names() if n in self._models]

@@ -1,0 +1,138 @@
+"""The service core without HTTP: registry + one DynamicBatcher per model + a thread pool for decoding/rendering."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Callable, TypeVar
+
+from .batching import DynamicBatcher
+from .config import Settings
+from .errors import ConfigError, InvalidOption, ServiceUnavailable
+from .imaging import DecodedImage, ImageLimits, decode_image, to_model_input
+from .inference import PredictJob, PredictResult, run_jobs
+from .metrics import Metrics
+from .registry import LoadedModel, ModelRegistry
+
+log = logging.getLogger("xaas.runtime")
+T = TypeVar("T")
+
+
+class Runtime:
+    """Owns the models and their workers. ``start`` loads in a background thread so liveness answers meanwhile."""
+
+    def __init__(self, settings: Settings, registry: ModelRegistry | None = None, metrics: Metrics | None = None):
+        self.settings = settings
+        self.registry = registry or ModelRegistry.from_file(Path(settings.models), device_policy=settings.device)
+        self.metrics = metrics or Metrics()
+        self.batchers: dict[str, DynamicBatcher] = {}
+        self.executor = ThreadPoolExecutor(max_workers=settings.workers_threads, thread_name_prefix="xaas-io")
+        self.limits = ImageLimits(max_pixels=settings.max_pixels, max_frames=settings.max_frames)
+        self.shutting_down = False
+        self._loader: threading.Thread | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------------------------------
+    def start(self, on_failure: Callable[[str], None] | None = None) -> None:
+        def load() -> None:
+            try:
+                self.registry.load_all()
+            except ConfigError as exc:
+                log.error("model registry failed to load: %s", exc)
+                if on_failure:
+                    on_failure(str(exc))
+                return
+            for model in self.registry.loaded():
+                self.batchers[model.name] = self._make_batcher(model)
+                self.metrics.model_ready.labels(model.name).set(1)
+
+        self._loader = threading.Thread(target=load, name="xaas-loader", daemon=True)
+        self._loader.start()
+
+    def wait_loaded(self, timeout: float | None = None) -> bool:
+        if self._loader is not None:
+            self._loader.join(timeout)
+        return self.ready
+
+    @property
+    def ready(self) -> bool:
+        return self.registry.ready and len(self.batchers) == len(self.registry.specs) and not self.shutting_down
+
+    def stop(self) -> None:
+        """Drain: refuse new work, let each worker finish its queue within the grace period."""
+        self.shutting_down = True
+        grace = self.settings.shutdown_grace
+        threads = [threading.Thread(target=b.stop, args=(grace,)) for b in self.batchers.values()]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
+    def _make_batcher(self, model: LoadedModel) -> DynamicBatcher:
+        b = model.spec.batching
+        s = self.settings
+        batcher = DynamicBatcher(
+            model.name,
+            functools.partial(run_jobs, model),
+            max_batch_size=b.max_batch_size or s.max_batch_size,
+            max_batch_delay_ms=b.max_batch_delay_ms if b.max_batch_delay_ms is not None else s.max_batch_delay_ms,
+            max_queue=b.max_queue or s.max_queue,
+            observer=self.metrics,
+        )
+        batcher.start()
+        return batcher
+
+    # -- operations ------------------------------------------------------------------------------------------------
+    def model(self, name: str | None) -> LoadedModel:
+        if self.shutting_down:
+            raise ServiceUnavailable("the service is shutting down", headers={"Retry-After": "5"})
+        return self.registry.get(name)
+
+    def batcher(self, model: LoadedModel) -> DynamicBatcher:
+        try:
+            return self.batchers[model.name]
+        except KeyError:
+            raise ServiceUnavailable(f"model {model.name!r} is not ready yet", headers={"Retry-After": "5"}) from None
+
+    def resolve_targets(self, model: LoadedModel, targets: list[int | str]) -> list[int]:
+        """Class indices for explicit targets (labels or indices), de-duplicated in order; 422 names a bad one."""
+        out: list[int] = []
+        for t in targets:
+            idx = model.class_index(t)
+            if idx not in out:
+                out.append(idx)
+        if len(out) > self.settings.max_targets:
+            raise InvalidOption(f"{len(out)} targets requested; the limit is {self.settings.max_targets} (XAAS_MAX_TARGETS)")
+        return out
+
+    def timeout(self, requested: float | None) -> float:
+        """A request may shorten, never extend, the server's deadline."""
+        limit = self.settings.request_timeout
+        return min(requested, limit) if requested else limit
+
+    def methods_for(self, model: LoadedModel) -> list[str]:
+        return list(model.extra.get("methods", []))
+
+    async def in_thread(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.executor, functools.partial(fn, *args, **kwargs))
+
+    async def load_image(self, model: LoadedModel, data: bytes, *, frame: int | None = None) -> tuple[DecodedImage, Any]:
+        """Decode and preprocess in the thread pool; returns the decoded image and the model input tensor."""
+
+        def work() -> tuple[DecodedImage, Any]:
+            image = decode_image(data, self.limits, frame=frame)
+            spec = model.spec
+            tensor = to_model_input(image, input_size=spec.input_size, channels=spec.channels, mean=spec.mean, std=spec.std)
+            return image, tensor
+
+        return await self.in_thread(work)
+
+    async def predict(self, model: LoadedModel, inputs: Any, *, timeout: float | None = None) -> PredictResult:
+        job = PredictJob(inputs)
+        return await self.batcher(model).run(job.batch_key, job, timeout=timeout or self.settings.request_timeout)
+

@@ -1,0 +1,60 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tests.support import ROOT
+
+
+def test_health_ready_and_request_ids(client):
+    r = client.get("/healthz")
+    assert r.status_code == 200 and r.json() == {"status": "ok"}
+    assert len(r.headers["x-request-id"]) == 32
+    ready = client.get("/readyz", headers={"X-Request-ID": "ok-1"})
+    assert ready.status_code == 200 and ready.json()["status"] == "ready"
+    assert ready.json()["models"] == {"demo": "loaded"}
+    assert ready.headers["x-request-id"] == "ok-1"
+    # a hostile request id is replaced, not echoed
+    assert client.get("/healthz", headers={"X-Request-ID": "a\tb" * 100}).headers["x-request-id"] != "a\tb" * 100
+
+
+def test_models_list_and_detail(client):
+    models = client.get("/models").json()["models"]
+    assert len(models) == 1
+    m = models[0]
+    assert m["name"] == "demo" and m["default"] is True and m["task"] == "multilabel"
+    assert m["num_classes"] == 6 and m["input_size"] == [128, 128] and m["device"] == "cpu"
+    assert m["target_layer"]
+    detail = client.get("/models/demo").json()
+    assert detail["labels"] == ["circle", "square", "triangle", "cross", "ring", "star"]
+    missing = client.get("/models/resnet50")
+    assert missing.status_code == 404 and "available: demo" in missing.json()["detail"]
+
+
+def test_metrics_exposes_requests_and_batches(client, demo_sample):
+    client.post("/predict", files={"image": ("x.png", demo_sample[0])})
+    text = client.get("/metrics").text
+    assert 'xaas_requests_total{method="POST",route="/predict",status="200"}' in text
+    assert 'xaas_batch_rows_count{model="demo"}' in text
+    assert 'xaas_model_ready{model="demo"} 1.0' in text
+
+
+def test_readyz_is_503_until_loaded_and_reports_failures(tmp_path):
+    from tests.support import make_client
+
+    bad = tmp_path / "models.yaml"
+    bad.write_text("models:\n  - name: broken\n    source: torchvision:resnet18\n    weights: missing.pth\n")
+    with make_client(models=bad) as c:
+        c.app.state.runtime.wait_loaded(30)
+        r = c.get("/readyz")
+        assert r.status_code == 503 and r.headers["retry-after"]
+        assert r.json()["status"] == "failed" and "field 'weights'" in r.json()["detail"]
+        p = c.post("/predict", json={"image": "AAAA"})
+        assert p.status_code == 503 and p.headers["content-type"].startswith("application/problem+json")
+
+
+def test_openapi_document_is_in_sync():
+    from service.openapi import export_openapi
+
+    committed = (ROOT / "openapi" / "openapi.json").read_text()
+    assert json.loads(committed) == json.loads(export_openapi()), "openapi/openapi.json drifted: run `xaas export-openapi`"
