@@ -8,7 +8,9 @@ at the end of the batch.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Hashable, Sequence
+from typing import Any, Hashable, Sequence
+
+import numpy as np
 
 import torch
 
@@ -44,9 +46,67 @@ def run_predict(model: LoadedModel, jobs: Sequence[PredictJob]) -> list[PredictR
     return [PredictResult(probs[i], logits[i]) for i in range(len(jobs))]
 
 
+@dataclass(frozen=True)
+class ExplainJob:
+    """Heatmaps for one preprocessed image: explicit ``targets`` or, when empty, its ``top_k`` classes."""
+
+    inputs: torch.Tensor
+    method: str
+    params: tuple[tuple[str, Any], ...]  # validated, sorted: part of the batch key
+    layer: str | None
+    targets: tuple[int, ...] = ()
+    top_k: int = 1
+
+    @property
+    def batch_key(self) -> Hashable:
+        # Only jobs with the same method, parameters and layer may share a pass.
+        return ("explain", self.method, self.params, self.layer)
+
+    @property
+    def rows(self) -> int:
+        return len(self.targets) or self.top_k
+
+
+@dataclass
+class TargetMap:
+    index: int
+    score: float
+    heatmap: np.ndarray  # [h, w] float32, native resolution, raw
+
+
+def run_explain(model: LoadedModel, jobs: Sequence[ExplainJob]) -> list[list[TargetMap]]:
+    """One forward for scores (and top-k targets), then one batched explanation over every (image, target) row."""
+    from .engine import get_method
+
+    first = jobs[0]
+    method = get_method(first.method)
+    x = torch.stack([job.inputs for job in jobs]).to(model.device, non_blocking=True)
+    with torch.inference_mode():
+        probs = scores_from_logits(model.module(x).float(), model.task)
+    row_image: list[int] = []
+    row_target: list[int] = []
+    for i, job in enumerate(jobs):
+        targets = list(job.targets) or probs[i].topk(min(job.top_k, probs.shape[1])).indices.tolist()
+        row_image += [i] * len(targets)
+        row_target += targets
+    rows_x = x[torch.tensor(row_image, device=x.device)]
+    rows_t = torch.tensor(row_target, device=x.device)
+    layer = (first.layer or model.target_layer) if method.uses_layer else None
+    maps = method.explain(model.module, rows_x, rows_t, layer=layer, task=model.task,
+                          input_range=model.input_range, **dict(first.params))
+    maps = maps.detach().float().cpu().numpy()
+    row_scores = probs[torch.tensor(row_image, device=x.device), rows_t].float().cpu().tolist()
+    results: list[list[TargetMap]] = [[] for _ in jobs]
+    for r, (i, t) in enumerate(zip(row_image, row_target)):
+        results[i].append(TargetMap(t, row_scores[r], maps[r]))
+    return results
+
+
 def run_jobs(model: LoadedModel, key: Hashable, jobs: Sequence[object]) -> list[object]:
     """Dispatch a same-key batch to its runner (the batcher's ``run_batch`` for one model)."""
     kind = key[0] if isinstance(key, tuple) else key
     if kind == "predict":
         return run_predict(model, jobs)  # type: ignore[arg-type]
+    if kind == "explain":
+        return run_explain(model, jobs)  # type: ignore[arg-type]
     raise ValueError(f"unknown job kind {kind!r}")

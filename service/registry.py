@@ -117,6 +117,14 @@ class LoadedModel:
         return len(self.labels)
 
     @property
+    def input_range(self) -> tuple[list[float], list[float]]:
+        """Per-channel values that pixel intensities 0 and 1 take after normalisation (for baselines)."""
+        c = self.spec.channels
+        mean = self.spec.mean * (c if len(self.spec.mean) == 1 else 1)
+        std = self.spec.std * (c if len(self.spec.std) == 1 else 1)
+        return [-m / s for m, s in zip(mean, std)], [(1 - m) / s for m, s in zip(mean, std)]
+
+    @property
     def input_shape(self) -> tuple[int, int, int]:
         return (self.spec.channels, *self.spec.input_size)
 
@@ -217,9 +225,26 @@ def load_model(spec: ModelSpec, *, base_dir: Path, device_policy: str = "auto") 
         if labels is None:
             labels = [str(i) for i in range(out_classes)]
         target_layer = _target_layer(module, spec)
+        extra = _capabilities(module, spec, target_layer)
     except ConfigError as exc:
         raise ConfigError(f"model '{spec.name}': {exc}") from None
-    return LoadedModel(spec, module, device, labels, target_layer, load_seconds=time.perf_counter() - t0)
+    return LoadedModel(spec, module, device, labels, target_layer, load_seconds=time.perf_counter() - t0, extra=extra)
+
+
+def _capabilities(module: nn.Module, spec: ModelSpec, target_layer: str) -> dict[str, Any]:
+    """What the HTTP layer validates against without touching the model: usable methods and valid layers."""
+    from .engine import METHODS, spatial_layers
+    from .errors import InvalidOption
+
+    shape = (spec.channels, *spec.input_size)
+    methods: dict[str, str | None] = {}
+    for name, method in METHODS.items():
+        try:
+            method.check_model(module, shape, layer=target_layer, task=spec.task)
+            methods[name] = None
+        except InvalidOption as exc:
+            methods[name] = exc.detail
+    return {"methods": methods, "layers": spatial_layers(module, shape)}
 
 
 def _warm_up(module: nn.Module, spec: ModelSpec, device: torch.device) -> int:

@@ -14,7 +14,7 @@ from .batching import DynamicBatcher
 from .config import Settings
 from .errors import ConfigError, InvalidOption, ServiceUnavailable
 from .imaging import DecodedImage, ImageLimits, decode_image, to_model_input
-from .inference import PredictJob, PredictResult, run_jobs
+from .inference import ExplainJob, PredictJob, PredictResult, TargetMap, run_jobs
 from .metrics import Metrics
 from .registry import LoadedModel, ModelRegistry
 
@@ -115,7 +115,18 @@ class Runtime:
         return min(requested, limit) if requested else limit
 
     def methods_for(self, model: LoadedModel) -> list[str]:
-        return list(model.extra.get("methods", []))
+        return [name for name, reason in model.extra.get("methods", {}).items() if reason is None]
+
+    def check_explainable(self, model: LoadedModel, method: str, layer: str | None) -> None:
+        """Refuse, before any model work, a method this model cannot serve or a layer it does not have."""
+        reason = model.extra.get("methods", {}).get(method)
+        if reason is not None and layer is None:
+            raise InvalidOption(f"method '{method}' cannot explain model '{model.name}': {reason}")
+        if layer is not None and layer not in model.extra.get("layers", []):
+            valid = model.extra.get("layers", [])
+            shown = ", ".join(valid[-12:]) + (f" (and {len(valid) - 12} earlier ones)" if len(valid) > 12 else "")
+            raise InvalidOption(f"unknown layer {layer!r} for model '{model.name}'; layers with a spatial output: {shown}",
+                                errors=[{"field": "layer", "message": "not a layer with a spatial output"}])
 
     async def in_thread(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         loop = asyncio.get_running_loop()
@@ -131,6 +142,12 @@ class Runtime:
             return image, tensor
 
         return await self.in_thread(work)
+
+    async def explain(self, model: LoadedModel, inputs: Any, *, method: str, params: dict[str, Any], layer: str | None,
+                      targets: list[int], top_k: int, timeout: float | None = None) -> list[TargetMap]:
+        job = ExplainJob(inputs, method, tuple(sorted(params.items())), layer, tuple(targets), top_k)
+        return await self.batcher(model).run(job.batch_key, job, size=job.rows,
+                                             timeout=timeout or self.settings.request_timeout)
 
     async def predict(self, model: LoadedModel, inputs: Any, *, timeout: float | None = None) -> PredictResult:
         job = PredictJob(inputs)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from typing import Any, TypeVar
+from typing import Any, Callable, TypeVar
 
 from fastapi import Request
 from pydantic import BaseModel, ValidationError
@@ -30,7 +30,11 @@ def _list_fields(model: type[BaseModel]) -> set[str]:
     return out
 
 
-async def read_image_request(request: Request, options_model: type[M], *, max_image_bytes: int) -> tuple[bytes, M]:
+async def read_image_request(request: Request, options_model: type[M], *, max_image_bytes: int,
+                             extra_names: frozenset[str] | Callable[[dict[str, Any]], frozenset[str]] = frozenset()
+                             ) -> tuple[bytes, M, dict[str, Any]]:
+    """Body → (image bytes, validated options, extra options). ``extra_names`` are accepted besides the model's
+    fields (an explanation method's own parameters) and returned raw for their own validator."""
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype == "multipart/form-data":
         data, raw = await _read_multipart(request, options_model)
@@ -42,13 +46,15 @@ async def read_image_request(request: Request, options_model: type[M], *, max_im
         raise UnsupportedMediaType(f"Content-Type {ctype!r} is not supported: send multipart/form-data (field 'image') or application/json ('image': base64)")
     if len(data) > max_image_bytes:
         raise PayloadTooLarge(f"image of {len(data)} bytes exceeds the limit of {max_image_bytes} bytes")
-    return data, parse_options(options_model, raw)
+    extras_allowed = extra_names(raw) if callable(extra_names) else extra_names
+    extras = {k: raw.pop(k) for k in list(raw) if k in extras_allowed and k not in options_model.model_fields}
+    return data, parse_options(options_model, raw, extras_allowed), extras
 
 
-def parse_options(options_model: type[M], raw: dict[str, Any]) -> M:
+def parse_options(options_model: type[M], raw: dict[str, Any], also_known: frozenset[str] = frozenset()) -> M:
     unknown = sorted(set(raw) - set(options_model.model_fields))
     if unknown:
-        known = ", ".join(sorted(options_model.model_fields))
+        known = ", ".join(sorted(set(options_model.model_fields) | also_known))
         raise BadOption(f"unknown option(s): {', '.join(unknown)} (known: image, {known})",
                         errors=[{"field": u, "message": "unknown option"} for u in unknown])
     try:

@@ -46,6 +46,88 @@ class ImageInfo(BaseModel):
     height: int
 
 
+Output = Literal["heatmap", "overlay", "raw"]
+
+
+class ExplainOptions(ImageOptions):
+    """Options of ``/explain/{method}``; the method's own parameters (see ``GET /methods``) are accepted too."""
+
+    layer: str | None = Field(None, max_length=200, description="Target layer for CAM methods (default: the model's).")
+    outputs: list[Output] = Field(default_factory=lambda: ["heatmap"], max_length=3,
+                                  description="Any of heatmap (grey PNG), overlay (colour PNG over the image), raw (float32).")
+    colormap: str = Field("jet", max_length=64, description="Matplotlib colour map of the overlay.")
+    alpha: float = Field(0.5, ge=0, le=1, description="Overlay opacity of the heatmap.")
+
+    @field_validator("outputs", mode="before")
+    @classmethod
+    def _outputs_list(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            v = [part.strip() for part in v.split(",") if part.strip()]
+        elif isinstance(v, list):
+            v = [part.strip() for item in v for part in (item.split(",") if isinstance(item, str) else [item]) if part != ""]
+        return v
+
+    @field_validator("outputs")
+    @classmethod
+    def _outputs_unique(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError("ask for at least one of heatmap, overlay, raw")
+        return list(dict.fromkeys(v))
+
+
+class RawMap(BaseModel):
+    dtype: Literal["float32"]
+    shape: tuple[int, int]
+    data: str = Field(description="Base64 of the little-endian float32 values, row-major.")
+
+
+class Explanation(BaseModel):
+    index: int
+    label: str
+    score: float = Field(description="The class's probability (softmax or sigmoid).")
+    heatmap: str | None = Field(None, description="8-bit grey PNG (base64) at the original image size; 255 = the map's max.")
+    overlay: str | None = Field(None, description="RGB PNG (base64): colour-mapped heatmap blended over the image.")
+    raw: RawMap | None = None
+    empty: bool = Field(description="True when the map has no positive value (an all-black heatmap, reported honestly).")
+    nonfinite: bool = Field(description="True when the map held NaN/inf values (rendered as 0).")
+    min: float = Field(description="Smallest finite value of the raw map.")
+    max: float = Field(description="Largest finite value of the raw map.")
+
+
+class ExplainResponse(BaseModel):
+    model_config = ConfigDict(protected_namespaces=())
+
+    model: str
+    method: str
+    layer: str | None = Field(description="The layer explained (CAM methods), else null.")
+    image: ImageInfo
+    explanations: list[Explanation]
+
+
+class MethodParam(BaseModel):
+    type: str
+    default: Any = None
+    minimum: float | None = None
+    maximum: float | None = None
+    choices: list[Any] | None = None
+    description: str | None = None
+
+
+class MethodInfo(BaseModel):
+    name: str
+    family: Literal["cam", "gradient", "perturbation"]
+    description: str
+    params: dict[str, MethodParam]
+    uses_layer: bool
+    output: Literal["layer", "input"]
+    signed: bool
+    sanity: str | None = None
+
+
+class MethodList(BaseModel):
+    methods: list[MethodInfo]
+
+
 class Prediction(BaseModel):
     index: int
     label: str

@@ -13,7 +13,7 @@ router = APIRouter(tags=["predict"])
 @router.post("/predict", response_model=PredictResponse, summary="Top-k classes of an image",
              responses=PROBLEM_RESPONSES, openapi_extra=image_request_body(PredictOptions))
 async def predict(request: Request, runtime: Runtime = Depends(get_runtime)) -> PredictResponse:
-    data, opts = await read_image_request(request, PredictOptions, max_image_bytes=runtime.settings.max_body_bytes)
+    data, opts, _ = await read_image_request(request, PredictOptions, max_image_bytes=runtime.settings.max_body_bytes)
     model = runtime.model(opts.model)
     request.state.model = model.name
     targets = runtime.resolve_targets(model, opts.target)
