@@ -11,7 +11,7 @@ from fastapi import FastAPI
 from . import __version__
 from .api import problems
 from .api.middleware import BodyLimitMiddleware, RequestContextMiddleware
-from .api.routes import explain, health, models, predict
+from .api.routes import explain, health, localize, models, predict
 from .config import Settings
 from .metrics import Metrics
 from .runtime import Runtime
@@ -39,7 +39,7 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
 
     app = FastAPI(title="xaas", version=__version__, description=DESCRIPTION, lifespan=lifespan)
     problems.install(app)
-    for router in (health.router, models.router, predict.router, explain.router):
+    for router in (health.router, models.router, predict.router, explain.router, localize.router):
         app.include_router(router)
     # Added last = outermost: the request id wraps everything, including 413s from the body limit.
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)

@@ -56,6 +56,7 @@ class ExplainJob:
     layer: str | None
     targets: tuple[int, ...] = ()
     top_k: int = 1
+    min_probability: float | None = None  # without targets: the top_k classes at least this probable
 
     @property
     def batch_key(self) -> Hashable:
@@ -86,9 +87,15 @@ def run_explain(model: LoadedModel, jobs: Sequence[ExplainJob]) -> list[list[Tar
     row_image: list[int] = []
     row_target: list[int] = []
     for i, job in enumerate(jobs):
-        targets = list(job.targets) or probs[i].topk(min(job.top_k, probs.shape[1])).indices.tolist()
+        targets = list(job.targets)
+        if not targets:
+            top = probs[i].topk(min(job.top_k, probs.shape[1]))
+            keep = top.values >= job.min_probability if job.min_probability is not None else torch.ones_like(top.values, dtype=torch.bool)
+            targets = top.indices[keep].tolist()
         row_image += [i] * len(targets)
         row_target += targets
+    if not row_image:  # e.g. a multi-label localization where no class reached the probability floor
+        return [[] for _ in jobs]
     rows_x = x[torch.tensor(row_image, device=x.device)]
     rows_t = torch.tensor(row_target, device=x.device)
     layer = (first.layer or model.target_layer) if method.uses_layer else None

@@ -52,7 +52,8 @@ class ModelSpec(BaseModel):
     device: str = "auto"
     default: bool = False
     enabled: bool = True
-    localize_threshold: float | None = Field(None, gt=0, lt=1)
+    localize_threshold: float | None = Field(None, gt=0, le=1, description="Calibrated /localize threshold (xaas calibrate).")
+    localize_method: str | None = Field(None, description="Default /localize method (gradcam when absent).")
     batching: BatchingSpec = Field(default_factory=BatchingSpec)
 
     @field_validator("input_size")

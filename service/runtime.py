@@ -144,8 +144,9 @@ class Runtime:
         return await self.in_thread(work)
 
     async def explain(self, model: LoadedModel, inputs: Any, *, method: str, params: dict[str, Any], layer: str | None,
-                      targets: list[int], top_k: int, timeout: float | None = None) -> list[TargetMap]:
-        job = ExplainJob(inputs, method, tuple(sorted(params.items())), layer, tuple(targets), top_k)
+                      targets: list[int], top_k: int, min_probability: float | None = None,
+                      timeout: float | None = None) -> list[TargetMap]:
+        job = ExplainJob(inputs, method, tuple(sorted(params.items())), layer, tuple(targets), top_k, min_probability)
         return await self.batcher(model).run(job.batch_key, job, size=job.rows,
                                              timeout=timeout or self.settings.request_timeout)
 

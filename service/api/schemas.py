@@ -104,6 +104,35 @@ class ExplainResponse(BaseModel):
     explanations: list[Explanation]
 
 
+class LocalizeOptions(ImageOptions):
+    """Options of ``/localize``; the chosen method's own parameters are accepted too."""
+
+    method: str | None = Field(None, max_length=64, description="Heatmap method (default: the model's, else gradcam).")
+    layer: str | None = Field(None, max_length=200, description="Target layer for CAM methods.")
+    threshold: float | None = Field(None, gt=0, le=1, description="Fraction of the map's maximum (default: the model's calibrated value, else 0.15).")
+    all_components: bool = Field(False, description="Box every connected component instead of the largest.")
+    min_area: int = Field(0, ge=0, le=10**9, description="With all_components: smallest component kept, in pixels.")
+
+
+class LocalizedBox(BaseModel):
+    index: int
+    label: str
+    score: float
+    box: tuple[int, int, int, int] = Field(description="[x0, y0, x1, y1] in original-image pixels, x1/y1 exclusive.")
+    area: int = Field(description="Pixels of the connected component.")
+
+
+class LocalizeResponse(BaseModel):
+    model_config = ConfigDict(protected_namespaces=())
+
+    model: str
+    method: str
+    layer: str | None
+    threshold: float
+    image: ImageInfo
+    boxes: list[LocalizedBox]
+
+
 class MethodParam(BaseModel):
     type: str
     default: Any = None

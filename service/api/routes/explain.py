@@ -1,11 +1,12 @@
 from __future__ import annotations
 
 import base64
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import APIRouter, Depends, Path, Request
 
-from ...engine import describe, get_method, validate_params
+from ...engine import Explainer, describe, get_method, validate_params
 from ...imaging import DecodedImage, rgb8
 from ...inference import TargetMap
 from ...registry import LoadedModel
@@ -19,6 +20,7 @@ from ..schemas import (
     ExplainResponse,
     Explanation,
     ImageInfo,
+    ImageOptions,
     MethodList,
     image_request_body,
 )
@@ -31,43 +33,52 @@ async def methods() -> dict[str, Any]:
     return {"methods": describe()}
 
 
-def _method_param_names(request: Request) -> frozenset[str]:
-    try:
-        return frozenset(p.name for p in get_method(request.path_params["method"]).params)
-    except Exception:  # noqa: BLE001 - unknown method: reported by the handler as 404
-        return frozenset()
-
-
 @router.post("/explain/{method}", response_model=ExplainResponse, response_model_exclude_none=True,
              summary="Heatmaps explaining the model's score for each target",
              responses=PROBLEM_RESPONSES, openapi_extra=image_request_body(ExplainOptions))
 async def explain(request: Request, method: str = Path(max_length=64, description="See GET /methods."),
                   runtime: Runtime = Depends(get_runtime)) -> ExplainResponse:
     explainer = get_method(method)
-    param_names = frozenset(p.name for p in explainer.params)
     data, opts, extras = await read_image_request(request, ExplainOptions, max_image_bytes=runtime.settings.max_body_bytes,
-                                                  extra_names=param_names)
-    params = validate_params(explainer, extras)
+                                                  extra_names=frozenset(p.name for p in explainer.params))
     if "overlay" in opts.outputs:
         validate_overlay_options(opts.colormap, opts.alpha)
+    run = await run_explanation(request, runtime, explainer, data, opts, extras)
+    explanations = await runtime.in_thread(_render_all, run.model, run.image, run.maps, opts)
+    return ExplainResponse(model=run.model.name, method=explainer.name, layer=run.layer,
+                           image=ImageInfo(width=run.image.width, height=run.image.height), explanations=explanations)
+
+
+@dataclass
+class ExplanationRun:
+    model: LoadedModel
+    image: DecodedImage
+    maps: list[TargetMap]
+    layer: str | None  # the layer explained (CAM methods), else None
+
+
+async def run_explanation(request: Request, runtime: Runtime, explainer: Explainer, data: bytes, opts: ImageOptions,
+                          extras: dict[str, Any], *, min_probability: float | None = None,
+                          all_likely: bool = False) -> ExplanationRun:
+    """Validate everything cheap first (params, model, method/layer fit, targets), then decode and queue the job.
+
+    ``all_likely``: without explicit targets, explain every class whose probability reaches ``min_probability``
+    (multi-label localization) instead of the ``top_k`` best.
+    """
+    params = validate_params(explainer, extras)
     model = runtime.model(opts.model)
     request.state.model, request.state.xai_method = model.name, explainer.name
-    layer = opts.layer if explainer.uses_layer else None
+    layer = getattr(opts, "layer", None) if explainer.uses_layer else None
     runtime.check_explainable(model, explainer.name, layer)
     targets = runtime.resolve_targets(model, opts.target)
-    top_k = min(opts.top_k or 1, model.num_classes, runtime.settings.max_targets)
+    cap = min(model.num_classes, runtime.settings.max_targets)
+    top_k = cap if all_likely else min(opts.top_k or 1, cap)
     image, tensor = await runtime.load_image(model, data, frame=opts.frame)
     maps = await runtime.explain(model, tensor, method=explainer.name, params=params, layer=layer, targets=targets,
-                                 top_k=top_k, timeout=runtime.timeout(opts.timeout))
+                                 top_k=top_k, min_probability=min_probability if all_likely else None,
+                                 timeout=runtime.timeout(opts.timeout))
     request.state.batch_rows = len(maps)
-    explanations = await runtime.in_thread(_render_all, model, image, maps, opts)
-    return ExplainResponse(
-        model=model.name,
-        method=explainer.name,
-        layer=(layer or model.target_layer) if explainer.uses_layer else None,
-        image=ImageInfo(width=image.width, height=image.height),
-        explanations=explanations,
-    )
+    return ExplanationRun(model, image, maps, (layer or model.target_layer) if explainer.uses_layer else None)
 
 
 def _b64(data: bytes) -> str:
