@@ -5,8 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from typing import Annotated
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 DEFAULT_MODELS_FILE = PACKAGE_DIR / "models.yaml"
@@ -26,7 +28,8 @@ class Settings(BaseSettings):
 
     # Input limits: checked before any expensive work.
     max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024, description="Largest accepted request body (bytes).")
-    max_pixels: int = Field(40_000_000, ge=1, description="Largest decoded image (width × height): decompression bombs.")
+    max_pixels: int = Field(40_000_000, ge=1, le=89_000_000,
+                            description="Largest decoded image (width × height): decompression bombs. At most PIL's own 89 M guard.")
     max_frames: int = Field(1000, ge=1, description="Most frames a DICOM/GIF/TIFF may declare.")
     max_targets: int = Field(20, ge=1, description="Most targets (explicit or top_k) in one request.")
 
@@ -37,8 +40,34 @@ class Settings(BaseSettings):
     request_timeout: float = Field(30.0, gt=0, description="Deadline of one request in seconds (504 past it).")
     shutdown_grace: float = Field(20.0, ge=0, description="Seconds to finish queued work on shutdown.")
 
+    # Security: optional API keys (Authorization: Bearer <key> or X-API-Key), CORS for browser front-ends.
+    api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list, description="Accepted API keys, comma-separated; empty = no auth.")
+    api_keys_file: Path | None = Field(None, description="File with one API key per line (added to api_keys).")
+    metrics_public: bool = Field(True, description="Serve /metrics without an API key (for a scraper on a private network).")
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list, description="Origins allowed by CORS, comma-separated.")
+
     workers_threads: int = Field(4, ge=1, le=64, description="Thread pool for decoding and rendering.")
     log_level: str = Field("info", description="Logging level.")
+
+
+    @field_validator("api_keys", "cors_origins", mode="before")
+    @classmethod
+    def _comma_list(cls, v: object) -> object:
+        if isinstance(v, str):
+            return [part.strip() for part in v.split(",") if part.strip()]
+        return v
+
+    def all_api_keys(self) -> list[str]:
+        keys = list(self.api_keys)
+        if self.api_keys_file is not None:
+            try:
+                text = self.api_keys_file.read_text(encoding="utf-8")
+            except OSError as exc:
+                from .errors import ConfigError
+
+                raise ConfigError(f"XAAS_API_KEYS_FILE: cannot read {self.api_keys_file}: {exc.strerror}") from None
+            keys += [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
+        return keys
 
 
 def get_settings() -> Settings:

@@ -35,4 +35,7 @@ def setup_logging(level: str = "info") -> None:
     for name in ("uvicorn", "uvicorn.error"):
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
-    logging.getLogger("uvicorn.access").disabled = True  # our access line carries more (request id, model, ...)
+    logging.getLogger("uvicorn.access").disabled = True
+    # pydicom's own warnings may quote attribute values of the file (patient data): keep them out of the logs.
+    logging.getLogger("pydicom").setLevel(logging.ERROR)
+    logging.getLogger("pydicom").propagate = False  # our access line carries more (request id, model, ...)

@@ -101,7 +101,8 @@ GOOD_INPUTS = {
     "tiff": lambda: _encode(Image.new("L", (20, 20), 9), "TIFF"),
     "dicom-ct": lambda: open(get_testdata_file("CT_small.dcm"), "rb").read(),
     "dicom-mr": lambda: open(get_testdata_file("MR_small.dcm"), "rb").read(),
-    "dicom-jpeg-lossy": lambda: open(get_testdata_file("JPEG-lossy.dcm"), "rb").read(),
+    "dicom-jpeg-extended": lambda: open(get_testdata_file("JPGExtended.dcm"), "rb").read(),
+    "dicom-jpeg2000": lambda: open(get_testdata_file("JPEG2000.dcm"), "rb").read(),
 }
 
 
@@ -125,6 +126,8 @@ BAD_INPUTS = {
     "truncated-png": (lambda: _truncated(_encode(Image.effect_noise((256, 256), 60), "PNG")), 422, ""),
     "png-bomb-header": (lambda: _png_claiming(50000, 50000), 413, "pixels"),
     "truncated-dicom": (lambda: _truncated(open(get_testdata_file("CT_small.dcm"), "rb").read()), 422, ""),
+    # pydicom's JPEG-lossy.dcm has a misplaced SOS marker (JPGExtended.dcm is its fixed version): a clean 422
+    "broken-dicom-jpeg": (lambda: open(get_testdata_file("JPEG-lossy.dcm"), "rb").read(), 422, ""),
 }
 
 
