@@ -10,7 +10,9 @@ from fastapi import FastAPI
 
 from . import __version__
 from .api import problems
-from .api.middleware import BodyLimitMiddleware, RequestContextMiddleware
+from fastapi.middleware.cors import CORSMiddleware
+
+from .api.middleware import ApiKeyMiddleware, BodyLimitMiddleware, RequestContextMiddleware
 from .api.routes import explain, health, localize, models, predict
 from .config import Settings
 from .metrics import Metrics
@@ -41,7 +43,15 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
     problems.install(app)
     for router in (health.router, models.router, predict.router, explain.router, localize.router):
         app.include_router(router)
-    # Added last = outermost: the request id wraps everything, including 413s from the body limit.
+    # Added last = outermost: request id → CORS → API key → body limit → routes.
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
+    keys = settings.all_api_keys()
+    if keys:
+        exempt = {"/healthz", "/readyz"} | ({"/metrics"} if settings.metrics_public else set())
+        app.add_middleware(ApiKeyMiddleware, keys=keys, exempt=frozenset(exempt))
+    if settings.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST", "DELETE"],
+                           allow_headers=["authorization", "x-api-key", "content-type", "x-request-id"],
+                           expose_headers=["x-request-id", "retry-after"], max_age=600)
     app.add_middleware(RequestContextMiddleware, metrics=metrics)
     return app

@@ -165,7 +165,12 @@ class DynamicBatcher:
                 continue
             if batch is None:
                 return
-            self._execute(batch)
+            try:
+                self._execute(batch)
+            except Exception:  # noqa: BLE001 - a bug in the loop must not kill the model's only worker
+                log.exception("worker %s crashed on a batch; failing its jobs and serving on", self.name)
+                for job in batch:
+                    _fail(job, ModelExecutionError("the model worker failed on this request"))
 
     def _next_batch(self) -> tuple[list[Job] | None, Callable[[], None] | None]:
         with self._cond:

@@ -36,3 +36,33 @@ def make_client(**overrides) -> TestClient:
     return TestClient(create_app(settings), raise_server_exceptions=False)
 
 
+
+
+def decode_png(b64: str) -> np.ndarray:
+    import base64
+
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(b64))))
+
+
+def decode_raw(raw: dict) -> np.ndarray:
+    import base64
+
+    assert raw["dtype"] == "float32"
+    return np.frombuffer(base64.b64decode(raw["data"]), dtype="<f4").reshape(raw["shape"])
+
+
+def blind_net(num_classes: int = 3):
+    """Registry test model whose logits ignore the image, so every gradient map is exactly zero."""
+    from torch import nn
+
+    class Blind(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.features = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU())
+            self.pool = nn.AdaptiveAvgPool2d(1)
+            self.fc = nn.Linear(4, num_classes)
+
+        def forward(self, x):
+            return self.fc(self.pool(self.features(x)).flatten(1) * 0.0)
+
+    return Blind()

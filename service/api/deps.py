@@ -2,10 +2,36 @@
 
 from __future__ import annotations
 
+import asyncio
+from typing import Awaitable, TypeVar
+
 from fastapi import Request
 
 from ..runtime import Runtime
 
+T = TypeVar("T")
+
 
 def get_runtime(request: Request) -> Runtime:
     return request.app.state.runtime
+
+
+class ClientDisconnected(Exception):
+    """The client went away while its job waited; the job was cancelled (dropped if it had not started)."""
+
+
+async def unless_disconnected(request: Request, awaitable: Awaitable[T], poll: float = 0.2) -> T:
+    """Await ``awaitable`` but cancel it as soon as the client disconnects, so a queued job whose client gave up is
+    dropped before it costs model time."""
+    task = asyncio.ensure_future(awaitable)
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=poll)
+            if done:
+                return task.result()
+            if await request.is_disconnected():
+                task.cancel()
+                raise ClientDisconnected()
+    finally:
+        if not task.done():
+            task.cancel()

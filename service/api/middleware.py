@@ -6,6 +6,7 @@ response, including an unexpected 500, carries ``X-Request-ID``.
 
 from __future__ import annotations
 
+import hmac
 import json
 import logging
 import re
@@ -34,6 +35,38 @@ async def _send_problem(send: Send, status: int, title: str, detail: str, code: 
     headers = [(b"content-type", b"application/problem+json"), (b"content-length", str(len(body)).encode()), *extra]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
+
+
+class ApiKeyMiddleware:
+    """Require one of the configured API keys (``Authorization: Bearer <key>`` or ``X-API-Key``) on every route but
+    the exempt ones. Keys are compared with ``hmac.compare_digest`` against every key (no early exit), so timing
+    reveals neither which key nor how much of one matched."""
+
+    def __init__(self, app: ASGIApp, keys: list[str], exempt: frozenset[str]):
+        self.app = app
+        self.keys = [k.encode() for k in keys]
+        self.exempt = exempt
+
+    def _authorised(self, headers: list[tuple[bytes, bytes]]) -> bool:
+        presented = b""
+        for name, value in headers:
+            if name == b"authorization" and value[:7].lower() == b"bearer ":
+                presented = value[7:].strip()
+            elif name == b"x-api-key" and not presented:
+                presented = value.strip()
+        ok = False
+        for key in self.keys:
+            ok |= hmac.compare_digest(presented, key)
+        return ok and bool(presented)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in self.exempt or scope.get("method") == "OPTIONS":
+            return await self.app(scope, receive, send)
+        if not self._authorised(scope.get("headers", [])):
+            return await _send_problem(send, 401, "Unauthorized",
+                                       "a valid API key is required (Authorization: Bearer <key> or X-API-Key)", "unauthorized",
+                                       [(b"www-authenticate", b'Bearer realm="xaas"')])
+        return await self.app(scope, receive, send)
 
 
 class BodyTooLarge(Exception):

@@ -9,7 +9,9 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
+
+from .deps import ClientDisconnected
 
 from ..errors import XaasError
 
@@ -49,6 +51,10 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(XaasError)
     async def _xaas(_: Request, exc: XaasError) -> JSONResponse:
         return from_error(exc)
+
+    @app.exception_handler(ClientDisconnected)
+    async def _gone(_: Request, exc: ClientDisconnected) -> Response:
+        return Response(status_code=499)  # nobody reads it; 499 ("client closed request") marks it in logs/metrics
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:

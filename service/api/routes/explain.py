@@ -12,7 +12,7 @@ from ...inference import TargetMap
 from ...registry import LoadedModel
 from ...rendering import encode_raw, map_stats, render_heatmap, render_overlay, validate_overlay_options
 from ...runtime import Runtime
-from ..deps import get_runtime
+from ..deps import get_runtime, unless_disconnected
 from ..inputs import read_image_request
 from ..schemas import (
     PROBLEM_RESPONSES,
@@ -74,9 +74,9 @@ async def run_explanation(request: Request, runtime: Runtime, explainer: Explain
     cap = min(model.num_classes, runtime.settings.max_targets)
     top_k = cap if all_likely else min(opts.top_k or 1, cap)
     image, tensor = await runtime.load_image(model, data, frame=opts.frame)
-    maps = await runtime.explain(model, tensor, method=explainer.name, params=params, layer=layer, targets=targets,
-                                 top_k=top_k, min_probability=min_probability if all_likely else None,
-                                 timeout=runtime.timeout(opts.timeout))
+    maps = await unless_disconnected(request, runtime.explain(
+        model, tensor, method=explainer.name, params=params, layer=layer, targets=targets, top_k=top_k,
+        min_probability=min_probability if all_likely else None, timeout=runtime.timeout(opts.timeout)))
     request.state.batch_rows = len(maps)
     return ExplanationRun(model, image, maps, (layer or model.target_layer) if explainer.uses_layer else None)
 

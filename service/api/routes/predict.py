@@ -3,7 +3,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Request
 
 from ...runtime import Runtime
-from ..deps import get_runtime
+from ..deps import get_runtime, unless_disconnected
 from ..inputs import read_image_request
 from ..schemas import PROBLEM_RESPONSES, ImageInfo, Prediction, PredictOptions, PredictResponse, image_request_body
 
@@ -18,7 +18,7 @@ async def predict(request: Request, runtime: Runtime = Depends(get_runtime)) -> 
     request.state.model = model.name
     targets = runtime.resolve_targets(model, opts.target)
     image, tensor = await runtime.load_image(model, data, frame=opts.frame)
-    result = await runtime.predict(model, tensor, timeout=runtime.timeout(opts.timeout))
+    result = await unless_disconnected(request, runtime.predict(model, tensor, timeout=runtime.timeout(opts.timeout)))
     probs = result.probabilities
     if targets:
         chosen = targets

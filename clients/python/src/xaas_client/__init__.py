@@ -1,0 +1,54 @@
+"""Python client for xaas, the explanation-as-a-service for image CNNs.
+
+>>> from xaas_client import Client
+>>> with Client("http://127.0.0.1:8000") as xaas:
+...     explanation = xaas.explain("gradcam", "cat.png").explanations[0]
+...     explanation.heatmap_image().save("cat.heatmap.png")
+"""
+
+from .client import DEFAULT_URL, AsyncClient, Client, __version__
+from .errors import (
+    APIError,
+    BadRequest,
+    ClientError,
+    Forbidden,
+    InvalidInput,
+    NotFound,
+    PayloadTooLarge,
+    RateLimited,
+    ServerError,
+    Timeout,
+    Unauthorized,
+    Unavailable,
+    UnexpectedResponse,
+    UnsupportedMediaType,
+    XaasConnectionError,
+    XaasError,
+)
+from .images import ImageInput, encode_image
+from .retry import RetryPolicy, parse_retry_after
+from .types import (
+    Box,
+    ExplainResponse,
+    Explanation,
+    Health,
+    ImageInfo,
+    LocalizeResponse,
+    MethodInfo,
+    MethodParam,
+    ModelDetail,
+    ModelInfo,
+    Prediction,
+    PredictResponse,
+    RawMap,
+    Readiness,
+)
+
+__all__ = [
+    "APIError", "AsyncClient", "BadRequest", "Box", "Client", "ClientError", "DEFAULT_URL", "ExplainResponse",
+    "Explanation", "Forbidden", "Health", "ImageInfo", "ImageInput", "InvalidInput", "LocalizeResponse", "MethodInfo",
+    "MethodParam", "ModelDetail", "ModelInfo", "NotFound", "PayloadTooLarge", "Prediction", "PredictResponse",
+    "RateLimited", "RawMap", "Readiness", "RetryPolicy", "ServerError", "Timeout", "Unauthorized", "Unavailable",
+    "UnexpectedResponse", "UnsupportedMediaType", "XaasConnectionError", "XaasError", "__version__", "encode_image",
+    "parse_retry_after",
+]

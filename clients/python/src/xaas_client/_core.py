@@ -1,0 +1,220 @@
+"""The I/O-free heart of the client, shared by :class:`Client` and :class:`AsyncClient`.
+
+Each endpoint function returns a :class:`Call`: what to send and how to read the answer. :func:`exchange` is the
+retry loop written as a generator that *asks* for I/O (``Send`` / ``Sleep``) instead of doing it, so the blocking and
+the asyncio clients are two ten-line drivers over the same logic rather than two copies of it.
+"""
+
+from __future__ import annotations
+
+import numbers
+import random
+import time
+from collections.abc import Callable, Generator, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+from urllib.parse import quote
+
+import httpx
+from pydantic import ValidationError
+
+from .errors import UnexpectedResponse, XaasConnectionError, XaasError, error_from_response
+from .images import ImageInput, encode_image
+from .retry import RetryPolicy
+from .types import (
+    ExplainResponse,
+    Health,
+    LocalizeResponse,
+    MethodInfo,
+    ModelDetail,
+    ModelInfo,
+    PredictResponse,
+    Readiness,
+)
+
+T = TypeVar("T")
+Target = int | str
+Targets = Target | Sequence[Target] | None
+FormValue = str | int | float | bool | Sequence[str | int | float | bool] | None
+
+
+@dataclass(frozen=True)
+class Call(Generic[T]):
+    """One API call described as data: method, path, form fields, the image part, and the result parser."""
+
+    method: str
+    path: str
+    parse: Callable[[Any], T]
+    fields: dict[str, list[str]] = field(default_factory=dict)
+    image: tuple[str, bytes, str] | None = None
+    accept: frozenset[int] = frozenset({200})
+
+    def request(self, http: httpx.Client | httpx.AsyncClient) -> httpx.Request:
+        """A fresh request per attempt: a multipart stream is not guaranteed to be re-readable."""
+        if self.image is None:
+            return http.build_request(self.method, self.path)
+        return http.build_request(self.method, self.path, data=self.fields, files={"image": self.image})
+
+    def result(self, response: httpx.Response) -> T:
+        try:
+            return self.parse(response.json())
+        except (ValueError, ValidationError) as exc:  # JSONDecodeError is a ValueError
+            raise UnexpectedResponse(f"{self.method} {self.path}: response does not match the API schema: {exc}",
+                                     status=response.status_code, request_id=response.headers.get("x-request-id"),
+                                     response=response) from exc
+
+
+@dataclass(frozen=True)
+class Send:
+    """Step of :func:`exchange`: send the call once; the driver answers with the response or throws the error in."""
+
+
+@dataclass(frozen=True)
+class Sleep:
+    """Step of :func:`exchange`: wait ``seconds`` before the next attempt."""
+
+    seconds: float
+
+
+SEND = Send()
+Exchange = Generator[Send | Sleep, httpx.Response | None, T]
+
+# Failures before the request reached the server: safe to repeat for any method.
+_CONNECT_ERRORS = (httpx.ConnectError, httpx.ConnectTimeout)
+
+
+def exchange(call: Call[T], policy: RetryPolicy, *, clock: Callable[[], float] = time.monotonic,
+             rand: Callable[[], float] = random.random) -> Exchange[T]:
+    """Attempt ``call`` until it succeeds or the policy gives up; returns the parsed result or raises XaasError."""
+    start = clock()
+    attempt = 0
+    while True:
+        attempt += 1
+        error: XaasError
+        try:
+            response = yield SEND
+        except httpx.TransportError as exc:
+            error = XaasConnectionError(f"{call.method} {call.path}: {_describe(exc)}")
+            error.__cause__ = exc
+            retryable = policy.retry_connect and isinstance(exc, _CONNECT_ERRORS)
+        else:
+            assert response is not None, "the driver must send the response"
+            if response.status_code in call.accept:
+                return call.result(response)
+            error = error_from_response(response)
+            retryable = response.status_code in policy.statuses
+        wait = policy.next_delay(attempt, error.retry_after, clock() - start, rand) if retryable else None
+        if wait is None:
+            raise error
+        yield Sleep(wait)
+
+
+def _describe(exc: httpx.TransportError) -> str:
+    kind = "timed out" if isinstance(exc, httpx.TimeoutException) else "connection failed"
+    return f"{kind} ({type(exc).__name__}: {exc or 'no detail'})"
+
+
+# --- form encoding ------------------------------------------------------------------------------------------------
+
+def _text(value: str | int | float | bool) -> str:
+    if isinstance(value, bool):  # before Integral: bool is an int
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return value
+    if isinstance(value, numbers.Integral):
+        return str(int(value))
+    if isinstance(value, numbers.Real):
+        return repr(float(value))
+    raise TypeError(f"cannot send an option value of type {type(value).__name__}")
+
+
+def form_fields(options: dict[str, FormValue]) -> dict[str, list[str]]:
+    """Options → form fields: ``None`` is left out (the server's default applies), sequences repeat the field."""
+    out: dict[str, list[str]] = {}
+    for name, value in options.items():
+        if value is None:
+            continue
+        values: Iterable[Any] = value if isinstance(value, (list, tuple, set, frozenset)) else [value]
+        out[name] = [_text(v) for v in values]
+    return out
+
+
+def _image_call(path: str, parse: Callable[[Any], T], image: ImageInput, options: dict[str, FormValue]) -> Call[T]:
+    return Call("POST", path, parse, form_fields(options), tuple(encode_image(image)))  # type: ignore[arg-type]
+
+
+# --- endpoints: one function each, wrapped into methods by client.py -------------------------------------------------
+
+def health() -> Call[Health]:
+    """Liveness (``GET /healthz``): answers while the process serves, even before models are loaded."""
+    return Call("GET", "/healthz", Health.model_validate)
+
+
+def ready() -> Call[Readiness]:
+    """Readiness (``GET /readyz``). Returns the state rather than raising on 503 ("loading" is an answer, not an
+    error); check ``.is_ready``."""
+    return Call("GET", "/readyz", Readiness.model_validate, accept=frozenset({200, 503}))
+
+
+def models() -> Call[list[ModelInfo]]:
+    """The loaded models (``GET /models``)."""
+    return Call("GET", "/models", lambda body: [ModelInfo.model_validate(m) for m in body["models"]])
+
+
+def model(name: str) -> Call[ModelDetail]:
+    """One model with its labels (``GET /models/{name}``); :class:`NotFound` for an unknown name."""
+    return Call("GET", f"/models/{quote(name, safe='')}", ModelDetail.model_validate)
+
+
+def methods() -> Call[list[MethodInfo]]:
+    """Explanation methods with their family and parameters (``GET /methods``)."""
+    return Call("GET", "/methods", lambda body: [MethodInfo.model_validate(m) for m in body["methods"]])
+
+
+def predict(image: ImageInput, *, model: str | None = None, target: Targets = None, top_k: int | None = None,
+            frame: int | None = None) -> Call[PredictResponse]:
+    """Scores of ``image`` (``POST /predict``): the ``target`` classes (index or label, one or many), else the
+    ``top_k`` best (server default 5). ``frame`` picks a frame of a multi-frame DICOM/GIF/TIFF."""
+    return _image_call("/predict", PredictResponse.model_validate, image,
+                       {"model": model, "target": _targets(target), "top_k": top_k, "frame": frame})
+
+
+def explain(method: str, image: ImageInput, *, model: str | None = None, target: Targets = None,
+            top_k: int | None = None, layer: str | None = None, outputs: str | Sequence[str] = ("heatmap",),
+            colormap: str | None = None, alpha: float | None = None, frame: int | None = None,
+            **method_params: FormValue) -> Call[ExplainResponse]:
+    """Heatmaps of ``method`` for each target (``POST /explain/{method}``); one explanation per target.
+
+    ``outputs``: any of ``heatmap``, ``overlay`` (uses ``colormap``/``alpha``), ``raw``. ``layer`` selects the
+    layer of CAM methods. Other keywords are the method's own parameters (see :meth:`methods`), e.g.
+    ``window=16, stride=8`` for occlusion.
+    """
+    options: dict[str, FormValue] = {"model": model, "target": _targets(target), "top_k": top_k, "layer": layer,
+                                     "outputs": [outputs] if isinstance(outputs, str) else list(outputs),
+                                     "colormap": colormap, "alpha": alpha, "frame": frame}
+    return _image_call(f"/explain/{quote(method, safe='')}", ExplainResponse.model_validate, image,
+                       {**method_params, **options})
+
+
+def localize(image: ImageInput, *, method: str | None = None, threshold: float | None = None,
+             all_components: bool | None = None, min_area: int | None = None, model: str | None = None,
+             target: Targets = None, top_k: int | None = None, layer: str | None = None, frame: int | None = None,
+             **method_params: FormValue) -> Call[LocalizeResponse]:
+    """Boxes derived from heatmaps (``POST /localize``), as ``(x0, y0, x1, y1)`` in original-image pixels.
+
+    ``threshold`` is a fraction of the map's maximum; ``all_components`` boxes every connected region rather than
+    the largest, keeping those of at least ``min_area`` pixels. For multi-label models without ``target``, every
+    class with probability >= 0.5 is boxed.
+    """
+    options: dict[str, FormValue] = {"method": method, "threshold": threshold, "all_components": all_components,
+                                     "min_area": min_area, "model": model, "target": _targets(target),
+                                     "top_k": top_k, "layer": layer, "frame": frame}
+    return _image_call("/localize", LocalizeResponse.model_validate, image, {**method_params, **options})
+
+
+def _targets(target: Targets) -> list[Target] | None:
+    if target is None:
+        return None
+    if isinstance(target, (str, int)):
+        return [target]
+    return list(target)

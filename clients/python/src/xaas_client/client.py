@@ -1,0 +1,195 @@
+"""``Client`` (blocking) and ``AsyncClient`` (asyncio): thin transports over :mod:`xaas_client._core`.
+
+The endpoint methods are generated from the endpoint functions of ``_core`` so that both clients expose exactly the
+same, documented signatures without a hand-written copy per client; only sending and sleeping differ.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+import os
+import time
+from collections.abc import Callable, Coroutine, Mapping
+from types import TracebackType
+from typing import Any, Concatenate, ParamSpec, Self, TypeVar
+
+import httpx
+
+from . import _core
+from ._core import Call, Sleep
+from .retry import RetryPolicy
+
+__all__ = ["AsyncClient", "Client", "DEFAULT_URL"]
+
+__version__ = "0.1.0"
+DEFAULT_URL = "http://127.0.0.1:8000"
+DEFAULT_TIMEOUT = httpx.Timeout(60.0, connect=5.0)
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+class _BaseClient:
+    """Configuration shared by both clients: base URL, auth header, timeouts, retry policy."""
+
+    _http_class: type[httpx.Client] | type[httpx.AsyncClient]  # set by each client
+
+    def __init__(self, base_url: str | None = None, *, api_key: str | None = None,
+                 timeout: float | httpx.Timeout | None = DEFAULT_TIMEOUT, retries: int = 3,
+                 max_retry_time: float = 30.0, retry_policy: RetryPolicy | None = None,
+                 headers: Mapping[str, str] | None = None, limits: httpx.Limits | None = None,
+                 transport: Any = None) -> None:
+        """``base_url`` defaults to ``$XAAS_URL`` (else http://127.0.0.1:8000) and ``api_key`` to
+        ``$XAAS_API_KEY``; the key is sent as ``Authorization: Bearer``. ``retries``/``max_retry_time`` bound the
+        retrying of 429/503 and connect failures (``retries=0`` disables it); ``retry_policy`` overrides both.
+        ``transport`` is passed to httpx (tests use ``httpx.MockTransport``)."""
+        self.base_url = (base_url or os.environ.get("XAAS_URL") or DEFAULT_URL).rstrip("/")
+        self.retry_policy = retry_policy or RetryPolicy(retries=retries, max_retry_time=max_retry_time)
+        api_key = api_key if api_key is not None else os.environ.get("XAAS_API_KEY")
+        all_headers = {"User-Agent": f"xaas-client/{__version__}",
+                       "Accept": "application/json, application/problem+json"}
+        if api_key:
+            all_headers["Authorization"] = f"Bearer {api_key}"
+        all_headers.update(headers or {})
+        # One httpx client per xaas client: its connection pool is shared by every call (and, for AsyncClient,
+        # by concurrent tasks), so keep one client for the life of the application.
+        http_options: dict[str, Any] = {"base_url": self.base_url, "headers": all_headers, "timeout": timeout,
+                                        "limits": limits or httpx.Limits(max_connections=20)}
+        if transport is not None:
+            http_options["transport"] = transport
+        self._http = self._http_class(**http_options)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.base_url!r})"
+
+
+def _adopt(method: Callable[..., Any], endpoint: Callable[..., Any], owner: str) -> None:
+    """Give a generated method the endpoint's name, docstring and signature (with ``self`` prepended and the result
+    type as return annotation), so ``help()`` and IDEs show the real parameters."""
+    functools.update_wrapper(method, endpoint)
+    method.__qualname__ = f"{owner}.{endpoint.__name__}"
+    sig = inspect.signature(endpoint)
+    returns = str(sig.return_annotation)
+    returns = returns[len("Call["):-1] if returns.startswith("Call[") else returns
+    this = inspect.Parameter("self", inspect.Parameter.POSITIONAL_ONLY, annotation=owner)
+    method.__signature__ = sig.replace(parameters=[this, *sig.parameters.values()],  # type: ignore[attr-defined]
+                                       return_annotation=returns)
+
+
+def _blocking(endpoint: Callable[P, Call[T]]) -> Callable[Concatenate[Client, P], T]:
+    """A ``Client`` method that sends ``endpoint``'s call and returns its result."""
+    def method(self: Client, /, *args: P.args, **kwargs: P.kwargs) -> T:
+        return self._run(endpoint(*args, **kwargs))
+
+    _adopt(method, endpoint, "Client")
+    return method
+
+
+def _awaitable(endpoint: Callable[P, Call[T]]) -> Callable[Concatenate[AsyncClient, P], Coroutine[Any, Any, T]]:
+    """An ``AsyncClient`` coroutine method that sends ``endpoint``'s call and returns its result."""
+    async def method(self: AsyncClient, /, *args: P.args, **kwargs: P.kwargs) -> T:
+        return await self._run(endpoint(*args, **kwargs))
+
+    _adopt(method, endpoint, "AsyncClient")
+    return method
+
+
+class Client(_BaseClient):
+    """Blocking client. Use as a context manager (or call :meth:`close`) to release pooled connections.
+
+    >>> with Client("http://127.0.0.1:8000") as xaas:
+    ...     xaas.predict("cat.png").predictions[0].label
+    """
+
+    _http_class = httpx.Client
+    _http: httpx.Client
+
+    def _run(self, call: Call[T]) -> T:
+        steps = _core.exchange(call, self.retry_policy)
+        try:
+            step = next(steps)
+            while True:
+                if isinstance(step, Sleep):
+                    time.sleep(step.seconds)
+                    step = steps.send(None)
+                    continue
+                try:
+                    response = self._http.send(call.request(self._http))
+                except httpx.TransportError as exc:
+                    step = steps.throw(exc)
+                else:
+                    step = steps.send(response)
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    health = _blocking(_core.health)
+    ready = _blocking(_core.ready)
+    models = _blocking(_core.models)
+    model = _blocking(_core.model)
+    methods = _blocking(_core.methods)
+    predict = _blocking(_core.predict)
+    explain = _blocking(_core.explain)
+    localize = _blocking(_core.localize)
+
+
+class AsyncClient(_BaseClient):
+    """asyncio client: the same methods as :class:`Client`, as coroutines; safe to share between tasks.
+
+    >>> async with AsyncClient("http://127.0.0.1:8000") as xaas:
+    ...     result = await xaas.explain("gradcam", "cat.png")
+    """
+
+    _http_class = httpx.AsyncClient
+    _http: httpx.AsyncClient
+
+    async def _run(self, call: Call[T]) -> T:
+        steps = _core.exchange(call, self.retry_policy)
+        try:
+            step = next(steps)
+            while True:
+                if isinstance(step, Sleep):
+                    await asyncio.sleep(step.seconds)
+                    step = steps.send(None)
+                    continue
+                try:
+                    response = await self._http.send(call.request(self._http))
+                except httpx.TransportError as exc:
+                    step = steps.throw(exc)
+                else:
+                    step = steps.send(response)
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]
+
+    async def close(self) -> None:
+        await self._http.aclose()
+
+    aclose = close
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self.close()
+
+    health = _awaitable(_core.health)
+    ready = _awaitable(_core.ready)
+    models = _awaitable(_core.models)
+    model = _awaitable(_core.model)
+    methods = _awaitable(_core.methods)
+    predict = _awaitable(_core.predict)
+    explain = _awaitable(_core.explain)
+    localize = _awaitable(_core.localize)
+

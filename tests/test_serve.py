@@ -1,0 +1,73 @@
+"""`xaas serve` as a real process on 127.0.0.1: start-up errors in one line, graceful drain on SIGTERM."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import httpx
+import pytest
+
+from bench._server import free_port, running_server
+from tests.support import ROOT
+
+
+def _serve(*args: str, env: dict | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "service.cli", "serve", "--port", str(free_port()), *args],
+                          capture_output=True, text=True, timeout=timeout, cwd=ROOT,
+                          env={**os.environ, "XAAS_DEVICE": "cpu", **(env or {})})
+
+
+def test_broken_registry_fails_fast_in_one_line(tmp_path):
+    bad = tmp_path / "models.yaml"
+    bad.write_text("models:\n  - name: m\n    source: torchvision:resnet18\n    task: regression\n")
+    proc = _serve("--models", str(bad))
+    assert proc.returncode == 2
+    lines = [l for l in proc.stderr.splitlines() if l.strip()]
+    assert lines[-1].startswith("xaas: configuration error:") and "field 'task'" in lines[-1]
+    assert "Traceback" not in proc.stderr
+
+
+def test_load_failure_stops_the_server_with_the_reason(tmp_path):
+    bad = tmp_path / "models.yaml"
+    (tmp_path / "broken.safetensors").write_bytes(b"not safetensors at all")
+    bad.write_text("models:\n  - name: m\n    source: torchvision:resnet18\n    weights: broken.safetensors\n")
+    proc = _serve("--models", str(bad))
+    assert proc.returncode == 3
+    assert "model 'm': field 'weights'" in proc.stderr.splitlines()[-1]
+    assert "Traceback" not in proc.stderr
+
+
+def test_sigterm_drains_in_flight_requests():
+    from service.demo.data import generate_sample, sample_rng
+    import io
+
+    img, _ = generate_sample(sample_rng(5, 0))
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    data = buf.getvalue()
+    env = {"XAAS_MAX_BATCH_SIZE": "1", "XAAS_DEVICE": "cpu"}
+    results: list[int] = []
+    with running_server(env=env) as server:
+        url = server.url
+
+        def slow_request():
+            r = httpx.post(url + "/explain/occlusion", files={"image": ("x.png", data)},
+                           data={"window": "8", "stride": "4"}, timeout=60)
+            results.append(r.status_code)
+
+        threads = [threading.Thread(target=slow_request) for _ in range(3)]
+        for t in threads:
+            t.start()
+        time.sleep(0.5)  # the three requests are in flight or queued
+        server.process.send_signal(signal.SIGTERM)
+        for t in threads:
+            t.join(60)
+        assert server.process.wait(30) == 0
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(url + "/healthz", timeout=2)
+    assert results == [200, 200, 200]
