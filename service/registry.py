@@ -101,7 +101,7 @@ class LoadedModel:
     module: nn.Module
     device: torch.device
     labels: list[str]
-    target_layer: str
+    target_layer: str | None  # None for TorchScript models (no hooks, so no CAM methods)
     load_seconds: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -232,12 +232,15 @@ def load_model(spec: ModelSpec, *, base_dir: Path, device_policy: str = "auto") 
     return LoadedModel(spec, module, device, labels, target_layer, load_seconds=time.perf_counter() - t0, extra=extra)
 
 
-def _capabilities(module: nn.Module, spec: ModelSpec, target_layer: str) -> dict[str, Any]:
+def _capabilities(module: nn.Module, spec: ModelSpec, target_layer: str | None) -> dict[str, Any]:
     """What the HTTP layer validates against without touching the model: usable methods and valid layers."""
     from .engine import METHODS, spatial_layers
     from .errors import InvalidOption
 
     shape = (spec.channels, *spec.input_size)
+    if _is_scripted(module):
+        reason = "TorchScript models cannot be hooked (no layer maps, no guided ReLUs); serve it from a python: or torchvision: source"
+        return {"methods": {name: (None if name in HOOKLESS_METHODS else reason) for name in METHODS}, "layers": []}
     methods: dict[str, str | None] = {}
     for name, method in METHODS.items():
         try:
@@ -261,8 +264,21 @@ def _warm_up(module: nn.Module, spec: ModelSpec, device: torch.device) -> int:
     return int(out.shape[1])
 
 
-def _target_layer(module: nn.Module, spec: ModelSpec) -> str:
+HOOKLESS_METHODS = ("saliency", "smoothgrad", "integrated-gradients", "occlusion", "rise")
+"""Methods that need neither forward hooks nor Python-level ReLU interception: all a TorchScript model allows."""
+
+
+def _is_scripted(module: nn.Module) -> bool:
+    return isinstance(module, torch.jit.ScriptModule)
+
+
+def _target_layer(module: nn.Module, spec: ModelSpec) -> str | None:
     from .engine import find_target_layer, spatial_layers
+
+    if _is_scripted(module):
+        if spec.target_layer is not None:
+            raise ConfigError("field 'target_layer': TorchScript models cannot be hooked, so they have no target layer")
+        return None
 
     if spec.target_layer is None:
         return find_target_layer(module, (spec.channels, *spec.input_size))

@@ -103,7 +103,6 @@ def test_torchscript_and_local_state_dict_sources(tmp_path):
           - name: scripted
             source: torchscript:demo.pt
             input_size: [128, 128]
-            target_layer: features
           - name: python-pth
             source: python:service.demo.model:create_demo_model
             weights: demo_state.pth
@@ -118,7 +117,12 @@ def test_torchscript_and_local_state_dict_sources(tmp_path):
         assert torch.allclose(reg.get("scripted").module(x), expected, atol=1e-5)
         assert torch.allclose(reg.get("python-pth").module(x), expected, atol=1e-5)
     assert reg.get(None).name == "python-pth"
-    assert reg.get("scripted").labels == [str(i) for i in range(6)]
+    scripted = reg.get("scripted")
+    assert scripted.labels == [str(i) for i in range(6)]
+    assert scripted.target_layer is None  # ScriptModules cannot be hooked: only hook-free methods are offered
+    usable = {name for name, reason in scripted.extra["methods"].items() if reason is None}
+    assert usable == {"saliency", "smoothgrad", "integrated-gradients", "occlusion", "rise"}
+    assert reg.get("python-pth").extra["methods"]["gradcam"] is None
 
 
 def test_torchvision_random_init_with_labels_file(tmp_path):

@@ -181,7 +181,7 @@ class ModelInfo(BaseModel):
     input_size: tuple[int, int] = Field(description="[height, width] the image is resized to.")
     channels: int
     device: str
-    target_layer: str
+    target_layer: str | None = Field(description="Default CAM layer; null for TorchScript models (no hooks).")
     methods: list[str]
     default: bool
 
