@@ -67,7 +67,8 @@ def test_sigterm_drains_in_flight_requests():
         server.process.send_signal(signal.SIGTERM)
         for t in threads:
             t.join(60)
-        assert server.process.wait(30) == 0
+        # uvicorn re-raises the captured SIGTERM once it has shut down gracefully
+        assert server.process.wait(30) in (0, -signal.SIGTERM)
         with pytest.raises(httpx.ConnectError):
             httpx.get(url + "/healthz", timeout=2)
     assert results == [200, 200, 200]
