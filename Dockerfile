@@ -29,7 +29,7 @@ COPY --from=build /opt/venv /opt/venv
 USER xaas
 WORKDIR /home/xaas
 EXPOSE 8000
-# Mount your own registry at /models/models.yaml (with its weights next to it) and set XAAS_MODELS=/models/models.yaml.
+# Mount your own registry (models.yaml + weights) at /models and set XAAS_MODELS=/models/models.yaml.
 HEALTHCHECK --interval=15s --timeout=3s --start-period=30s --retries=3 \
   CMD python -c "import urllib.request,sys; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=2).status == 200 else 1)"
 ENTRYPOINT ["xaas", "serve"]
