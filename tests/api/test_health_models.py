@@ -58,3 +58,18 @@ def test_openapi_document_is_in_sync():
 
     committed = (ROOT / "openapi" / "openapi.json").read_text()
     assert json.loads(committed) == json.loads(export_openapi()), "openapi/openapi.json drifted: run `xaas export-openapi`"
+
+
+def test_one_structured_access_line_per_request(client, demo_sample, caplog):
+    import logging
+
+    from service.logs import JsonFormatter
+
+    caplog.set_level(logging.INFO, logger="xaas.access")
+    client.post("/explain/gradcam", files={"image": ("x.png", demo_sample[0])}, data={"top_k": "2"},
+                headers={"X-Request-ID": "trace-me"})
+    [record] = [r for r in caplog.records if r.name == "xaas.access" and getattr(r, "request_id", "") == "trace-me"]
+    line = json.loads(JsonFormatter().format(record))
+    assert line["route"] == "/explain/{method}" and line["status"] == 200 and line["http_method"] == "POST"
+    assert line["model"] == "demo" and line["method"] == "gradcam" and line["batch_rows"] == 2
+    assert line["latency_ms"] > 0 and line["level"] == "info"
