@@ -65,9 +65,10 @@ class LayerInfo:
 def get_module(model: nn.Module, name: str, input_shape: Sequence[int] | None = None) -> nn.Module:
     """The submodule called ``name``; InvalidOption listing spatial layers (when ``input_shape`` is known)."""
     if isinstance(name, str) and name:
-        modules = dict(model.named_modules())
-        if name in modules:
-            return modules[name]
+        try:
+            return model.get_submodule(name)
+        except AttributeError:
+            pass
     hint = ""
     if input_shape is not None:
         names = spatial_layers(model, input_shape)
@@ -134,7 +135,9 @@ def find_target_layer(model: nn.Module, input_shape: Sequence[int]) -> str:
         found = [i for i in infos if pick(i)]
         if found:
             return found[-1].name
-    raise InvalidOption("this model has no layer with a spatial [B, C, h, w] output; CAM methods need one")
+    hint = (" (TorchScript inlines submodules, so forward hooks cannot see them; serve the eager model for CAM "
+            "methods)" if isinstance(model, torch.jit.ScriptModule) else "")
+    raise InvalidOption(f"this model has no layer with a spatial [B, C, h, w] output; CAM methods need one{hint}")
 
 
 _auto_cache: weakref.WeakKeyDictionary[nn.Module, dict[tuple[int, ...], str]] = weakref.WeakKeyDictionary()

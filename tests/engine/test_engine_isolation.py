@@ -158,3 +158,19 @@ def test_cam_hooks_do_not_touch_a_concurrent_plain_forward_of_the_same_model():
     for o in outs:
         torch.testing.assert_close(o, expected_out, rtol=1e-6, atol=0)
     assert hook_free(model)
+
+
+@pytest.mark.parametrize("name", ["guided-backprop", "guided-gradcam", "gradcam", "cam"])
+def test_torchvision_model_with_inplace_relus_is_untouched(name):
+    torchvision = pytest.importorskip("torchvision")
+    torch.manual_seed(0)
+    model = frozen(torchvision.models.resnet18(weights=None))
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        before_out = model(x)
+    before = snapshot(model)
+    METHODS[name].explain(model, x, torch.tensor([3, 9]), layer=None, task="multiclass")
+    assert_unchanged(model, before)
+    assert all(isinstance(m, torch.nn.ReLU) and m.inplace for m in model.modules() if "relu" in type(m).__name__.lower())
+    with torch.no_grad():
+        assert torch.equal(model(x), before_out)
