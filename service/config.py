@@ -46,6 +46,7 @@ class Settings(BaseSettings):
     metrics_public: bool = Field(True, description="Serve /metrics without an API key (for a scraper on a private network).")
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list, description="Origins allowed by CORS, comma-separated.")
 
+    torch_threads: int | None = Field(None, ge=1, le=256, description="Intra-op threads of torch (default: torch's choice).")
     workers_threads: int = Field(4, ge=1, le=64, description="Thread pool for decoding and rendering.")
     log_level: str = Field("info", description="Logging level.")
 

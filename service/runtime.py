@@ -37,6 +37,10 @@ class Runtime:
 
     # -- lifecycle -------------------------------------------------------------------------------------------------
     def start(self, on_failure: Callable[[str], None] | None = None) -> None:
+        if self.settings.torch_threads:
+            import torch
+
+            torch.set_num_threads(self.settings.torch_threads)
         def load() -> None:
             try:
                 self.registry.load_all()
