@@ -167,6 +167,8 @@ def _calibrate(args: argparse.Namespace) -> int:
         report["written"] = {"file": str(target), "localize_threshold": best["threshold"], "localize_method": method}
         print(f"wrote localize_threshold: {best['threshold']:g}, localize_method: {method} for model "
               f"'{report['model']}' in {target}", file=sys.stderr)
+        if best.get("sanity"):
+            print(f"note: {method} {best['sanity']}", file=sys.stderr)
     if as_json:
         text = json.dumps(report, indent=2)
         if args.json == "-":

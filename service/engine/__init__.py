@@ -35,6 +35,7 @@ from .cam import CAM, GradCAM, GradCAMCounterfactual, GradCAMPlusPlus, HiResCAM,
 from .gradients import GuidedBackprop, GuidedGradCAM, IntegratedGradients, Saliency, SmoothGrad
 from .layers import find_target_layer, spatial_layers
 from .perturbation import RISE, Occlusion
+from .fusion import FusedCAM
 
 __all__ = [
     "BACKWARD_CHUNK",
@@ -68,6 +69,7 @@ METHODS: dict[str, Explainer] = {
         HiResCAM(),
         XGradCAM(),
         RISE(),
+        FusedCAM(),
     )
 }
 

@@ -190,13 +190,15 @@ def test_concurrent_mixed_requests_each_get_their_own_answer(demo_sample):
 
 def test_localize_boxes_in_original_pixels(client, demo_sample):
     data, objects = demo_sample
-    small = client.post("/localize", files={"image": ("x.png", data)}, data={"threshold": "0.5"}).json()
+    default = client.post("/localize", files={"image": ("x.png", data)}).json()
+    assert (default["method"], default["threshold"]) == ("guided-gradcam", 0.05)  # the demo entry's calibrated defaults
+    small = client.post("/localize", files={"image": ("x.png", data)}, data={"threshold": "0.5", "method": "gradcam"}).json()
     assert small["method"] == "gradcam" and small["threshold"] == 0.5
     assert {b["label"] for b in small["boxes"]} == {o["class"] for o in objects}  # multi-label: every class with p >= 0.5
     big = Image.open(io.BytesIO(data)).resize((384, 256))
     buf = io.BytesIO()
     big.save(buf, format="PNG")
-    large = client.post("/localize", files={"image": ("x.png", buf.getvalue())}, data={"threshold": "0.5"}).json()
+    large = client.post("/localize", files={"image": ("x.png", buf.getvalue())}, data={"threshold": "0.5", "method": "gradcam"}).json()
     assert large["image"] == {"width": 384, "height": 256}
     for a, b in zip(sorted(small["boxes"], key=lambda b: b["index"]), sorted(large["boxes"], key=lambda b: b["index"])):
         x0, y0, x1, y1 = a["box"]
