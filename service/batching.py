@@ -64,7 +64,11 @@ class DynamicBatcher:
         max_batch_delay_ms: float = 5.0,
         max_queue: int = 256,
         observer: "BatchObserver | None" = None,
+        expecting_more: Callable[[], bool] | None = None,
     ):
+        """``expecting_more()`` says whether more jobs are on their way (e.g. requests still being decoded); when it
+        returns False the worker does not wait ``max_batch_delay_ms`` for company that cannot come, so a lone
+        client pays no batching delay."""
         if max_batch_size < 1 or max_queue < 1 or max_batch_delay_ms < 0:
             raise ValueError("max_batch_size and max_queue must be >= 1, max_batch_delay_ms >= 0")
         self.name = name
@@ -74,6 +78,7 @@ class DynamicBatcher:
         self.max_queue = max_queue
         self.stats = BatcherStats()
         self._observer = observer
+        self._expecting_more = expecting_more or (lambda: True)
         self._queues: dict[Hashable, deque[Job]] = {}
         self._queued_rows = 0
         self._cond = threading.Condition()
@@ -185,7 +190,7 @@ class DynamicBatcher:
             key = min(self._queues, key=lambda k: self._queues[k][0].enqueued)
             queue = self._queues[key]
             flush_at = queue[0].enqueued + self.max_batch_delay
-            while sum(j.size for j in queue) < self.max_batch_size and self._accepting:
+            while sum(j.size for j in queue) < self.max_batch_size and self._accepting and self._expecting_more():
                 remaining = flush_at - time.monotonic()
                 if remaining <= 0:
                     break

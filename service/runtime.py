@@ -33,6 +33,8 @@ class Runtime:
         self.executor = ThreadPoolExecutor(max_workers=settings.workers_threads, thread_name_prefix="xaas-io")
         self.limits = ImageLimits(max_pixels=settings.max_pixels, max_frames=settings.max_frames)
         self.shutting_down = False
+        self._decoding: dict[str, int] = {}  # per model: requests decoding now, i.e. jobs about to be submitted
+        self._decoding_lock = threading.Lock()
         self._loader: threading.Thread | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------------------------
@@ -86,6 +88,7 @@ class Runtime:
             max_batch_delay_ms=b.max_batch_delay_ms if b.max_batch_delay_ms is not None else s.max_batch_delay_ms,
             max_queue=b.max_queue or s.max_queue,
             observer=self.metrics,
+            expecting_more=lambda: self._decoding.get(model.name, 0) > 0,
         )
         batcher.start()
         return batcher
@@ -145,7 +148,17 @@ class Runtime:
             tensor = to_model_input(image, input_size=spec.input_size, channels=spec.channels, mean=spec.mean, std=spec.std)
             return image, tensor
 
-        return await self.in_thread(work)
+        self._count_decoding(model.name, +1)
+        try:
+            return await self.in_thread(work)
+        finally:
+            self._count_decoding(model.name, -1)
+
+    def _count_decoding(self, name: str, delta: int) -> None:
+        # No wake-up here on purpose: the worker re-checks on the next submit (which notifies it), so a request that
+        # has just finished decoding is never left out of the batch it was about to join.
+        with self._decoding_lock:
+            self._decoding[name] = self._decoding.get(name, 0) + delta
 
     async def explain(self, model: LoadedModel, inputs: Any, *, method: str, params: dict[str, Any], layer: str | None,
                       targets: list[int], top_k: int, min_probability: float | None = None,

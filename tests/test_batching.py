@@ -173,3 +173,21 @@ def test_stop_fails_what_the_grace_period_cannot_finish():
         except ServiceUnavailable:
             outcomes.append("503")
     assert "ok" in outcomes and "503" in outcomes
+
+
+def test_no_delay_when_no_more_jobs_are_expected():
+    rec = Recorder()
+    expecting = {"more": False}
+    b = DynamicBatcher("m", rec, max_batch_size=8, max_batch_delay_ms=2000, expecting_more=lambda: expecting["more"])
+    b.start()
+    t0 = time.monotonic()
+    assert b.submit(("k",), 1).result(5) == (("k",), 10)
+    assert time.monotonic() - t0 < 1.0, "a lone job waited for company that could not come"
+    expecting["more"] = True
+    f1 = b.submit(("k",), 2)
+    time.sleep(0.2)
+    expecting["more"] = False
+    f2 = b.submit(("k",), 3)  # its submit re-checks: nobody else is coming, so the batch of two runs now
+    assert f1.result(5) and f2.result(5)
+    b.stop()
+    assert rec.batches[-1] == (("k",), [2, 3])
