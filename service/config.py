@@ -28,6 +28,7 @@ class Settings(BaseSettings):
 
     # Input limits: checked before any expensive work.
     max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024, description="Largest accepted request body (bytes).")
+    body_timeout: float = Field(30.0, gt=0, le=3600, description="Seconds a client may take to send its request body (408 past it).")
     max_pixels: int = Field(40_000_000, ge=1, le=89_000_000,
                             description="Largest decoded image (width × height): decompression bombs. At most PIL's own 89 M guard.")
     max_frames: int = Field(1000, ge=1, description="Most frames a DICOM/GIF/TIFF may declare.")

@@ -72,3 +72,18 @@ def test_sigterm_drains_in_flight_requests():
         with pytest.raises(httpx.ConnectError):
             httpx.get(url + "/healthz", timeout=2)
     assert results == [200, 200, 200]
+
+
+def test_slow_body_gets_408_and_the_server_keeps_serving():
+    import socket
+
+    with running_server(env={"XAAS_DEVICE": "cpu", "XAAS_BODY_TIMEOUT": "1"}) as server:
+        host, port = server.url.rsplit("/", 1)[1].split(":")
+        with socket.create_connection((host, int(port)), timeout=10) as sock:
+            sock.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: 100000\r\n\r\n" + b'{"image": "AAAA')
+            time.sleep(1.5)  # ... and nothing more: a slow-body client
+            reply = sock.recv(4096).decode("latin-1")
+        assert reply.startswith("HTTP/1.1 408"), reply[:200]
+        assert "application/problem+json" in reply and "did not arrive within 1 s" in reply
+        assert httpx.get(server.url + "/healthz", timeout=5).status_code == 200

@@ -6,6 +6,7 @@ response, including an unexpected 500, carries ``X-Request-ID``.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
@@ -73,12 +74,18 @@ class BodyTooLarge(Exception):
     pass
 
 
-class BodyLimitMiddleware:
-    """413 when ``Content-Length`` exceeds the limit (before reading), or when a chunked body grows past it."""
+class BodyTimeout(Exception):
+    pass
 
-    def __init__(self, app: ASGIApp, max_body_bytes: int):
+
+class BodyLimitMiddleware:
+    """413 when ``Content-Length`` exceeds the limit (before reading), or when a chunked body grows past it; 408 when
+    the body does not arrive within ``body_timeout`` seconds (slow-body clients cannot hold a request open)."""
+
+    def __init__(self, app: ASGIApp, max_body_bytes: int, body_timeout: float = 30.0):
         self.app = app
         self.max = max_body_bytes
+        self.body_timeout = body_timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -95,14 +102,22 @@ class BodyLimitMiddleware:
                                                [(b"connection", b"close")])
         seen = 0
         started = False
+        body_done = False
+        deadline = time.monotonic() + self.body_timeout
 
         async def limited_receive() -> Message:
-            nonlocal seen
-            message = await receive()
+            nonlocal seen, body_done
+            if body_done:  # after the body only a disconnect can come: no deadline (the handler polls for it)
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), max(0.0, deadline - time.monotonic()))
+            except asyncio.TimeoutError:
+                raise BodyTimeout() from None
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.max:
                     raise BodyTooLarge()
+                body_done = not message.get("more_body", False)
             return message
 
         async def tracking_send(message: Message) -> None:
@@ -117,6 +132,11 @@ class BodyLimitMiddleware:
             if not started:
                 await _send_problem(send, 413, "Payload too large", f"request body exceeds the limit of {self.max} bytes",
                                     "payload-too-large", [(b"connection", b"close")])
+        except BodyTimeout:
+            if not started:
+                await _send_problem(send, 408, "Request Timeout",
+                                    f"the request body did not arrive within {self.body_timeout:g} s", "request-timeout",
+                                    [(b"connection", b"close")])
 
 
 class RequestContextMiddleware:
