@@ -51,6 +51,12 @@ class Settings(BaseSettings):
     workers_threads: int = Field(4, ge=1, le=64, description="Thread pool for decoding and rendering.")
     log_level: str = Field("info", description="Logging level.")
 
+    # Feature visualisation jobs (class impressions), run on the model's worker between request batches.
+    max_jobs: int = Field(2, ge=1, le=64, description="Most class-impression jobs unfinished at once (more → 429).")
+    job_ttl: float = Field(600.0, gt=0, description="Seconds a finished job's result is kept (then 404).")
+    job_max_steps: int = Field(1000, ge=1, le=100_000, description="Largest 'steps' a class-impression job may ask for.")
+    job_slice_steps: int = Field(10, ge=1, le=1000, description="Optimisation steps per worker slice between request batches.")
+
 
     @field_validator("api_keys", "cors_origins", mode="before")
     @classmethod

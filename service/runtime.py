@@ -36,6 +36,10 @@ class Runtime:
         self._decoding: dict[str, int] = {}  # per model: requests decoding now, i.e. jobs about to be submitted
         self._decoding_lock = threading.Lock()
         self._loader: threading.Thread | None = None
+        from .jobs import JobManager
+
+        self.jobs = JobManager(max_running=settings.max_jobs, ttl=settings.job_ttl, slice_steps=settings.job_slice_steps)
+        self.feature_cache: dict[tuple[str, str], dict[str, Any]] = {}  # (model, conv layer) -> rendered filter grid
 
     # -- lifecycle -------------------------------------------------------------------------------------------------
     def start(self, on_failure: Callable[[str], None] | None = None) -> None:
@@ -70,6 +74,7 @@ class Runtime:
     def stop(self) -> None:
         """Drain: refuse new work, let each worker finish its queue within the grace period."""
         self.shutting_down = True
+        self.jobs.stop()  # first: pending job slices must not re-queue themselves while the workers drain
         grace = self.settings.shutdown_grace
         threads = [threading.Thread(target=b.stop, args=(grace,)) for b in self.batchers.values()]
         for t in threads:

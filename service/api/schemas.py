@@ -248,3 +248,109 @@ def image_request_body(options_model: type[BaseModel]) -> dict[str, Any]:
             },
         }
     }
+
+
+# ---------------------------------------------------------------------------------------- feature visualisation
+
+
+class ActivationOptions(BaseModel):
+    """Options of ``POST /activations``."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    model: str | None = Field(None, description="Registry name; the default model when absent.", max_length=64)
+    layer: str | None = Field(None, max_length=200, description="Layer with a spatial output (default: the model's target layer).")
+    top: int = Field(16, ge=1, le=64, description="Channels shown in the grid: the highest by mean activation.")
+    channel: int | None = Field(None, ge=0, le=1_000_000, description="Return this one channel at native resolution instead of the grid.")
+    frame: int | None = Field(None, ge=0, le=100_000, description="Frame of a multi-frame DICOM/GIF/TIFF (0-based).")
+    timeout: float | None = Field(None, gt=0, le=3600, description="Deadline in seconds (capped by the server's limit).")
+
+
+class ChannelStats(BaseModel):
+    index: int
+    mean: float
+    max: float
+    fraction_positive: float = Field(description="Share of the channel's cells with a value > 0.")
+
+
+class GridInfo(BaseModel):
+    rows: int
+    cols: int
+    tile: tuple[int, int] = Field(description="[height, width] of one tile in the PNG (pixels).")
+    scale: int = Field(description="Integer nearest-neighbour enlargement of each map or kernel.")
+    pad: int = Field(description="Black pixels between tiles.")
+
+
+class ActivationResponse(BaseModel):
+    model_config = ConfigDict(protected_namespaces=())
+
+    model: str
+    layer: str
+    shape: tuple[int, int, int] = Field(description="[channels, height, width] of the layer's activation.")
+    image: ImageInfo
+    channels: list[ChannelStats] = Field(description="The grid's channels (highest mean first), or the one channel asked for.")
+    grid: str | None = Field(None, description="8-bit grey PNG (base64): one tile per channel, each min-max normalised.")
+    grid_info: GridInfo | None = None
+    channel: str | None = Field(None, description="8-bit grey PNG (base64) of the requested channel at native resolution.")
+
+
+class FilterResponse(BaseModel):
+    model_config = ConfigDict(protected_namespaces=())
+
+    model: str
+    layer: str
+    count: int = Field(description="Number of filters (output channels), one tile each, row-major.")
+    in_channels: int
+    kernel_size: tuple[int, int]
+    mode: Literal["rgb", "grey-mean"] = Field(description="rgb when in_channels == 3, else the mean over input channels.")
+    grid: str = Field(description="PNG (base64): each filter min-max normalised on its own.")
+    grid_info: GridInfo
+    conv_layers: list[str]
+
+
+class ClassImpressionRequest(BaseModel):
+    """Body of ``POST /models/{name}/class-impressions``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    target: int | str = Field(description="Class index or label.")
+    steps: int = Field(200, ge=1, description="Optimisation steps (at most XAAS_JOB_MAX_STEPS).")
+    lr: float = Field(0.05, gt=0, le=1.0, description="Adam learning rate on the normalised input.")
+    tv_weight: float = Field(2.0, ge=0, le=100, description="Weight of the total-variation prior.")
+    l2_weight: float = Field(0.0, ge=0, le=100, description="Weight of the L2 decay of the input.")
+    jitter: int = Field(8, ge=0, le=64, description="Random shift per step, pixels.")
+    rotation: float = Field(10.0, ge=0, le=180, description="Random rotation per step, up to ± degrees.")
+    scale: tuple[float, float] = Field((0.9, 1.1), description="Random scale range per step [min, max] within 0.25..4.")
+    seed: int = Field(0, ge=0, le=2**31 - 1)
+
+    @field_validator("scale")
+    @classmethod
+    def _scale(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not (0.25 <= v[0] <= v[1] <= 4.0):
+            raise ValueError("scale must be [min, max] with 0.25 <= min <= max <= 4")
+        return v
+
+
+class JobProgress(BaseModel):
+    step: int
+    steps: int
+
+
+class JobAccepted(BaseModel):
+    id: str
+    status: Literal["queued", "running", "done", "failed", "cancelled"]
+
+
+class JobStatus(BaseModel):
+    model_config = ConfigDict(protected_namespaces=())
+
+    id: str
+    kind: str
+    model: str
+    status: Literal["queued", "running", "done", "failed", "cancelled"]
+    progress: JobProgress
+    target: int | None = None
+    label: str | None = None
+    probability: float | None = Field(None, description="The target class's probability on the current image.")
+    image: str | None = Field(None, description="When done: RGB (or grey) PNG (base64) at the model's input size.")
+    error: str | None = None
