@@ -24,6 +24,9 @@ from .errors import DeadlineExceeded, ModelExecutionError, QueueFull, ServiceUna
 
 log = logging.getLogger("xaas.batching")
 
+BACKGROUND_QUIET_S = 0.05
+"""Background work (class-impression slices) starts only after this long without live traffic."""
+
 RunBatch = Callable[[Hashable, Sequence[Any]], Sequence[Any]]
 """``run_batch(key, payloads) -> results``: one result (or an Exception instance) per payload, in order."""
 
@@ -78,7 +81,7 @@ class DynamicBatcher:
         self.max_queue = max_queue
         self.stats = BatcherStats()
         self._observer = observer
-        self._expecting_more = expecting_more or (lambda: True)
+        self._expecting_fn = expecting_more
         self._queues: dict[Hashable, deque[Job]] = {}
         self._queued_rows = 0
         self._cond = threading.Condition()
@@ -86,6 +89,8 @@ class DynamicBatcher:
         self._stop_by: float | None = None
         self._thread: threading.Thread | None = None
         self._exclusive: deque[Callable[[], None]] = deque()
+        self._background: deque[Callable[[], None]] = deque()
+        self._last_traffic = 0.0
 
     # -- lifecycle -------------------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -130,6 +135,7 @@ class DynamicBatcher:
                     f"model '{self.name}' has {self._queued_rows} rows queued (limit {self.max_queue}); retry shortly",
                     headers={"Retry-After": str(self.retry_after())},
                 )
+            self._last_traffic = job.enqueued
             self._queues.setdefault(key, deque()).append(job)
             self._queued_rows += job.size
             self._cond.notify_all()
@@ -152,11 +158,30 @@ class DynamicBatcher:
         per_batch = max(1, sum(recent) // len(recent)) if recent else self.max_batch_size
         return max(1, min(30, round(self._queued_rows / per_batch * 0.1)))
 
-    def call_exclusive(self, fn: Callable[[], None]) -> None:
-        """Run ``fn`` on the worker thread between batches (for background jobs that must own the model briefly)."""
+    def call_exclusive(self, fn: Callable[[], None], *, background: bool = False) -> None:
+        """Run ``fn`` on the worker thread between batches. Interactive work (a request's own hooked forward) runs as
+        soon as no rows are queued; ``background`` work (class-impression slices) only when the model has no live
+        traffic at all — nothing queued and nothing being decoded — so it never delays a request."""
         with self._cond:
-            self._exclusive.append(fn)
+            (self._background if background else self._exclusive).append(fn)
             self._cond.notify_all()
+
+    @property
+    def live_traffic(self) -> bool:
+        """Requests are queued or on their way: background work should yield."""
+        return self._queued_rows > 0 or (self._expecting_fn is not None and self._expecting_fn())
+
+    def _quiet_for(self) -> float:
+        """Seconds since live traffic was last seen (0 while there is some): background work waits for a real pause,
+        not the few milliseconds between a closed-loop client's requests."""
+        now = time.monotonic()
+        if self.live_traffic:
+            self._last_traffic = now
+        return now - self._last_traffic
+
+    def _expecting_more(self) -> bool:
+        # Unknown (no hint given) counts as "more may come", which keeps the plain max-delay behaviour.
+        return self._expecting_fn() if self._expecting_fn is not None else True
 
     # -- worker ----------------------------------------------------------------------------------------------------
     def _loop(self) -> None:
@@ -182,11 +207,14 @@ class DynamicBatcher:
             while True:
                 if self._exclusive and not self._queued_rows:
                     return None, self._exclusive.popleft()
+                if self._background and self._stop_by is None and self._quiet_for() >= BACKGROUND_QUIET_S:
+                    return None, self._background.popleft()
                 if self._stop_by is not None and (not self._queued_rows or time.monotonic() > self._stop_by):
                     return None, None
                 if self._queued_rows:
                     break
-                self._cond.wait()
+                # With background work pending, poll: a request whose decoding fails never submits (no notify).
+                self._cond.wait(0.02 if self._background else None)
             key = min(self._queues, key=lambda k: self._queues[k][0].enqueued)
             queue = self._queues[key]
             flush_at = queue[0].enqueued + self.max_batch_delay

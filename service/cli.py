@@ -234,6 +234,8 @@ def _add_client_commands(sub: argparse._SubParsersAction) -> None:
                    help="a method parameter; repeatable")
     p.set_defaults(func=_client_command, endpoint="localize")
 
+    _add_feature_commands(sub)
+
 
 def _cli_target(text: str) -> int | str:
     return int(text) if text.lstrip("-").isdigit() else text
@@ -389,6 +391,137 @@ def _client_table(endpoint: str, name: str, result) -> str:
                                 for h, c, w in zip(header, cells, widths)).rstrip()
 
     return "\n".join([title, line(header), *map(line, rows)])
+
+
+
+# --- feature commands: activations / filters / impression against a running server, through xaas_client ------------
+
+def _add_feature_commands(sub: argparse._SubParsersAction) -> None:
+    """``xaas activations|filters|impression``: feature visualisation through the client, like predict/explain."""
+    import os
+
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--server", default=os.environ.get("XAAS_URL") or "http://127.0.0.1:8000",
+                        help="service URL (default $XAAS_URL or http://127.0.0.1:8000)")
+    common.add_argument("--api-key", help="sent as 'Authorization: Bearer' (default $XAAS_API_KEY)")
+    common.add_argument("--model", help="registry name (default: the server's default model)")
+    common.add_argument("--timeout", type=float, default=120.0, help="seconds per request (default 120)")
+    common.add_argument("--retries", type=int, default=3, help="retries on 429/503/connect failures (default 3)")
+    common.add_argument("--json", action="store_true", help="print the raw JSON response")
+
+    p = sub.add_parser("activations", parents=[common], help="a layer's activations for an image (running server)")
+    p.add_argument("image", type=Path, metavar="IMAGE", help="an image file")
+    p.add_argument("--layer", help="layer with a spatial output (default: the model's target layer)")
+    p.add_argument("--top", type=int, help="channels in the grid, highest mean first (default: the server's, 16)")
+    p.add_argument("--channel", type=int, help="one channel at native resolution instead of the grid")
+    p.add_argument("--out", type=Path, help="write the grid PNG (or with --channel, the channel PNG) here")
+    p.set_defaults(func=_feature_command, endpoint="activations")
+
+    p = sub.add_parser("filters", parents=[common], help="a convolution layer's filters as a grid (running server)")
+    p.add_argument("--layer", help="convolution layer (default: the first one)")
+    p.add_argument("--out", type=Path, help="write the filter grid PNG here")
+    p.set_defaults(func=_feature_command, endpoint="filters")
+
+    p = sub.add_parser("impression", parents=[common],
+                       help="a class impression: an input optimised for a class (running server, background job)")
+    p.add_argument("target", type=_cli_target, metavar="TARGET", help="class index or label")
+    p.add_argument("--steps", type=int, help="optimisation steps (default: the server's, 200)")
+    p.add_argument("--seed", type=int, help="random seed (default: the server's, 0)")
+    p.add_argument("--lr", type=float, help="learning rate (default: the server's)")
+    p.add_argument("--wait", type=float, default=600.0, help="seconds to wait for the job; then it is cancelled "
+                                                             "(default 600)")
+    p.add_argument("--out", type=Path, help="write the impression PNG here")
+    p.set_defaults(func=_feature_command, endpoint="impression")
+
+
+def _feature_command(args: argparse.Namespace) -> int:
+    try:
+        from xaas_client import Client, XaasConnectionError, XaasError
+    except ImportError:
+        print("xaas: this command needs the client package: pip install -e clients/python", file=sys.stderr)
+        return EXIT_USAGE
+    if args.endpoint == "activations" and not args.image.is_file():
+        print(f"xaas: no such file: {args.image}", file=sys.stderr)
+        return EXIT_USAGE
+    with Client(args.server, api_key=args.api_key, timeout=args.timeout, retries=max(0, args.retries)) as client:
+        try:
+            if args.endpoint == "activations":
+                result = client.activations(args.image, model=args.model, layer=args.layer, top=args.top,
+                                            channel=args.channel)
+                png = result.channel_png() if args.channel is not None else result.grid_png()
+            elif args.endpoint == "filters":
+                result = client.filters(args.model, layer=args.layer)
+                png = result.grid_png()
+            else:
+                result = _run_impression(client, args)
+                png = result.image_png()
+        except XaasConnectionError as exc:
+            print(f"xaas: cannot connect to {args.server}: {exc.detail}", file=sys.stderr)
+            return EXIT_CONNECT
+        except XaasError as exc:
+            head = f"{exc.status} {exc.title}: " if exc.status else ""
+            print(f"xaas: {head}{exc.detail}", file=sys.stderr)
+            return EXIT_REQUEST_ERROR
+        except OSError as exc:
+            print(f"xaas: cannot read {args.image}: {exc.strerror or exc}", file=sys.stderr)
+            return EXIT_USAGE
+    print(json.dumps(result.to_json(), indent=2) if args.json else _feature_summary(args.endpoint, result))
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_bytes(png)
+        print(f"wrote {args.out}", file=sys.stderr)
+    return 0
+
+
+def _run_impression(client, args: argparse.Namespace):
+    """Start the job and poll it, printing progress on stderr; Ctrl-C cancels the job on the server."""
+    shown: list[tuple] = []
+
+    def report(job) -> None:
+        step = (job.status, job.progress.step if job.progress else 0)
+        if shown and shown[-1] == step:
+            return
+        shown.append(step)
+        where = f" {job.progress.step}/{job.progress.steps}" if job.progress else ""
+        prob = f" p={job.probability:.3f}" if job.probability is not None else ""
+        print(f"impression {job.id}: {job.status}{where}{prob}", file=sys.stderr, flush=True)
+
+    started: list = []
+
+    def track(job) -> None:
+        if not started:
+            started.append(job.id)
+        report(job)
+
+    try:
+        return client.class_impression(args.model, args.target, steps=args.steps, seed=args.seed, lr=args.lr,
+                                       timeout=args.wait, on_progress=track)
+    except KeyboardInterrupt:
+        if started:
+            try:
+                client.cancel_job(started[0])
+                print(f"xaas: cancelled job {started[0]}", file=sys.stderr)
+            except Exception:  # noqa: BLE001 - best effort on the way out
+                pass
+        raise
+
+
+def _feature_summary(endpoint: str, result) -> str:
+    if endpoint == "activations":
+        c, h, w = result.shape
+        title = f"{result.layer} of {result.model}: {c} channels of {h}x{w}"
+        header = ["channel", "mean", "max", "positive"]
+        rows = [[str(s.index), f"{s.mean:.4f}", f"{s.max:.4f}", f"{s.fraction_positive:.2f}"] for s in result.channels]
+        widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+        lines = ["  " + "  ".join(cell.rjust(wd) for cell, wd in zip(r, widths)) for r in [header, *rows]]
+        return "\n".join([title, *lines])
+    if endpoint == "filters":
+        kh, kw = result.kernel_size
+        return (f"{result.layer} of {result.model}: {result.count} filters {kh}x{kw} over {result.in_channels} "
+                f"input channel(s), shown {result.mode}; conv layers: {', '.join(result.conv_layers)}")
+    prob = f", probability {result.probability:.4f}" if result.probability is not None else ""
+    steps = f" after {result.progress.steps} steps" if result.progress else ""
+    return f"impression of {result.label!r} (class {result.target}) on {result.model}: {result.status}{steps}{prob}"
 
 
 if __name__ == "__main__":

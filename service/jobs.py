@@ -40,8 +40,9 @@ class Runner(Protocol):
 
 class ExclusiveRunner(Protocol):
     accepting: bool
+    live_traffic: bool
 
-    def call_exclusive(self, fn: Callable[[], None]) -> None: ...
+    def call_exclusive(self, fn: Callable[[], None], *, background: bool = False) -> None: ...
 
 
 @dataclass
@@ -96,7 +97,7 @@ class JobManager:
                                 headers={"Retry-After": str(self._retry_after(active))})
             job = Job(uuid.uuid4().hex, kind, model, steps, runner, finish, dict(meta or {}))
             self._jobs[job.id] = job
-        batcher.call_exclusive(lambda: self._slice(job, batcher))
+        batcher.call_exclusive(lambda: self._slice(job, batcher), background=True)
         return job
 
     def get(self, job_id: str) -> Job:
@@ -150,8 +151,8 @@ class JobManager:
             if job.status == "queued":
                 job.status, job.started = "running", time.monotonic()
         try:
-            # Yield the worker as soon as request rows are waiting (one step of delay at most, not a whole slice).
-            runner.run(self.slice_steps, should_yield=lambda: getattr(batcher, "queued_rows", 0) > 0)
+            # Yield the worker as soon as requests are queued or being decoded (one step of delay at most).
+            runner.run(self.slice_steps, should_yield=lambda: batcher.live_traffic)
             done = runner.done
             result = job.finish(runner) if done else None
         except Exception as exc:  # noqa: BLE001 - a failing job fails alone; the worker serves on
@@ -168,7 +169,7 @@ class JobManager:
             if done:
                 job.status, job.result, job.finished, job.runner = "done", result, time.monotonic(), None
                 return
-        batcher.call_exclusive(lambda: self._slice(job, batcher))
+        batcher.call_exclusive(lambda: self._slice(job, batcher), background=True)
 
     # -- internals ---------------------------------------------------------------------------------------------------
     def _purge_locked(self) -> None:

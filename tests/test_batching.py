@@ -191,3 +191,21 @@ def test_no_delay_when_no_more_jobs_are_expected():
     assert f1.result(5) and f2.result(5)
     b.stop()
     assert rec.batches[-1] == (("k",), [2, 3])
+
+
+def test_background_work_waits_for_live_traffic_to_pause():
+    gate = threading.Event()
+    rec = Recorder(gate=gate)
+    decoding = {"n": 1}
+    b = DynamicBatcher("m", rec, max_batch_size=4, max_batch_delay_ms=0, expecting_more=lambda: decoding["n"] > 0)
+    b.start()
+    ran = threading.Event()
+    b.call_exclusive(ran.set, background=True)
+    time.sleep(0.2)
+    assert not ran.is_set(), "background work ran while a request was being decoded"
+    f = b.submit(("k",), 1)
+    decoding["n"] = 0
+    gate.set()
+    assert f.result(5)
+    assert ran.wait(2), "background work never ran once traffic paused"
+    b.stop()

@@ -222,7 +222,11 @@ class _FakeBatcher:
     def __init__(self):
         self.accepting, self.queued_rows, self.pending = True, 0, []
 
-    def call_exclusive(self, fn):
+    @property
+    def live_traffic(self):
+        return self.queued_rows > 0
+
+    def call_exclusive(self, fn, *, background=False):
         self.pending.append(fn)
 
     def pump(self, n=1000):

@@ -13,6 +13,10 @@ from .errors import (
     ClientError,
     Forbidden,
     InvalidInput,
+    JobCancelled,
+    JobError,
+    JobFailed,
+    JobTimeout,
     NotFound,
     PayloadTooLarge,
     RateLimited,
@@ -28,11 +32,17 @@ from .errors import (
 from .images import ImageInput, encode_image
 from .retry import RetryPolicy, parse_retry_after
 from .types import (
+    ActivationResponse,
     Box,
+    ChannelStats,
     ExplainResponse,
     Explanation,
+    FilterResponse,
+    GridInfo,
     Health,
     ImageInfo,
+    Job,
+    JobProgress,
     LocalizeResponse,
     MethodInfo,
     MethodParam,
@@ -45,6 +55,8 @@ from .types import (
 )
 
 __all__ = [
+    "ActivationResponse", "ChannelStats", "FilterResponse", "GridInfo", "Job", "JobCancelled", "JobError",
+    "JobFailed", "JobProgress", "JobTimeout",
     "APIError", "AsyncClient", "BadRequest", "Box", "Client", "ClientError", "DEFAULT_URL", "ExplainResponse",
     "Explanation", "Forbidden", "Health", "ImageInfo", "ImageInput", "InvalidInput", "LocalizeResponse", "MethodInfo",
     "MethodParam", "ModelDetail", "ModelInfo", "NotFound", "PayloadTooLarge", "Prediction", "PredictResponse",

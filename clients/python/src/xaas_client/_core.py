@@ -18,12 +18,24 @@ from urllib.parse import quote
 import httpx
 from pydantic import ValidationError
 
-from .errors import UnexpectedResponse, XaasConnectionError, XaasError, error_from_response
+from .errors import (
+    JobCancelled,
+    JobFailed,
+    JobTimeout,
+    NotFound,
+    UnexpectedResponse,
+    XaasConnectionError,
+    XaasError,
+    error_from_response,
+)
 from .images import ImageInput, encode_image
 from .retry import RetryPolicy
 from .types import (
+    ActivationResponse,
     ExplainResponse,
+    FilterResponse,
     Health,
+    Job,
     LocalizeResponse,
     MethodInfo,
     ModelDetail,
@@ -48,15 +60,21 @@ class Call(Generic[T]):
     fields: dict[str, list[str]] = field(default_factory=dict)
     image: tuple[str, bytes, str] | None = None
     accept: frozenset[int] = frozenset({200})
+    json: Any = None
+    params: dict[str, str] = field(default_factory=dict)
 
     def request(self, http: httpx.Client | httpx.AsyncClient) -> httpx.Request:
         """A fresh request per attempt: a multipart stream is not guaranteed to be re-readable."""
-        if self.image is None:
-            return http.build_request(self.method, self.path)
-        return http.build_request(self.method, self.path, data=self.fields, files={"image": self.image})
+        if self.image is not None:
+            return http.build_request(self.method, self.path, data=self.fields, files={"image": self.image})
+        if self.json is not None:
+            return http.build_request(self.method, self.path, json=self.json)
+        return http.build_request(self.method, self.path, params=self.params or None)
 
     def result(self, response: httpx.Response) -> T:
         try:
+            if response.status_code == 204:  # no content: the parser gets None
+                return self.parse(None)
             return self.parse(response.json())
         except (ValueError, ValidationError) as exc:  # JSONDecodeError is a ValueError
             raise UnexpectedResponse(f"{self.method} {self.path}: response does not match the API schema: {exc}",
@@ -78,6 +96,9 @@ class Sleep:
 
 SEND = Send()
 Exchange = Generator[Send | Sleep, httpx.Response | None, T]
+# A multi-call operation (poll a job, look up the default model): yields the calls to make (the driver sends each
+# through :func:`exchange` and sends back its result, or throws its XaasError in) and the pauses between them.
+Flow = Generator["Call[Any] | Sleep", Any, T]
 
 # Failures before the request reached the server: safe to repeat for any method.
 _CONNECT_ERRORS = (httpx.ConnectError, httpx.ConnectTimeout)
@@ -218,3 +239,83 @@ def _targets(target: Targets) -> list[Target] | None:
     if isinstance(target, (str, int)):
         return [target]
     return list(target)
+
+
+# --- feature visualisation and jobs -----------------------------------------------------------------------------------
+
+def activations(image: ImageInput, *, model: str | None = None, layer: str | None = None, top: int | None = None,
+                channel: int | None = None, frame: int | None = None) -> Call[ActivationResponse]:
+    """A layer's activations for ``image`` (``POST /activations``): the ``top`` channels by mean activation as a
+    grid PNG (server default 16), or with ``channel`` that one channel at native resolution. ``layer`` defaults to
+    the model's target layer; see ``grid_png()`` / ``channel_png()`` on the result."""
+    return _image_call("/activations", ActivationResponse.model_validate, image,
+                       {"model": model, "layer": layer, "top": top, "channel": channel, "frame": frame})
+
+
+def filters(model: str | None = None, layer: str | None = None) -> Flow[FilterResponse]:
+    """A convolution layer's filters as one PNG grid (``GET /models/{name}/filters``); ``model`` defaults to the
+    server's default model (one extra ``GET /models``), ``layer`` to the first convolution."""
+    name = yield from _model_name(model)
+    return (yield Call("GET", f"/models/{quote(name, safe='')}/filters", FilterResponse.model_validate,
+                       params={"layer": layer} if layer is not None else {}))
+
+
+def start_class_impression(model: str | None, target: Target, **params: Any) -> Flow[Job]:
+    """Start a class-impression job (``POST /models/{name}/class-impressions``) and return it at once (status
+    ``queued``); poll with :meth:`job`. ``params``: ``steps``, ``lr``, ``tv_weight``, ``l2_weight``, ``jitter``,
+    ``rotation``, ``scale=(lo, hi)``, ``seed``. ``model=None`` uses the server's default model."""
+    name = yield from _model_name(model)
+    body = {"target": target, **{k: list(v) if isinstance(v, tuple) else v for k, v in params.items() if v is not None}}
+    return (yield Call("POST", f"/models/{quote(name, safe='')}/class-impressions", Job.model_validate, json=body,
+                       accept=frozenset({200, 202})))
+
+
+def job(id: str) -> Call[Job]:
+    """A job's status, progress and (when done) result (``GET /jobs/{id}``); :class:`NotFound` once expired."""
+    return Call("GET", f"/jobs/{quote(id, safe='')}", Job.model_validate)
+
+
+def cancel_job(id: str) -> Call[None]:
+    """Cancel a queued or running job, or delete a finished one (``DELETE /jobs/{id}``)."""
+    return Call("DELETE", f"/jobs/{quote(id, safe='')}", lambda _: None, accept=frozenset({200, 202, 204}))
+
+
+def class_impression(model: str | None, target: Target, *, poll_interval: float = 0.5, timeout: float = 120.0,
+                     on_progress: Callable[[Job], None] | None = None, **params: Any) -> Flow[Job]:
+    """Start a class-impression job and poll it until it ends; returns the done :class:`Job` (``image_png()``).
+
+    Raises :class:`JobFailed` / :class:`JobCancelled` when it ends otherwise, and :class:`JobTimeout` (after
+    cancelling the job) when it is not done within ``timeout`` seconds. ``on_progress(job)`` is called with each
+    polled state (a plain function, also with :class:`AsyncClient`). ``params`` as for :meth:`start_class_impression`.
+    """
+    deadline = time.monotonic() + timeout
+    current = yield from start_class_impression(model, target, **params)
+    while True:
+        if on_progress is not None:
+            on_progress(current)
+        if current.finished:
+            break
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            try:
+                yield cancel_job(current.id)
+            except XaasError:
+                pass  # best effort: the job may have just ended or expired
+            raise JobTimeout(f"job {current.id} did not finish within {timeout:g} s (cancelled)", job=current)
+        yield Sleep(min(poll_interval, remaining))
+        current = yield job(current.id)
+    if current.status == "failed":
+        raise JobFailed(f"job {current.id} failed: {current.error or 'no reason given'}", job=current)
+    if current.status == "cancelled":
+        raise JobCancelled(f"job {current.id} was cancelled", job=current)
+    return current
+
+
+def _model_name(model: str | None) -> Flow[str]:
+    """``model``, or the server's default model (``GET /models``) when ``None``."""
+    if model is not None:
+        return model
+    listed = yield models()
+    if not listed:
+        raise NotFound("the server has no models loaded", status=None)
+    return next((m.name for m in listed if m.default), listed[0].name)

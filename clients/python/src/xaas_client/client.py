@@ -18,7 +18,8 @@ from typing import Any, Concatenate, ParamSpec, Self, TypeVar
 import httpx
 
 from . import _core
-from ._core import Call, Sleep
+from ._core import Call, Flow, Sleep
+from .errors import XaasError
 from .retry import RetryPolicy
 
 __all__ = ["AsyncClient", "Client", "DEFAULT_URL"]
@@ -73,24 +74,29 @@ def _adopt(method: Callable[..., Any], endpoint: Callable[..., Any], owner: str)
     sig = inspect.signature(endpoint)
     returns = str(sig.return_annotation)
     returns = returns[len("Call["):-1] if returns.startswith("Call[") else returns
+    returns = returns[len("Flow["):-1] if returns.startswith("Flow[") else returns
     this = inspect.Parameter("self", inspect.Parameter.POSITIONAL_ONLY, annotation=owner)
     method.__signature__ = sig.replace(parameters=[this, *sig.parameters.values()],  # type: ignore[attr-defined]
                                        return_annotation=returns)
 
 
-def _blocking(endpoint: Callable[P, Call[T]]) -> Callable[Concatenate[Client, P], T]:
-    """A ``Client`` method that sends ``endpoint``'s call and returns its result."""
+def _blocking(endpoint: Callable[P, Call[T] | Flow[T]]) -> Callable[Concatenate[Client, P], T]:
+    """A ``Client`` method that sends ``endpoint``'s call (or drives its flow) and returns its result."""
     def method(self: Client, /, *args: P.args, **kwargs: P.kwargs) -> T:
-        return self._run(endpoint(*args, **kwargs))
+        work = endpoint(*args, **kwargs)
+        return self._run(work) if isinstance(work, Call) else self._drive(work)
 
     _adopt(method, endpoint, "Client")
     return method
 
 
-def _awaitable(endpoint: Callable[P, Call[T]]) -> Callable[Concatenate[AsyncClient, P], Coroutine[Any, Any, T]]:
-    """An ``AsyncClient`` coroutine method that sends ``endpoint``'s call and returns its result."""
+def _awaitable(endpoint: Callable[P, Call[T] | Flow[T]]) -> Callable[Concatenate[AsyncClient, P],
+                                                                       Coroutine[Any, Any, T]]:
+    """An ``AsyncClient`` coroutine method that sends ``endpoint``'s call (or drives its flow) and returns its
+    result."""
     async def method(self: AsyncClient, /, *args: P.args, **kwargs: P.kwargs) -> T:
-        return await self._run(endpoint(*args, **kwargs))
+        work = endpoint(*args, **kwargs)
+        return await (self._run(work) if isinstance(work, Call) else self._drive(work))
 
     _adopt(method, endpoint, "AsyncClient")
     return method
@@ -124,6 +130,23 @@ class Client(_BaseClient):
         except StopIteration as done:
             return done.value  # type: ignore[no-any-return]
 
+    def _drive(self, flow: Flow[T]) -> T:
+        try:
+            step = next(flow)
+            while True:
+                if isinstance(step, Sleep):
+                    time.sleep(step.seconds)
+                    step = flow.send(None)
+                    continue
+                try:
+                    result = self._run(step)
+                except XaasError as exc:
+                    step = flow.throw(exc)
+                else:
+                    step = flow.send(result)
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]
+
     def close(self) -> None:
         self._http.close()
 
@@ -142,6 +165,12 @@ class Client(_BaseClient):
     predict = _blocking(_core.predict)
     explain = _blocking(_core.explain)
     localize = _blocking(_core.localize)
+    activations = _blocking(_core.activations)
+    filters = _blocking(_core.filters)
+    start_class_impression = _blocking(_core.start_class_impression)
+    job = _blocking(_core.job)
+    cancel_job = _blocking(_core.cancel_job)
+    class_impression = _blocking(_core.class_impression)
 
 
 class AsyncClient(_BaseClient):
@@ -172,6 +201,23 @@ class AsyncClient(_BaseClient):
         except StopIteration as done:
             return done.value  # type: ignore[no-any-return]
 
+    async def _drive(self, flow: Flow[T]) -> T:
+        try:
+            step = next(flow)
+            while True:
+                if isinstance(step, Sleep):
+                    await asyncio.sleep(step.seconds)
+                    step = flow.send(None)
+                    continue
+                try:
+                    result = await self._run(step)
+                except XaasError as exc:
+                    step = flow.throw(exc)
+                else:
+                    step = flow.send(result)
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]
+
     async def close(self) -> None:
         await self._http.aclose()
 
@@ -192,4 +238,10 @@ class AsyncClient(_BaseClient):
     predict = _awaitable(_core.predict)
     explain = _awaitable(_core.explain)
     localize = _awaitable(_core.localize)
+    activations = _awaitable(_core.activations)
+    filters = _awaitable(_core.filters)
+    start_class_impression = _awaitable(_core.start_class_impression)
+    job = _awaitable(_core.job)
+    cancel_job = _awaitable(_core.cancel_job)
+    class_impression = _awaitable(_core.class_impression)
 

@@ -18,6 +18,10 @@ __all__ = [
     "ClientError",
     "Forbidden",
     "InvalidInput",
+    "JobCancelled",
+    "JobError",
+    "JobFailed",
+    "JobTimeout",
     "NotFound",
     "PayloadTooLarge",
     "RateLimited",
@@ -116,6 +120,26 @@ class XaasConnectionError(XaasError):
 
 class UnexpectedResponse(XaasError):
     """A success status with a body that does not match the API schema (a proxy page, an incompatible server)."""
+
+
+class JobError(XaasError):
+    """A background job (e.g. a class impression) did not end ``done``; ``job`` is its last known state."""
+
+    def __init__(self, detail: str, *, job: Any = None, **kwargs: Any) -> None:
+        super().__init__(detail, **kwargs)
+        self.job = job
+
+
+class JobFailed(JobError):
+    """The job ended ``failed``; ``job.error`` is the server's reason."""
+
+
+class JobCancelled(JobError):
+    """The job ended ``cancelled`` (by a ``DELETE /jobs/{id}``, or the server shutting down)."""
+
+
+class JobTimeout(JobError):
+    """The job did not finish within the client's ``timeout``; the client cancelled it."""
 
 
 _BY_STATUS: dict[int, type[APIError]] = {

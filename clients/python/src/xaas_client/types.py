@@ -20,11 +20,17 @@ if TYPE_CHECKING:
     from PIL import Image as PILImage
 
 __all__ = [
+    "ActivationResponse",
     "Box",
+    "ChannelStats",
     "ExplainResponse",
     "Explanation",
+    "FilterResponse",
+    "GridInfo",
     "Health",
     "ImageInfo",
+    "Job",
+    "JobProgress",
     "LocalizeResponse",
     "MethodInfo",
     "MethodParam",
@@ -212,14 +218,122 @@ class LocalizeResponse(_Result):
     boxes: list[Box]
 
 
+class ChannelStats(_Result):
+    index: int
+    mean: float
+    max: float
+    fraction_positive: float
+
+
+class GridInfo(_Result):
+    """Layout of a grid PNG: ``rows`` x ``cols`` tiles of ``tile`` = (height, width) pixels, ``pad`` apart."""
+
+    rows: int
+    cols: int
+    tile: tuple[int, int]
+    scale: int
+    pad: int
+
+
+class ActivationResponse(_Result):
+    """``POST /activations``: ``grid`` (top channels) or ``channel`` (the one asked for) as base64 PNGs."""
+
+    model: str
+    layer: str
+    shape: tuple[int, int, int]  # [channels, height, width]
+    image: ImageInfo
+    channels: list[ChannelStats]
+    grid: str | None = None
+    grid_info: GridInfo | None = None
+    channel: str | None = None
+
+    def grid_png(self) -> bytes:
+        """The grid PNG file (8-bit grey, one min-max normalised tile per channel of ``channels``)."""
+        return _decode_b64(self.grid, "no grid: it was asked for one channel (channel=...)")
+
+    def grid_image(self) -> PILImage.Image:
+        """The grid as a PIL image (mode ``L``); layout in ``grid_info``."""
+        return _open_png(self.grid_png(), "L")
+
+    def channel_png(self) -> bytes:
+        """The requested channel's PNG file (8-bit grey, the layer's native resolution)."""
+        return _decode_b64(self.channel, "no single channel: ask for channel=N")
+
+    def channel_image(self) -> PILImage.Image:
+        """The requested channel as a PIL image (mode ``L``)."""
+        return _open_png(self.channel_png(), "L")
+
+
+class FilterResponse(_Result):
+    """``GET /models/{name}/filters``: ``mode`` is ``rgb`` (3 input channels) or ``grey-mean``."""
+
+    model: str
+    layer: str
+    count: int
+    in_channels: int
+    kernel_size: tuple[int, int]
+    mode: str
+    grid: str
+    grid_info: GridInfo
+    conv_layers: list[str] = []
+
+    def grid_png(self) -> bytes:
+        """The filter grid PNG file (RGB or grey, each filter min-max normalised on its own)."""
+        return _decode_b64(self.grid, "no grid")
+
+    def grid_image(self) -> PILImage.Image:
+        """The filter grid as a PIL image (mode ``RGB`` for rgb filters, else ``L``)."""
+        return _open_png(self.grid_png(), "RGB" if self.mode == "rgb" else "L")
+
+
+class JobProgress(_Result):
+    step: int
+    steps: int
+
+    @property
+    def fraction(self) -> float:
+        return self.step / self.steps if self.steps else 0.0
+
+
+class Job(_Result):
+    """A background job (``GET /jobs/{id}``); ``status`` is queued, running, done, failed or cancelled. A freshly
+    started job carries only ``id`` and ``status``."""
+
+    id: str
+    status: str
+    kind: str | None = None
+    model: str | None = None
+    progress: JobProgress | None = None
+    target: int | None = None
+    label: str | None = None
+    probability: float | None = None
+    image: str | None = None
+    error: str | None = None
+
+    @property
+    def finished(self) -> bool:
+        """True once the job ended (done, failed or cancelled)."""
+        return self.status in ("done", "failed", "cancelled")
+
+    def image_png(self) -> bytes:
+        """The result PNG file (RGB, or grey for one-channel models) at the model's input size; when done."""
+        return _decode_b64(self.image, f"no image: the job is {self.status}")
+
+    def image_image(self) -> PILImage.Image:
+        """The result as a PIL image (mode as stored: ``RGB`` or ``L``)."""
+        return _open_png(self.image_png(), None)
+
+
 def _decode_b64(value: str | None, output: str) -> bytes:
     if value is None:
+        if " " in output:  # a full explanation of what is missing
+            raise ValueError(f"this result has {output}")
         raise ValueError(f"this explanation has no {output}: ask for outputs=('{output}', ...)")
     return base64.b64decode(value)
 
 
-def _open_png(data: bytes, mode: str) -> PILImage.Image:
-    pil = require("PIL.Image", "decoding a heatmap image")
+def _open_png(data: bytes, mode: str | None) -> PILImage.Image:
+    pil = require("PIL.Image", "decoding a PNG image")
     image = pil.open(io.BytesIO(data))
     image.load()
-    return image if image.mode == mode else image.convert(mode)
+    return image if mode is None or image.mode == mode else image.convert(mode)
