@@ -145,12 +145,26 @@ class DynamicBatcher:
 
     async def run(self, key: Hashable, payload: Any, *, size: int = 1, timeout: float = 30.0) -> Any:
         """Submit and await the result; cancellation of the caller cancels the job (it is dropped if still queued)."""
-        future = self.submit(key, payload, size=size, timeout=timeout)
-        try:
-            return await asyncio.wait_for(asyncio.wrap_future(future), timeout)
-        except asyncio.TimeoutError:
-            future.cancel()
-            raise DeadlineExceeded(f"the request did not finish within {timeout:g} s") from None
+        return await _await_with_deadline(self.submit(key, payload, size=size, timeout=timeout), timeout)
+
+    async def run_exclusive(self, fn: Callable[[], Any], *, timeout: float = 30.0) -> Any:
+        """Run ``fn`` on the worker between batches (interactive priority) and await its result under a deadline;
+        a caller that gives up before it starts costs no model time."""
+        future: concurrent.futures.Future = concurrent.futures.Future()
+
+        def task() -> None:
+            if not future.set_running_or_notify_cancel():
+                return
+            try:
+                future.set_result(fn())
+            except XaasError as exc:
+                future.set_exception(exc)
+            except Exception as exc:  # noqa: BLE001 - handed to the caller with a reason, the worker serves on
+                log.exception("exclusive call failed on worker %s", self.name)
+                future.set_exception(ModelExecutionError(f"the model failed on this request ({exc.__class__.__name__})"))
+
+        self.call_exclusive(task)
+        return await _await_with_deadline(future, timeout)
 
     def retry_after(self) -> int:
         """Seconds a rejected client should wait: roughly the time to drain the current queue, at least 1."""
@@ -300,6 +314,14 @@ class BatchObserver:
     def queue_wait(self, model: str, seconds: float) -> None: ...
     def batch(self, model: str, rows: int, seconds: float) -> None: ...
     def rejected(self, model: str) -> None: ...
+
+
+async def _await_with_deadline(future: concurrent.futures.Future, timeout: float) -> Any:
+    try:
+        return await asyncio.wait_for(asyncio.wrap_future(future), timeout)
+    except asyncio.TimeoutError:
+        future.cancel()
+        raise DeadlineExceeded(f"the request did not finish within {timeout:g} s") from None
 
 
 def _fail(job: Job, exc: BaseException) -> None:

@@ -147,7 +147,8 @@ def _to_u8(unit: np.ndarray) -> np.ndarray:
     return np.rint(unit * np.float32(255.0)).astype(np.uint8)
 
 
-def _png(pixels: np.ndarray, compress_level: int) -> bytes:
+def encode_png(pixels: np.ndarray, compress_level: int = 6) -> bytes:
+    """uint8 ``[H, W]`` (grey) or ``[H, W, 3]`` (RGB) → PNG bytes."""
     buffer = io.BytesIO()
     Image.fromarray(pixels).save(buffer, format="PNG", compress_level=compress_level)
     return buffer.getvalue()
@@ -165,7 +166,7 @@ def render_heatmap(heatmap: np.ndarray, size: tuple[int, int]) -> tuple[bytes, M
     ``stats.empty``; NaN/inf are drawn as 0 and flagged with ``stats.nonfinite``.
     """
     unit, stats = normalised_map(heatmap, size)
-    return _png(_to_u8(unit), _HEATMAP_PNG_LEVEL), stats
+    return encode_png(_to_u8(unit), _HEATMAP_PNG_LEVEL), stats
 
 
 def render_overlay(
@@ -188,7 +189,7 @@ def render_overlay(
         raise ValueError(f"base_rgb must be uint8 [H, W, 3], got {base.dtype} {base.shape}")
     height, width = base.shape[:2]
     unit, _ = normalised_map(heatmap, (width, height))
-    return _png(_blend(base, lut[_to_u8(unit)], weight), _OVERLAY_PNG_LEVEL)
+    return encode_png(_blend(base, lut[_to_u8(unit)], weight), _OVERLAY_PNG_LEVEL)
 
 
 def _blend(base: np.ndarray, colour: np.ndarray, alpha: float) -> np.ndarray:

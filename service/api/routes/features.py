@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import concurrent.futures
-import io
-import logging
-from typing import Any, Callable, TypeVar
+from typing import Any
 
 import numpy as np
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
-from PIL import Image
 
 from ...engine.features import (
     GRID_PAD,
@@ -26,8 +21,9 @@ from ...engine.features import (
     layer_activations,
     top_channels,
 )
-from ...errors import DeadlineExceeded, InvalidOption, ModelExecutionError, XaasError
+from ...errors import InvalidOption
 from ...registry import LoadedModel
+from ...rendering import encode_png
 from ...runtime import Runtime
 from ..deps import get_runtime, unless_disconnected
 from ..inputs import read_image_request
@@ -44,38 +40,10 @@ from ..schemas import (
 )
 
 router = APIRouter(tags=["features"])
-log = logging.getLogger("xaas.features")
-T = TypeVar("T")
 
 
 def _png(array: np.ndarray) -> str:
-    buf = io.BytesIO()
-    Image.fromarray(array).save(buf, format="PNG")
-    return base64.b64encode(buf.getvalue()).decode("ascii")
-
-
-async def on_worker(runtime: Runtime, model: LoadedModel, fn: Callable[[], T], timeout: float) -> T:
-    """Run ``fn`` on the model's worker thread between batches (never concurrently with live traffic)."""
-    batcher = runtime.batcher(model)
-    future: concurrent.futures.Future = concurrent.futures.Future()
-
-    def task() -> None:
-        if not future.set_running_or_notify_cancel():
-            return  # the caller gave up: skip the model work
-        try:
-            future.set_result(fn())
-        except XaasError as exc:
-            future.set_exception(exc)
-        except Exception as exc:  # noqa: BLE001 - handed to the awaiting request as a 500 with a reason
-            log.exception("feature task failed on model %s", model.name)
-            future.set_exception(ModelExecutionError(f"the model failed on this request ({exc.__class__.__name__})"))
-
-    batcher.call_exclusive(task)
-    try:
-        return await asyncio.wait_for(asyncio.wrap_future(future), timeout)
-    except asyncio.TimeoutError:
-        future.cancel()
-        raise DeadlineExceeded(f"the request did not finish within {timeout:g} s") from None
+    return base64.b64encode(encode_png(array)).decode("ascii")
 
 
 def check_layer(model: LoadedModel, layer: str | None) -> str:
@@ -97,9 +65,8 @@ async def activations(request: Request, runtime: Runtime = Depends(get_runtime))
     request.state.model = model.name
     layer = check_layer(model, opts.layer)
     image, tensor = await runtime.load_image(model, data, frame=opts.frame)
-    act = await unless_disconnected(request, on_worker(
-        runtime, model, lambda: layer_activations(model.module, tensor.to(model.device), layer),
-        runtime.timeout(opts.timeout)))
+    act = await unless_disconnected(request, runtime.batcher(model).run_exclusive(
+        lambda: layer_activations(model.module, tensor.to(model.device), layer), timeout=runtime.timeout(opts.timeout)))
 
     def render() -> ActivationResponse:
         stats = channel_stats(act)
