@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -18,24 +17,12 @@ from pathlib import Path
 
 import httpx
 import pytest
-import yaml
+
+from bench._server import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
-CLIENT_SRC = ROOT / "clients" / "python" / "src"
-if str(CLIENT_SRC) not in sys.path:  # the tests also run without `pip install -e clients/python`
-    sys.path.insert(0, str(CLIENT_SRC))
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
 SHIPPED_REGISTRY = ROOT / "service" / "models.yaml"
-DEMO_WEIGHTS = ROOT / "service" / "demo" / "demo_cnn.safetensors"
 START_TIMEOUT = 90.0
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class ServerProcess:
@@ -43,7 +30,7 @@ class ServerProcess:
 
     def __init__(self, name: str, registry: Path, log_dir: Path, extra_env: dict[str, str] | None = None) -> None:
         self.name = name
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_dir / f"{name}.log"
         env = {**os.environ, "XAAS_DEVICE": "cpu", "XAAS_MODELS": str(registry), "XAAS_LOG_LEVEL": "warning",
@@ -85,22 +72,10 @@ class ServerProcess:
         self._log.close()
 
 
-def _registry(tmp: Path) -> Path:
-    """The shipped registry once the trained demo weights exist; until then the same entry, randomly initialised."""
-    if DEMO_WEIGHTS.is_file():
-        return SHIPPED_REGISTRY
-    entries = yaml.safe_load(SHIPPED_REGISTRY.read_text())["models"]
-    demo = dict(next(e for e in entries if e["name"] == "demo"))
-    demo.pop("weights", None)
-    path = tmp / "models.yaml"
-    path.write_text(yaml.safe_dump({"models": [demo]}))
-    return path
-
-
 @pytest.fixture(scope="session")
 def _servers(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, ServerProcess]]:
     tmp = tmp_path_factory.mktemp("xaas-servers")
-    registry = _registry(tmp)
+    registry = SHIPPED_REGISTRY
     servers = {"main": ServerProcess("main", registry, tmp)}
     if any("busy_server" in item.fixturenames for item in request.session.items):
         # One job running, one waiting, the rest 429: small enough to fill with a handful of requests.
