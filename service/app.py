@@ -8,9 +8,10 @@ from typing import AsyncIterator, Callable
 
 from fastapi import FastAPI
 
-from . import __version__
-from .api import problems
 from fastapi.middleware.cors import CORSMiddleware
+
+from . import __version__, openapi
+from .api import problems
 
 from .api.middleware import ApiKeyMiddleware, BodyLimitMiddleware, RequestContextMiddleware
 from .api.routes import explain, features, health, localize, models, predict
@@ -41,6 +42,7 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
 
     app = FastAPI(title="xaas", version=__version__, description=DESCRIPTION, lifespan=lifespan)
     problems.install(app)
+    openapi.install(app)
     for router in (health.router, models.router, predict.router, explain.router, localize.router, features.router):
         app.include_router(router)
     # Added last = outermost: request id → CORS → API key → body limit → routes.

@@ -1,12 +1,12 @@
-"""DynamicBatcher: groups compatible jobs from many requests into one model pass, on one worker thread per model.
+"""DynamicBatcher: groups compatible items from many requests into one model pass, on one worker thread per model.
 
 A batch forms when ``max_batch_size`` rows of the same *key* wait or ``max_batch_delay_ms`` passed since the oldest
-of them arrived. Only jobs with equal keys share a pass (the key encodes the work: predict, or explain with one method
-and one parameter set), so every job gets exactly the answer it would get alone.
+of them arrived. Only items with equal keys share a pass (the key encodes the work: predict, or explain with one method
+and one parameter set), so every item gets exactly the answer it would get alone.
 
-The queue is bounded (``max_queue`` rows): a full queue raises ``QueueFull`` at once instead of growing memory. A job
+The queue is bounded (``max_queue`` rows): a full queue raises ``QueueFull`` at once instead of growing memory. An item
 whose future was cancelled (client gone) or whose deadline passed is dropped before it costs model time. A failing
-batch is split in halves and retried, so one poisoned job fails alone and an out-of-memory batch shrinks.
+batch is split in halves and retried, so one poisoned item fails alone and an out-of-memory batch shrinks.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Hashable, Sequence
 
-from .errors import DeadlineExceeded, ModelExecutionError, QueueFull, ServiceUnavailable, XaasError
+from .errors import DeadlineExceeded, ModelExecutionError, OutOfMemory, QueueFull, ShuttingDown, XaasError
 
 log = logging.getLogger("xaas.batching")
 
@@ -32,7 +32,10 @@ RunBatch = Callable[[Hashable, Sequence[Any]], Sequence[Any]]
 
 
 @dataclass
-class Job:
+class QueuedWork:
+    """One submitted unit of work in (or taken from) a model's queue: batch key, payload (the work itself, e.g. an
+    ``inference.ExplainWork``), row count, deadline, and the future its submitter awaits."""
+
     key: Hashable
     payload: Any
     size: int
@@ -46,7 +49,7 @@ class BatcherStats:
     """Counters kept by the batcher itself (the metrics module reads them; tests assert on them)."""
 
     batches: int = 0
-    jobs_run: int = 0
+    items_run: int = 0
     rows_run: int = 0
     dropped_cancelled: int = 0
     dropped_expired: int = 0
@@ -69,7 +72,7 @@ class DynamicBatcher:
         observer: "BatchObserver | None" = None,
         expecting_more: Callable[[], bool] | None = None,
     ):
-        """``expecting_more()`` says whether more jobs are on their way (e.g. requests still being decoded); when it
+        """``expecting_more()`` says whether more items are on their way (e.g. requests still being decoded); when it
         returns False the worker does not wait ``max_batch_delay_ms`` for company that cannot come, so a lone
         client pays no batching delay."""
         if max_batch_size < 1 or max_queue < 1 or max_batch_delay_ms < 0:
@@ -82,7 +85,7 @@ class DynamicBatcher:
         self.stats = BatcherStats()
         self._observer = observer
         self._expecting_fn = expecting_more
-        self._queues: dict[Hashable, deque[Job]] = {}
+        self._queues: dict[Hashable, deque[QueuedWork]] = {}
         self._queued_rows = 0
         self._cond = threading.Condition()
         self._accepting = True
@@ -107,11 +110,11 @@ class DynamicBatcher:
         if self._thread is not None:
             self._thread.join(timeout=grace + 5.0)
         with self._cond:
-            leftovers = [job for q in self._queues.values() for job in q]
+            leftovers = [item for q in self._queues.values() for item in q]
             self._queues.clear()
             self._queued_rows = 0
-        for job in leftovers:
-            _fail(job, ServiceUnavailable("the service is shutting down", headers={"Retry-After": "5"}))
+        for item in leftovers:
+            _fail(item, ShuttingDown())
 
     @property
     def queued_rows(self) -> int:
@@ -123,28 +126,25 @@ class DynamicBatcher:
 
     # -- submission ------------------------------------------------------------------------------------------------
     def submit(self, key: Hashable, payload: Any, *, size: int = 1, timeout: float = 30.0) -> concurrent.futures.Future:
-        job = Job(key, payload, max(1, size), time.monotonic() + timeout)
+        item = QueuedWork(key, payload, max(1, size), time.monotonic() + timeout)
         with self._cond:
             if not self._accepting:
-                raise ServiceUnavailable("the service is shutting down", headers={"Retry-After": "5"})
-            if self._queued_rows + job.size > self.max_queue and self._queued_rows > 0:
+                raise ShuttingDown()
+            if self._queued_rows + item.size > self.max_queue and self._queued_rows > 0:
                 self.stats.rejected_full += 1
                 if self._observer:
                     self._observer.rejected(self.name)
-                raise QueueFull(
-                    f"model '{self.name}' has {self._queued_rows} rows queued (limit {self.max_queue}); retry shortly",
-                    headers={"Retry-After": str(self.retry_after())},
-                )
-            self._last_traffic = job.enqueued
-            self._queues.setdefault(key, deque()).append(job)
-            self._queued_rows += job.size
+                raise QueueFull(self.name, self._queued_rows, self.max_queue, self.retry_after())
+            self._last_traffic = item.enqueued
+            self._queues.setdefault(key, deque()).append(item)
+            self._queued_rows += item.size
             self._cond.notify_all()
         if self._observer:
             self._observer.queue_depth(self.name, self._queued_rows)
-        return job.future
+        return item.future
 
     async def run(self, key: Hashable, payload: Any, *, size: int = 1, timeout: float = 30.0) -> Any:
-        """Submit and await the result; cancellation of the caller cancels the job (it is dropped if still queued)."""
+        """Submit and await the result; cancellation of the caller cancels the item (it is dropped if still queued)."""
         return await _await_with_deadline(self.submit(key, payload, size=size, timeout=timeout), timeout)
 
     async def run_exclusive(self, fn: Callable[[], Any], *, timeout: float = 30.0) -> Any:
@@ -212,11 +212,11 @@ class DynamicBatcher:
             try:
                 self._execute(batch)
             except Exception:  # noqa: BLE001 - a bug in the loop must not kill the model's only worker
-                log.exception("worker %s crashed on a batch; failing its jobs and serving on", self.name)
-                for job in batch:
-                    _fail(job, ModelExecutionError("the model worker failed on this request"))
+                log.exception("worker %s crashed on a batch; failing its items and serving on", self.name)
+                for item in batch:
+                    _fail(item, ModelExecutionError("the model worker failed on this request"))
 
-    def _next_batch(self) -> tuple[list[Job] | None, Callable[[], None] | None]:
+    def _next_batch(self) -> tuple[list[QueuedWork] | None, Callable[[], None] | None]:
         with self._cond:
             while True:
                 if self._exclusive and not self._queued_rows:
@@ -237,12 +237,12 @@ class DynamicBatcher:
                 if remaining <= 0:
                     break
                 self._cond.wait(remaining)
-            batch: list[Job] = []
+            batch: list[QueuedWork] = []
             rows = 0
             while queue and (not batch or rows + queue[0].size <= self.max_batch_size):
-                job = queue.popleft()
-                batch.append(job)
-                rows += job.size
+                item = queue.popleft()
+                batch.append(item)
+                rows += item.size
             if not queue:
                 del self._queues[key]
             self._queued_rows -= rows
@@ -250,61 +250,61 @@ class DynamicBatcher:
             self._observer.queue_depth(self.name, self._queued_rows)
         return batch, None
 
-    def _execute(self, jobs: list[Job]) -> None:
+    def _execute(self, items: list[QueuedWork]) -> None:
         now = time.monotonic()
-        live: list[Job] = []
-        for job in jobs:
-            if job.deadline <= now:
+        live: list[QueuedWork] = []
+        for item in items:
+            if item.deadline <= now:
                 self.stats.dropped_expired += 1
-                _fail(job, DeadlineExceeded("the request's deadline passed while it was queued"))
-            elif not job.future.set_running_or_notify_cancel():
+                _fail(item, DeadlineExceeded("the request's deadline passed while it was queued"))
+            elif not item.future.set_running_or_notify_cancel():
                 self.stats.dropped_cancelled += 1
             else:
-                live.append(job)
+                live.append(item)
         if not live:
             return
         if self._observer:
-            for job in live:
-                self._observer.queue_wait(self.name, now - job.enqueued)
+            for item in live:
+                self._observer.queue_wait(self.name, now - item.enqueued)
         self._run(live)
 
-    def _run(self, jobs: list[Job]) -> None:
-        rows = sum(j.size for j in jobs)
+    def _run(self, items: list[QueuedWork]) -> None:
+        rows = sum(j.size for j in items)
         t0 = time.perf_counter()
         try:
-            results = self._run_batch(jobs[0].key, [j.payload for j in jobs])
-            if len(results) != len(jobs):
-                raise RuntimeError(f"run_batch returned {len(results)} results for {len(jobs)} jobs")
+            results = self._run_batch(items[0].key, [j.payload for j in items])
+            if len(results) != len(items):
+                raise RuntimeError(f"run_batch returned {len(results)} results for {len(items)} items")
         except Exception as exc:  # noqa: BLE001 - isolate failures: split and retry, then fail only the culprit
-            if len(jobs) > 1:
+            if len(items) > 1:
                 self.stats.splits += 1
-                log.warning("batch of %d jobs on %s failed (%s); splitting", len(jobs), self.name, exc.__class__.__name__)
-                half = len(jobs) // 2
-                self._run(jobs[:half])
-                self._run(jobs[half:])
+                log.warning("batch of %d items on %s failed (%s); splitting", len(items), self.name, exc.__class__.__name__)
+                half = len(items) // 2
+                self._run(items[:half])
+                self._run(items[half:])
                 return
             if _is_oom(exc):
                 _free_cuda_cache()
-                _fail(jobs[0], ServiceUnavailable("the model ran out of memory on this request", headers={"Retry-After": "5"}))
+                _fail(items[0], OutOfMemory())
             elif isinstance(exc, XaasError):
-                _fail(jobs[0], exc)
+                _fail(items[0], exc)
             else:
-                log.exception("job failed on model %s", self.name)
-                _fail(jobs[0], ModelExecutionError(f"the model failed on this request ({exc.__class__.__name__})"))
+                log.exception("item failed on model %s", self.name)
+                _fail(items[0], ModelExecutionError(f"the model failed on this request ({exc.__class__.__name__})"))
             return
         elapsed = time.perf_counter() - t0
         self.stats.batches += 1
-        self.stats.jobs_run += len(jobs)
+        self.stats.items_run += len(items)
         self.stats.rows_run += rows
         self.stats.batch_sizes.append(rows)
         del self.stats.batch_sizes[:-1000]
         if self._observer:
             self._observer.batch(self.name, rows, elapsed)
-        for job, result in zip(jobs, results):
+        for item, result in zip(items, results):
             if isinstance(result, BaseException):
-                _fail(job, result)
-            elif not job.future.done():
-                job.future.set_result(result)
+                _fail(item, result)
+            elif not item.future.done():
+                item.future.set_result(result)
 
 
 class BatchObserver:
@@ -324,10 +324,10 @@ async def _await_with_deadline(future: concurrent.futures.Future, timeout: float
         raise DeadlineExceeded(f"the request did not finish within {timeout:g} s") from None
 
 
-def _fail(job: Job, exc: BaseException) -> None:
-    if not job.future.done():
+def _fail(item: QueuedWork, exc: BaseException) -> None:
+    if not item.future.done():
         try:
-            job.future.set_exception(exc)
+            item.future.set_exception(exc)
         except concurrent.futures.InvalidStateError:
             pass
 

@@ -1,8 +1,10 @@
-"""Tensor work for batched jobs, run on a model's worker thread. No HTTP, no image decoding here.
+"""Model work, batched, run on a model's worker thread. No HTTP, no image decoding here.
 
-Each job kind is a frozen dataclass whose ``batch_key`` says which jobs may share a pass; ``run_jobs`` executes a
-list of same-key jobs on one ``LoadedModel`` and returns one result per job. Results are moved to the CPU once,
-at the end of the batch.
+Each kind of work (``PredictWork``, ``ExplainWork``: what one request asks of the model) is a frozen dataclass whose
+``batch_key`` says which items may share a pass; ``run_work`` executes a list of same-key items on one
+``LoadedModel`` and returns one result per item. Results are moved to the CPU once, at the end of the batch.
+(Not to be confused with :class:`service.batching.QueuedWork`, the queue's envelope around an item, or
+:class:`service.jobs.Job`, an asynchronous job a client polls at ``/jobs/{id}``.)
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from .registry import LoadedModel
 
 
 @dataclass(frozen=True)
-class PredictJob:
+class PredictWork:
     """Class probabilities for one preprocessed image ``[C, H, W]``."""
 
     inputs: torch.Tensor
@@ -37,17 +39,17 @@ def scores_from_logits(logits: torch.Tensor, task: str) -> torch.Tensor:
     return torch.sigmoid(logits) if task == "multilabel" else torch.softmax(logits, dim=1)
 
 
-def run_predict(model: LoadedModel, jobs: Sequence[PredictJob]) -> list[PredictResult]:
-    inputs = torch.stack([job.inputs for job in jobs]).to(model.device, non_blocking=True)
+def run_predict(model: LoadedModel, items: Sequence[PredictWork]) -> list[PredictResult]:
+    inputs = torch.stack([work.inputs for work in items]).to(model.device, non_blocking=True)
     with torch.inference_mode():
         logits = model.module(inputs).float()
         probs = scores_from_logits(logits, model.task)
     logits, probs = logits.cpu(), probs.cpu()
-    return [PredictResult(probs[i], logits[i]) for i in range(len(jobs))]
+    return [PredictResult(probs[i], logits[i]) for i in range(len(items))]
 
 
 @dataclass(frozen=True)
-class ExplainJob:
+class ExplainWork:
     """Heatmaps for one preprocessed image: explicit ``targets`` or, when empty, its ``top_k`` classes."""
 
     inputs: torch.Tensor
@@ -60,7 +62,7 @@ class ExplainJob:
 
     @property
     def batch_key(self) -> Hashable:
-        # Only jobs with the same method, parameters and layer may share a pass.
+        # Only items with the same method, parameters and layer may share a pass.
         return ("explain", self.method, self.params, self.layer)
 
     @property
@@ -75,27 +77,27 @@ class TargetMap:
     heatmap: np.ndarray  # [h, w] float32, native resolution, raw
 
 
-def run_explain(model: LoadedModel, jobs: Sequence[ExplainJob]) -> list[list[TargetMap]]:
+def run_explain(model: LoadedModel, items: Sequence[ExplainWork]) -> list[list[TargetMap]]:
     """One forward for scores (and top-k targets), then one batched explanation over every (image, target) row."""
     from .engine import get_method
 
-    first = jobs[0]
+    first = items[0]
     method = get_method(first.method)
-    x = torch.stack([job.inputs for job in jobs]).to(model.device, non_blocking=True)
+    x = torch.stack([work.inputs for work in items]).to(model.device, non_blocking=True)
     with torch.inference_mode():
         probs = scores_from_logits(model.module(x).float(), model.task)
     row_image: list[int] = []
     row_target: list[int] = []
-    for i, job in enumerate(jobs):
-        targets = list(job.targets)
+    for i, work in enumerate(items):
+        targets = list(work.targets)
         if not targets:
-            top = probs[i].topk(min(job.top_k, probs.shape[1]))
-            keep = top.values >= job.min_probability if job.min_probability is not None else torch.ones_like(top.values, dtype=torch.bool)
+            top = probs[i].topk(min(work.top_k, probs.shape[1]))
+            keep = top.values >= work.min_probability if work.min_probability is not None else torch.ones_like(top.values, dtype=torch.bool)
             targets = top.indices[keep].tolist()
         row_image += [i] * len(targets)
         row_target += targets
     if not row_image:  # e.g. a multi-label localization where no class reached the probability floor
-        return [[] for _ in jobs]
+        return [[] for _ in items]
     rows_x = x[torch.tensor(row_image, device=x.device)]
     rows_t = torch.tensor(row_target, device=x.device)
     layer = (first.layer or model.target_layer) if method.uses_layer else None
@@ -103,17 +105,17 @@ def run_explain(model: LoadedModel, jobs: Sequence[ExplainJob]) -> list[list[Tar
                           input_range=model.input_range, **dict(first.params))
     maps = maps.detach().float().cpu().numpy()
     row_scores = probs[torch.tensor(row_image, device=x.device), rows_t].float().cpu().tolist()
-    results: list[list[TargetMap]] = [[] for _ in jobs]
+    results: list[list[TargetMap]] = [[] for _ in items]
     for r, (i, t) in enumerate(zip(row_image, row_target)):
         results[i].append(TargetMap(t, row_scores[r], maps[r]))
     return results
 
 
-def run_jobs(model: LoadedModel, key: Hashable, jobs: Sequence[object]) -> list[object]:
+def run_work(model: LoadedModel, key: Hashable, items: Sequence[object]) -> list[object]:
     """Dispatch a same-key batch to its runner (the batcher's ``run_batch`` for one model)."""
     kind = key[0] if isinstance(key, tuple) else key
     if kind == "predict":
-        return run_predict(model, jobs)  # type: ignore[arg-type]
+        return run_predict(model, items)  # type: ignore[arg-type]
     if kind == "explain":
-        return run_explain(model, jobs)  # type: ignore[arg-type]
-    raise ValueError(f"unknown job kind {kind!r}")
+        return run_explain(model, items)  # type: ignore[arg-type]
+    raise ValueError(f"unknown work kind {kind!r}")

@@ -7,8 +7,9 @@ request rows are queued), does at most ``slice_steps`` steps (fewer as soon as r
 is asked after every step) and re-queues itself. Live traffic waits for at most one optimisation step, and the model
 is never used by two threads at once.
 
-Admission: at most ``max_running`` unfinished jobs (queued or running) at once; more → ``QueueFull`` (429 with
-Retry-After). Finished jobs (done, failed, cancelled) are kept for ``ttl`` seconds, then forgotten (404).
+Admission: at most ``max_running`` unfinished jobs (queued or running) at once; more → ``TooManyJobs`` (429 with
+Retry-After). Finished jobs (done, failed, cancelled by shutdown) are kept for ``ttl`` seconds, then forgotten
+(404); a job deleted by its client (``cancel``) is gone at once, as REST clients expect of ``DELETE``.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
-from .errors import NotFound, QueueFull
+from .errors import TooManyJobs, UnknownJob
 
 log = logging.getLogger("xaas.jobs")
 
@@ -93,8 +94,7 @@ class JobManager:
             self._purge_locked()
             active = [j for j in self._jobs.values() if j.status in ACTIVE]
             if len(active) >= self.max_running:
-                raise QueueFull(f"{len(active)} jobs are running (limit {self.max_running}, XAAS_MAX_JOBS); retry later",
-                                headers={"Retry-After": str(self._retry_after(active))})
+                raise TooManyJobs(len(active), self.max_running, self._retry_after(active))
             job = Job(uuid.uuid4().hex, kind, model, steps, runner, finish, dict(meta or {}))
             self._jobs[job.id] = job
         batcher.call_exclusive(lambda: self._slice(job, batcher), background=True)
@@ -105,23 +105,21 @@ class JobManager:
             self._purge_locked()
             job = self._jobs.get(job_id)
         if job is None:
-            raise NotFound(f"unknown job {job_id!r} (finished jobs expire after {self.ttl:g} s)")
+            raise UnknownJob(job_id, self.ttl)
         return job
 
     def cancel(self, job_id: str) -> Job:
-        """Cancel an unfinished job (it stops before its next slice); a finished job is deleted."""
+        """Delete a job: an unfinished one stops before its next slice. Either way it is gone (404) afterwards."""
         with self._lock:
             self._purge_locked()
-            job = self._jobs.get(job_id)
+            job = self._jobs.pop(job_id, None)
             if job is None:
-                raise NotFound(f"unknown job {job_id!r}")
+                raise UnknownJob(job_id, self.ttl)
             if job.status in ACTIVE:
                 job.cancel_requested = True
                 job.status = "cancelled"
                 job.finished = time.monotonic()
                 job.runner = None  # free the optimiser state now; the pending slice sees cancel_requested
-            else:
-                del self._jobs[job_id]
         return job
 
     def active(self) -> int:

@@ -6,9 +6,10 @@ A broken entry fails with one line naming the entry and the field (``ConfigError
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -17,7 +18,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from torch import nn
 
-from .errors import ConfigError, NotFound, ServiceUnavailable
+from .capabilities import Capabilities, probe
+from .errors import ConfigError, FieldError, InvalidOption, ModelNotReady, UnknownModel
 from .loaders import build_module, resolve_path
 
 log = logging.getLogger("xaas.registry")
@@ -74,7 +76,7 @@ class ModelSpec(BaseModel):
     @field_validator("device")
     @classmethod
     def _device(cls, v: str) -> str:
-        if v in ("auto", "cpu", "cuda") or (v.startswith("cuda:") and v[5:].isdigit()):
+        if v in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:[0-9]{1,3}", v, re.ASCII):
             return v
         raise ValueError("expected auto, cpu, cuda or cuda:N")
 
@@ -102,8 +104,8 @@ class LoadedModel:
     device: torch.device
     labels: list[str]
     target_layer: str | None  # None for TorchScript models (no hooks, so no CAM methods)
+    capabilities: Capabilities
     load_seconds: float = 0.0
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -130,19 +132,29 @@ class LoadedModel:
         return (self.spec.channels, *self.spec.input_size)
 
     def class_index(self, target: int | str) -> int:
-        """Resolve a class index or label; raises ``InvalidOption`` naming the bad target."""
-        from .errors import InvalidOption
+        """Resolve a class index (an int, or a string of ASCII digits) or a label; ``InvalidOption`` names a bad one.
 
-        if isinstance(target, int) or (isinstance(target, str) and target.strip().lstrip("-").isdigit()):
-            idx = int(target)
-            if not 0 <= idx < self.num_classes:
-                raise InvalidOption(f"target {idx} is out of range: model '{self.name}' has classes 0..{self.num_classes - 1}")
-            return idx
-        try:
-            return self.labels.index(target)
-        except ValueError:
-            hint = ", ".join(self.labels[:10]) + (" ..." if self.num_classes > 10 else "")
-            raise InvalidOption(f"target {target!r} is not a label of model '{self.name}' (labels: {hint})") from None
+        Only ASCII digits make an index: ``"¹"`` or ``"٣"`` are labels (``str.isdigit`` is true for them, and
+        ``int()`` reads some), so they are looked up, and refused, as labels."""
+        if isinstance(target, int) and not isinstance(target, bool):
+            idx = target
+        elif isinstance(target, str) and _INDEX.fullmatch(target.strip()):
+            idx = int(target.strip())
+        else:
+            try:
+                return self.labels.index(target)  # type: ignore[arg-type]
+            except ValueError:
+                hint = ", ".join(self.labels[:10]) + (" ..." if self.num_classes > 10 else "")
+                shown = repr(target) if len(repr(target)) <= 60 else repr(target)[:57] + "..."
+                raise InvalidOption(f"target {shown} is not a label of model '{self.name}' (labels: {hint})",
+                                    errors=[FieldError("target", "unknown label")]) from None
+        if not 0 <= idx < self.num_classes:
+            raise InvalidOption(f"target {idx} is out of range: model '{self.name}' has classes 0..{self.num_classes - 1}",
+                                errors=[FieldError("target", "class index out of range")])
+        return idx
+
+
+_INDEX = re.compile(r"-?[0-9]{1,18}", re.ASCII)
 
 
 def read_registry_file(path: Path) -> list[ModelSpec]:
@@ -226,29 +238,12 @@ def load_model(spec: ModelSpec, *, base_dir: Path, device_policy: str = "auto") 
         if labels is None:
             labels = [str(i) for i in range(out_classes)]
         target_layer = _target_layer(module, spec)
-        extra = _capabilities(module, spec, target_layer)
+        capabilities = probe(module, input_shape=(spec.channels, *spec.input_size), task=spec.task,
+                             target_layer=target_layer)
     except ConfigError as exc:
         raise ConfigError(f"model '{spec.name}': {exc}") from None
-    return LoadedModel(spec, module, device, labels, target_layer, load_seconds=time.perf_counter() - t0, extra=extra)
-
-
-def _capabilities(module: nn.Module, spec: ModelSpec, target_layer: str | None) -> dict[str, Any]:
-    """What the HTTP layer validates against without touching the model: usable methods and valid layers."""
-    from .engine import METHODS, spatial_layers
-    from .errors import InvalidOption
-
-    shape = (spec.channels, *spec.input_size)
-    if _is_scripted(module):
-        reason = "TorchScript models cannot be hooked (no layer maps, no guided ReLUs); serve it from a python: or torchvision: source"
-        return {"methods": {name: (None if name in HOOKLESS_METHODS else reason) for name in METHODS}, "layers": []}
-    methods: dict[str, str | None] = {}
-    for name, method in METHODS.items():
-        try:
-            method.check_model(module, shape, layer=target_layer, task=spec.task)
-            methods[name] = None
-        except InvalidOption as exc:
-            methods[name] = exc.detail
-    return {"methods": methods, "layers": spatial_layers(module, shape)}
+    return LoadedModel(spec, module, device, labels, target_layer, capabilities,
+                       load_seconds=time.perf_counter() - t0)
 
 
 def _warm_up(module: nn.Module, spec: ModelSpec, device: torch.device) -> int:
@@ -262,10 +257,6 @@ def _warm_up(module: nn.Module, spec: ModelSpec, device: torch.device) -> int:
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise ConfigError(f"field 'source': the model must return logits [batch, classes], got {shape}")
     return int(out.shape[1])
-
-
-HOOKLESS_METHODS = ("saliency", "smoothgrad", "integrated-gradients", "occlusion", "rise")
-"""Methods that need neither forward hooks nor Python-level ReLU interception: all a TorchScript model allows."""
 
 
 def _is_scripted(module: nn.Module) -> bool:
@@ -335,10 +326,10 @@ class ModelRegistry:
     def get(self, name: str | None) -> LoadedModel:
         name = name or self.default_name
         if name not in self.names():
-            raise NotFound(f"unknown model {name!r}; available: {', '.join(self.names())}")
+            raise UnknownModel(name, self.names())
         model = self._models.get(name)
         if model is None:
-            raise ServiceUnavailable(f"model {name!r} is not loaded yet", headers={"Retry-After": "5"})
+            raise ModelNotReady(name)
         return model
 
     def loaded(self) -> list[LoadedModel]:

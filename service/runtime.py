@@ -12,9 +12,9 @@ from typing import Any, Callable, TypeVar
 
 from .batching import DynamicBatcher
 from .config import Settings
-from .errors import ConfigError, InvalidOption, ServiceUnavailable
+from .errors import ConfigError, ModelNotReady, ShuttingDown, TooManyTargets
 from .imaging import DecodedImage, ImageLimits, decode_image, to_model_input
-from .inference import ExplainJob, PredictJob, PredictResult, TargetMap, run_jobs
+from .inference import ExplainWork, PredictResult, PredictWork, TargetMap, run_work
 from .metrics import Metrics
 from .registry import LoadedModel, ModelRegistry
 
@@ -39,7 +39,7 @@ class Runtime:
         from .jobs import JobManager
 
         self.jobs = JobManager(max_running=settings.max_jobs, ttl=settings.job_ttl, slice_steps=settings.job_slice_steps)
-        self.feature_cache: dict[tuple[str, str], dict[str, Any]] = {}  # (model, conv layer) -> rendered filter grid
+        self.rendered_filters: dict[tuple[str, str], Any] = {}  # (model, conv layer) -> FilterResponse (weights are frozen)
 
     # -- lifecycle -------------------------------------------------------------------------------------------------
     def start(self, on_failure: Callable[[str], None] | None = None) -> None:
@@ -88,7 +88,7 @@ class Runtime:
         s = self.settings
         batcher = DynamicBatcher(
             model.name,
-            functools.partial(run_jobs, model),
+            functools.partial(run_work, model),
             max_batch_size=b.max_batch_size or s.max_batch_size,
             max_batch_delay_ms=b.max_batch_delay_ms if b.max_batch_delay_ms is not None else s.max_batch_delay_ms,
             max_queue=b.max_queue or s.max_queue,
@@ -101,14 +101,14 @@ class Runtime:
     # -- operations ------------------------------------------------------------------------------------------------
     def model(self, name: str | None) -> LoadedModel:
         if self.shutting_down:
-            raise ServiceUnavailable("the service is shutting down", headers={"Retry-After": "5"})
+            raise ShuttingDown()
         return self.registry.get(name)
 
     def batcher(self, model: LoadedModel) -> DynamicBatcher:
         try:
             return self.batchers[model.name]
         except KeyError:
-            raise ServiceUnavailable(f"model {model.name!r} is not ready yet", headers={"Retry-After": "5"}) from None
+            raise ModelNotReady(model.name) from None
 
     def resolve_targets(self, model: LoadedModel, targets: list[int | str]) -> list[int]:
         """Class indices for explicit targets (labels or indices), de-duplicated in order; 422 names a bad one."""
@@ -118,27 +118,13 @@ class Runtime:
             if idx not in out:
                 out.append(idx)
         if len(out) > self.settings.max_targets:
-            raise InvalidOption(f"{len(out)} targets requested; the limit is {self.settings.max_targets} (XAAS_MAX_TARGETS)")
+            raise TooManyTargets(len(out), self.settings.max_targets)
         return out
 
     def timeout(self, requested: float | None) -> float:
         """A request may shorten, never extend, the server's deadline."""
         limit = self.settings.request_timeout
         return min(requested, limit) if requested else limit
-
-    def methods_for(self, model: LoadedModel) -> list[str]:
-        return [name for name, reason in model.extra.get("methods", {}).items() if reason is None]
-
-    def check_explainable(self, model: LoadedModel, method: str, layer: str | None) -> None:
-        """Refuse, before any model work, a method this model cannot serve or a layer it does not have."""
-        reason = model.extra.get("methods", {}).get(method)
-        if reason is not None and layer is None:
-            raise InvalidOption(f"method '{method}' cannot explain model '{model.name}': {reason}")
-        if layer is not None and layer not in model.extra.get("layers", []):
-            valid = model.extra.get("layers", [])
-            shown = ", ".join(valid[-12:]) + (f" (and {len(valid) - 12} earlier ones)" if len(valid) > 12 else "")
-            raise InvalidOption(f"unknown layer {layer!r} for model '{model.name}'; layers with a spatial output: {shown}",
-                                errors=[{"field": "layer", "message": "not a layer with a spatial output"}])
 
     async def in_thread(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         loop = asyncio.get_running_loop()
@@ -168,11 +154,11 @@ class Runtime:
     async def explain(self, model: LoadedModel, inputs: Any, *, method: str, params: dict[str, Any], layer: str | None,
                       targets: list[int], top_k: int, min_probability: float | None = None,
                       timeout: float | None = None) -> list[TargetMap]:
-        job = ExplainJob(inputs, method, tuple(sorted(params.items())), layer, tuple(targets), top_k, min_probability)
-        return await self.batcher(model).run(job.batch_key, job, size=job.rows,
+        work = ExplainWork(inputs, method, tuple(sorted(params.items())), layer, tuple(targets), top_k, min_probability)
+        return await self.batcher(model).run(work.batch_key, work, size=work.rows,
                                              timeout=timeout or self.settings.request_timeout)
 
     async def predict(self, model: LoadedModel, inputs: Any, *, timeout: float | None = None) -> PredictResult:
-        job = PredictJob(inputs)
-        return await self.batcher(model).run(job.batch_key, job, timeout=timeout or self.settings.request_timeout)
+        work = PredictWork(inputs)
+        return await self.batcher(model).run(work.batch_key, work, timeout=timeout or self.settings.request_timeout)
 

@@ -120,9 +120,9 @@ def test_torchscript_and_local_state_dict_sources(tmp_path):
     scripted = reg.get("scripted")
     assert scripted.labels == [str(i) for i in range(6)]
     assert scripted.target_layer is None  # ScriptModules cannot be hooked: only hook-free methods are offered
-    usable = {name for name, reason in scripted.extra["methods"].items() if reason is None}
+    usable = set(scripted.capabilities.usable_methods)
     assert usable == {"saliency", "smoothgrad", "integrated-gradients", "occlusion", "rise"}
-    assert reg.get("python-pth").extra["methods"]["gradcam"] is None
+    assert reg.get("python-pth").capabilities.methods["gradcam"] is None
 
 
 def test_torchvision_random_init_with_labels_file(tmp_path):

@@ -1,12 +1,13 @@
-"""Dependency injection: handlers receive the Runtime, never a global."""
+"""Dependency injection: routes receive the Runtime and a CallInfo, never a global."""
 
 from __future__ import annotations
 
 import asyncio
-from typing import Awaitable, TypeVar
+from typing import Annotated, Awaitable, TypeVar
 
-from fastapi import Request
+from fastapi import Depends, Request
 
+from ..handlers import CallInfo
 from ..runtime import Runtime
 
 T = TypeVar("T")
@@ -14,6 +15,17 @@ T = TypeVar("T")
 
 def get_runtime(request: Request) -> Runtime:
     return request.app.state.runtime
+
+
+def get_call_info(request: Request) -> CallInfo:
+    """The access-log facts of this request, filled in by its handler (read by ``RequestContextMiddleware``)."""
+    call = CallInfo()
+    request.state.call = call
+    return call
+
+
+RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
+CallDep = Annotated[CallInfo, Depends(get_call_info)]
 
 
 class ClientDisconnected(Exception):

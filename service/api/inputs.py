@@ -15,7 +15,7 @@ from fastapi import Request
 from pydantic import BaseModel, ValidationError
 from starlette.datastructures import UploadFile
 
-from ..errors import BadOption, InvalidImage, InvalidOption, PayloadTooLarge, UnsupportedMediaType
+from ..errors import BadOption, FieldError, InvalidImage, InvalidOption, PayloadTooLarge, UnsupportedMediaType
 
 M = TypeVar("M", bound=BaseModel)
 MAX_JSON_DEPTH = 8
@@ -52,16 +52,16 @@ async def read_image_request(request: Request, options_model: type[M], *, max_im
 
 
 def parse_options(options_model: type[M], raw: dict[str, Any], also_known: frozenset[str] = frozenset()) -> M:
-    unknown = sorted(set(raw) - set(options_model.model_fields))
+    unknown = sorted(name[:64] for name in set(raw) - set(options_model.model_fields))
     if unknown:
         known = ", ".join(sorted(set(options_model.model_fields) | also_known))
         raise BadOption(f"unknown option(s): {', '.join(unknown)} (known: image, {known})",
-                        errors=[{"field": u, "message": "unknown option"} for u in unknown])
+                        errors=[FieldError(u, "unknown option") for u in unknown])
     try:
         return options_model.model_validate(raw)
     except ValidationError as exc:
-        errors = [{"field": ".".join(str(p) for p in e["loc"]) or "options", "message": e["msg"]} for e in exc.errors()]
-        detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors[:5])
+        errors = [FieldError(".".join(str(p) for p in e["loc"]) or "options", e["msg"]) for e in exc.errors()]
+        detail = "; ".join(f"{e.field}: {e.message}" for e in errors[:5])
         raise InvalidOption(detail, errors=errors) from None
 
 
@@ -88,11 +88,11 @@ async def _read_multipart(request: Request, options_model: type[BaseModel]) -> t
             if key == "image":
                 continue
             if isinstance(value, UploadFile):
-                raise BadOption(f"field {key!r} must be a plain form field, not a file")
+                raise BadOption(f"field {key[:64]!r} must be a plain form field, not a file")
             if key in lists:
                 raw.setdefault(key, []).append(value)
             elif key in raw:
-                raise BadOption(f"option {key!r} given more than once")
+                raise BadOption(f"option {key[:64]!r} given more than once", errors=[FieldError(key[:64], "repeated")])
             else:
                 raw[key] = value
         return data, raw
@@ -103,7 +103,7 @@ async def _read_multipart(request: Request, options_model: type[BaseModel]) -> t
 async def _read_json(request: Request) -> tuple[bytes, dict[str, Any]]:
     body = await request.body()
     try:
-        payload = json.loads(body)
+        payload = json.loads(body, object_pairs_hook=_unique_members, parse_constant=_no_constant)
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise BadOption(f"body is not valid JSON: {exc.__class__.__name__}") from None
     if not isinstance(payload, dict):
@@ -122,6 +122,21 @@ async def _read_json(request: Request) -> tuple[bytes, dict[str, Any]]:
     except (binascii.Error, ValueError):
         raise InvalidImage("member 'image' is not valid base64") from None
     return data, payload
+
+
+def _unique_members(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object; a member given twice is ambiguous (parsers disagree on which one wins), so it is refused."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise BadOption(f"member {key[:64]!r} given more than once", errors=[FieldError(key[:64], "repeated")])
+        out[key] = value
+    return out
+
+
+def _no_constant(name: str) -> Any:
+    """``NaN``/``Infinity`` are not JSON (Python's parser accepts them); refuse them as a malformed body."""
+    raise BadOption(f"body is not valid JSON: {name} is not a JSON value")
 
 
 def _depth(obj: Any, level: int = 0) -> int:

@@ -176,11 +176,11 @@ class RequestContextMiddleware:
             route = _route_template(scope)
             self.metrics.requests.labels(route, scope.get("method", ""), str(status)).inc()
             self.metrics.latency.labels(route).observe(elapsed)
-            state = scope.get("state", {})
+            call = scope.get("state", {}).get("call")
             log.info("request", extra={
                 "request_id": request_id, "route": route, "http_method": scope.get("method"), "status": status,
-                "latency_ms": round(elapsed * 1000, 2), "model": state.get("model"), "method": state.get("xai_method"),
-                "batch_rows": state.get("batch_rows"),
+                "latency_ms": round(elapsed * 1000, 2), "model": getattr(call, "model", None),
+                "method": getattr(call, "method", None), "batch_rows": getattr(call, "rows", None),
             })
 
 

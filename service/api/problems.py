@@ -1,4 +1,4 @@
-"""RFC 9457 problem+json responses for every error path."""
+"""RFC 9457 problem+json responses for every error path, and the ``Allow`` header of 405 answers."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response
+from starlette.routing import Match
 
+from ..errors import FieldError, XaasError
 from .deps import ClientDisconnected
-
-from ..errors import XaasError
 
 PROBLEM_TYPE_BASE = "https://xaas.dev/problems/"
 PROBLEM_MEDIA_TYPE = "application/problem+json"
@@ -22,7 +22,7 @@ log = logging.getLogger("xaas.api")
 
 
 def problem_response(status: int, detail: str, *, title: str | None = None, code: str | None = None,
-                     errors: list[dict[str, Any]] | None = None, headers: dict[str, str] | None = None) -> JSONResponse:
+                     errors: list[FieldError] | None = None, headers: dict[str, str] | None = None) -> JSONResponse:
     phrase = HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else "Error"
     body: dict[str, Any] = {
         "type": PROBLEM_TYPE_BASE + (code or phrase.lower().replace(" ", "-")),
@@ -31,20 +31,35 @@ def problem_response(status: int, detail: str, *, title: str | None = None, code
         "detail": detail,
     }
     if errors:
-        body["errors"] = errors
+        body["errors"] = [e.to_json() for e in errors]
     return JSONResponse(body, status_code=status, headers=headers, media_type=PROBLEM_MEDIA_TYPE)
 
 
 def from_error(exc: XaasError) -> JSONResponse:
-    return problem_response(exc.status, exc.detail, title=exc.title, code=exc.code, errors=exc.errors, headers=exc.headers)
+    return problem_response(exc.status, exc.detail, title=exc.title, code=exc.code, errors=exc.errors,
+                            headers=exc.headers)
 
 
-def _validation_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
+def _validation_errors(exc: RequestValidationError) -> list[FieldError]:
     out = []
     for err in exc.errors():
         loc = [str(p) for p in err.get("loc", ()) if p not in ("body", "query", "path")]
-        out.append({"field": ".".join(loc) or "request", "message": err.get("msg", "invalid")})
+        out.append(FieldError(".".join(loc) or "request", str(err.get("msg", "invalid"))))
     return out
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route serves at this path (Starlette's own 405 names only the first matching route's)."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        if not getattr(route, "methods", None):
+            continue
+        match, _ = route.matches(request.scope)
+        if match in (Match.FULL, Match.PARTIAL):
+            methods |= set(route.methods)
+    if "GET" in methods:
+        methods.add("HEAD")
+    return sorted(methods)
 
 
 def install(app: FastAPI) -> None:
@@ -59,10 +74,18 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
         errors = _validation_errors(exc)
-        detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors[:5])
+        detail = "; ".join(f"{e.field}: {e.message}" for e in errors[:5])
+        if any(err.get("type") == "json_invalid" for err in exc.errors()):
+            return problem_response(400, f"body is not valid JSON ({detail})", title="Malformed option",
+                                    code="bad-option", errors=errors)
         return problem_response(422, detail, title="Invalid request", code="invalid-option", errors=errors)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         detail = exc.detail if isinstance(exc.detail, str) else HTTPStatus(exc.status_code).phrase
-        return problem_response(exc.status_code, detail, headers=getattr(exc, "headers", None))
+        headers = dict(getattr(exc, "headers", None) or {})
+        if exc.status_code == 405:
+            allow = allowed_methods(request)
+            headers["Allow"] = ", ".join(allow)
+            detail = f"{request.method} is not allowed here; allowed: {', '.join(allow)}"
+        return problem_response(exc.status_code, detail, headers=headers)

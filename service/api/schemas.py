@@ -1,25 +1,73 @@
-"""Pydantic v2 schemas of the HTTP contract (kept apart from engine/registry types)."""
+"""Pydantic v2 schemas of the HTTP contract (kept apart from engine and registry types).
+
+Request options share :class:`RequestOptions`: unknown members are refused, NaN/inf are refused, and number fields
+take only numbers — never booleans (``"seed": false`` is not 0) and, from form fields, only ASCII digits (``"¹"``,
+``"١"`` or ``"1_000"`` are malformed, though Python would read some of them). Fixed-length arrays are described as
+arrays with ``minItems``/``maxItems`` rather than tuple typing (``prefixItems``), which several OpenAPI tools and
+client generators cannot read.
+"""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import re
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
-Target = int | str
+# ASCII only: str.isdigit() is true for "¹", and int()/float() read other scripts' digits and underscores.
+_INTEGER = re.compile(r"[+-]?[0-9]+", re.ASCII)
+_NUMBER = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?", re.ASCII)
 
 
-class ImageOptions(BaseModel):
+def _integer_input(value: Any) -> Any:
+    if isinstance(value, bool):
+        raise ValueError("expected an integer, not a boolean")
+    if isinstance(value, str) and not (_INTEGER.fullmatch(value.strip()) and len(value.strip()) <= 20):
+        raise ValueError("expected an integer written with ASCII digits")
+    return value
+
+
+def _number_input(value: Any) -> Any:
+    if isinstance(value, bool):
+        raise ValueError("expected a number, not a boolean")
+    if isinstance(value, str) and not _NUMBER.fullmatch(value.strip()):
+        raise ValueError("expected a finite number written with ASCII digits")
+    return value
+
+
+def _target_input(value: Any) -> Any:
+    if isinstance(value, bool):
+        raise ValueError("expected a class index or label, not a boolean")
+    return value
+
+
+Int = Annotated[int, BeforeValidator(_integer_input)]
+Number = Annotated[float, BeforeValidator(_number_input)]
+Target = Annotated[int | str, BeforeValidator(_target_input)]
+Pair = Annotated[list[int], Field(min_length=2, max_length=2)]
+Triple = Annotated[list[int], Field(min_length=3, max_length=3)]
+Quad = Annotated[list[int], Field(min_length=4, max_length=4)]
+
+
+TIMEOUT_DESCRIPTION = ("Deadline in seconds, at least 1 (a request may shorten the server's XAAS_REQUEST_TIMEOUT, "
+                       "never extend it).")
+
+
+class RequestOptions(BaseModel):
+    """Base of every request body or option set: strict about what it accepts."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=(), allow_inf_nan=False)
+
+
+class ImageOptions(RequestOptions):
     """Options shared by every endpoint that takes an image."""
-
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
     model: str | None = Field(None, description="Registry name; the default model when absent.", max_length=64)
     target: list[Target] = Field(default_factory=list, max_length=100,
                                  description="Class index or label; repeat the field for several targets.")
-    top_k: int | None = Field(None, ge=1, le=1000, description="Without target: the k highest-scoring classes.")
-    frame: int | None = Field(None, ge=0, le=100_000, description="Frame of a multi-frame DICOM/GIF/TIFF (0-based).")
-    timeout: float | None = Field(None, gt=0, le=3600, description="Deadline in seconds (capped by the server's limit).")
+    top_k: Int | None = Field(None, ge=1, le=1000, description="Without target: the k highest-scoring classes.")
+    frame: Int | None = Field(None, ge=0, le=100_000, description="Frame of a multi-frame DICOM/GIF/TIFF (0-based).")
+    timeout: Number | None = Field(None, ge=1, le=3600, description=TIMEOUT_DESCRIPTION)
 
     @field_validator("target", mode="before")
     @classmethod
@@ -56,7 +104,7 @@ class ExplainOptions(ImageOptions):
     outputs: list[Output] = Field(default_factory=lambda: ["heatmap"], max_length=3,
                                   description="Any of heatmap (grey PNG), overlay (colour PNG over the image), raw (float32).")
     colormap: str = Field("jet", max_length=64, description="Matplotlib colour map of the overlay.")
-    alpha: float = Field(0.5, ge=0, le=1, description="Overlay opacity of the heatmap.")
+    alpha: Number = Field(0.5, ge=0, le=1, description="Overlay opacity of the heatmap.")
 
     @field_validator("outputs", mode="before")
     @classmethod
@@ -64,7 +112,8 @@ class ExplainOptions(ImageOptions):
         if isinstance(v, str):
             v = [part.strip() for part in v.split(",") if part.strip()]
         elif isinstance(v, list):
-            v = [part.strip() for item in v for part in (item.split(",") if isinstance(item, str) else [item]) if part != ""]
+            v = [part.strip() if isinstance(part, str) else part
+                 for item in v for part in (item.split(",") if isinstance(item, str) else [item]) if part != ""]
         return v
 
     @field_validator("outputs")
@@ -77,7 +126,7 @@ class ExplainOptions(ImageOptions):
 
 class RawMap(BaseModel):
     dtype: Literal["float32"]
-    shape: tuple[int, int]
+    shape: Pair = Field(description="[height, width] of the map at its native resolution.")
     data: str = Field(description="Base64 of the little-endian float32 values, row-major.")
 
 
@@ -99,7 +148,7 @@ class ExplainResponse(BaseModel):
 
     model: str
     method: str
-    layer: str | None = Field(description="The layer explained (CAM methods), else null.")
+    layer: str | None = Field(description="The layer explained (CAM methods), else null (always present).")
     image: ImageInfo
     explanations: list[Explanation]
 
@@ -109,16 +158,17 @@ class LocalizeOptions(ImageOptions):
 
     method: str | None = Field(None, max_length=64, description="Heatmap method (default: the model's, else gradcam).")
     layer: str | None = Field(None, max_length=200, description="Target layer for CAM methods.")
-    threshold: float | None = Field(None, gt=0, le=1, description="Fraction of the map's maximum (default: the model's calibrated value, else 0.15).")
+    threshold: Number | None = Field(None, gt=0, le=1, description="Fraction of the map's maximum (default: the "
+                                     "model's calibrated value, else 0.15).")
     all_components: bool = Field(False, description="Box every connected component instead of the largest.")
-    min_area: int = Field(0, ge=0, le=10**9, description="With all_components: smallest component kept, in pixels.")
+    min_area: Int = Field(0, ge=0, le=10**9, description="With all_components: smallest component kept, in pixels.")
 
 
 class LocalizedBox(BaseModel):
     index: int
     label: str
     score: float
-    box: tuple[int, int, int, int] = Field(description="[x0, y0, x1, y1] in original-image pixels, x1/y1 exclusive.")
+    box: Quad = Field(description="[x0, y0, x1, y1] in original-image pixels, x1/y1 exclusive.")
     area: int = Field(description="Pixels of the connected component.")
 
 
@@ -178,7 +228,7 @@ class ModelInfo(BaseModel):
     name: str
     task: Literal["multiclass", "multilabel"]
     num_classes: int
-    input_size: tuple[int, int] = Field(description="[height, width] the image is resized to.")
+    input_size: Pair = Field(description="[height, width] the image is resized to.")
     channels: int
     device: str
     target_layer: str | None = Field(description="Default CAM layer; null for TorchScript models (no hooks).")
@@ -204,6 +254,13 @@ class Readiness(BaseModel):
     detail: str | None = None
 
 
+class FieldProblem(BaseModel):
+    """One field-level problem (the only shape of ``errors`` items)."""
+
+    field: str = Field(description="The option at fault (dotted for nested members).")
+    message: str
+
+
 class Problem(BaseModel):
     """RFC 9457 problem details."""
 
@@ -211,22 +268,30 @@ class Problem(BaseModel):
     title: str
     status: int
     detail: str
-    errors: list[dict[str, Any]] | None = None
+    errors: list[FieldProblem] | None = None
 
 
-PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
-    code: {"model": Problem, "description": desc, "content": {"application/problem+json": {}}}
-    for code, desc in {
-        400: "Malformed option",
-        404: "Unknown model",
-        413: "Body or image too large",
-        415: "Unsupported media type",
-        422: "Undecodable image or invalid option value",
-        429: "Queue full (see Retry-After)",
-        503: "Not ready or shutting down (see Retry-After)",
-        504: "Deadline exceeded",
-    }.items()
+_PROBLEM_DESCRIPTIONS: dict[int, str] = {
+    400: "Malformed request: unknown option, wrong type, repeated field, broken body",
+    401: "Missing or wrong API key (when the service requires one)",
+    404: "Unknown model, method or job",
+    408: "The request body did not arrive in time",
+    413: "Body or image too large",
+    415: "Unsupported media type",
+    422: "Undecodable image or invalid option value",
+    429: "Queue full (see Retry-After)",
+    503: "Not ready or shutting down (see Retry-After)",
+    504: "Deadline exceeded",
 }
+
+#: What every image endpoint can answer besides 200.
+IMAGE_PROBLEMS = (400, 401, 404, 408, 413, 415, 422, 429, 503, 504)
+
+
+def problem_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` entries for these error statuses, each an ``application/problem+json`` Problem."""
+    return {code: {"model": Problem, "description": _PROBLEM_DESCRIPTIONS[code],
+                   "content": {"application/problem+json": {}}} for code in codes}
 
 
 def image_request_body(options_model: type[BaseModel]) -> dict[str, Any]:
@@ -253,17 +318,16 @@ def image_request_body(options_model: type[BaseModel]) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------- feature visualisation
 
 
-class ActivationOptions(BaseModel):
+class ActivationOptions(RequestOptions):
     """Options of ``POST /activations``."""
-
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
     model: str | None = Field(None, description="Registry name; the default model when absent.", max_length=64)
     layer: str | None = Field(None, max_length=200, description="Layer with a spatial output (default: the model's target layer).")
-    top: int = Field(16, ge=1, le=64, description="Channels shown in the grid: the highest by mean activation.")
-    channel: int | None = Field(None, ge=0, le=1_000_000, description="Return this one channel at native resolution instead of the grid.")
-    frame: int | None = Field(None, ge=0, le=100_000, description="Frame of a multi-frame DICOM/GIF/TIFF (0-based).")
-    timeout: float | None = Field(None, gt=0, le=3600, description="Deadline in seconds (capped by the server's limit).")
+    top: Int = Field(16, ge=1, le=64, description="Channels shown in the grid: the highest by mean activation.")
+    channel: Int | None = Field(None, ge=0, le=1_000_000,
+                                description="Return this one channel at native resolution instead of the grid.")
+    frame: Int | None = Field(None, ge=0, le=100_000, description="Frame of a multi-frame DICOM/GIF/TIFF (0-based).")
+    timeout: Number | None = Field(None, ge=1, le=3600, description=TIMEOUT_DESCRIPTION)
 
 
 class ChannelStats(BaseModel):
@@ -276,7 +340,7 @@ class ChannelStats(BaseModel):
 class GridInfo(BaseModel):
     rows: int
     cols: int
-    tile: tuple[int, int] = Field(description="[height, width] of one tile in the PNG (pixels).")
+    tile: Pair = Field(description="[height, width] of one tile in the PNG (pixels).")
     scale: int = Field(description="Integer nearest-neighbour enlargement of each map or kernel.")
     pad: int = Field(description="Black pixels between tiles.")
 
@@ -286,7 +350,7 @@ class ActivationResponse(BaseModel):
 
     model: str
     layer: str
-    shape: tuple[int, int, int] = Field(description="[channels, height, width] of the layer's activation.")
+    shape: Triple = Field(description="[channels, height, width] of the layer's activation.")
     image: ImageInfo
     channels: list[ChannelStats] = Field(description="The grid's channels (highest mean first), or the one channel asked for.")
     grid: str | None = Field(None, description="8-bit grey PNG (base64): one tile per channel, each min-max normalised.")
@@ -301,31 +365,37 @@ class FilterResponse(BaseModel):
     layer: str
     count: int = Field(description="Number of filters (output channels), one tile each, row-major.")
     in_channels: int
-    kernel_size: tuple[int, int]
+    kernel_size: Pair = Field(description="[height, width] of the kernels.")
     mode: Literal["rgb", "grey-mean"] = Field(description="rgb when in_channels == 3, else the mean over input channels.")
     grid: str = Field(description="PNG (base64): each filter min-max normalised on its own.")
     grid_info: GridInfo
     conv_layers: list[str]
 
 
-class ClassImpressionRequest(BaseModel):
+class ClassImpressionRequest(RequestOptions):
     """Body of ``POST /models/{name}/class-impressions``."""
 
-    model_config = ConfigDict(extra="forbid")
+    target: Target = Field(description="Class index or label.")
+    steps: Int = Field(200, ge=1, le=100_000, description="Optimisation steps (at most XAAS_JOB_MAX_STEPS).")
+    lr: Number = Field(0.05, gt=0, le=1.0, description="Adam learning rate on the normalised input.")
+    tv_weight: Number = Field(2.0, ge=0, le=100, description="Weight of the total-variation prior.")
+    l2_weight: Number = Field(0.0, ge=0, le=100, description="Weight of the L2 decay of the input.")
+    jitter: Int = Field(8, ge=0, le=64, description="Random shift per step, pixels.")
+    rotation: Number = Field(10.0, ge=0, le=180, description="Random rotation per step, up to ± degrees.")
+    scale: Annotated[list[Number], Field(min_length=2, max_length=2)] = Field(
+        default_factory=lambda: [0.9, 1.1], description="Random scale range per step [min, max] within 0.25..4.")
+    seed: Int = Field(0, ge=0, le=2**31 - 1)
 
-    target: int | str = Field(description="Class index or label.")
-    steps: int = Field(200, ge=1, description="Optimisation steps (at most XAAS_JOB_MAX_STEPS).")
-    lr: float = Field(0.05, gt=0, le=1.0, description="Adam learning rate on the normalised input.")
-    tv_weight: float = Field(2.0, ge=0, le=100, description="Weight of the total-variation prior.")
-    l2_weight: float = Field(0.0, ge=0, le=100, description="Weight of the L2 decay of the input.")
-    jitter: int = Field(8, ge=0, le=64, description="Random shift per step, pixels.")
-    rotation: float = Field(10.0, ge=0, le=180, description="Random rotation per step, up to ± degrees.")
-    scale: tuple[float, float] = Field((0.9, 1.1), description="Random scale range per step [min, max] within 0.25..4.")
-    seed: int = Field(0, ge=0, le=2**31 - 1)
+    @field_validator("target")
+    @classmethod
+    def _label_length(cls, v: int | str) -> int | str:
+        if isinstance(v, str) and not (0 < len(v) <= 200):
+            raise ValueError("a target label must have 1 to 200 characters")
+        return v
 
     @field_validator("scale")
     @classmethod
-    def _scale(cls, v: tuple[float, float]) -> tuple[float, float]:
+    def _scale(cls, v: list[float]) -> list[float]:
         if not (0.25 <= v[0] <= v[1] <= 4.0):
             raise ValueError("scale must be [min, max] with 0.25 <= min <= max <= 4")
         return v

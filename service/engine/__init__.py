@@ -3,7 +3,7 @@
 Public surface used by the HTTP/batching layer::
 
     METHODS: dict[str, Explainer]                       # API name -> stateless instance
-    get_method(name) -> Explainer                       # NotFound (404) listing valid names
+    get_method(name) -> Explainer                       # UnknownMethod (404) listing valid names
     validate_params(method, raw) -> dict                # coerce/check form or JSON values; BadOption/InvalidOption
     find_target_layer(model, input_shape) -> str        # default CAM layer
     spatial_layers(model, input_shape) -> list[str]     # valid ``layer`` values
@@ -29,7 +29,7 @@ from typing import Any
 
 from torch import nn
 
-from ..errors import InvalidOption, NotFound
+from ..errors import InvalidOption, UnknownMethod
 from .base import BACKWARD_CHUNK, FORWARD_CHUNK, Explainer, ParamSpec, coerce_params
 from .cam import CAM, GradCAM, GradCAMCounterfactual, GradCAMPlusPlus, HiResCAM, LayerCAM, ScoreCAM, XGradCAM
 from .gradients import GuidedBackprop, GuidedGradCAM, IntegratedGradients, Saliency, SmoothGrad
@@ -97,8 +97,7 @@ def get_method(name: str) -> Explainer:
         alias = next((n for n in METHODS if n.replace("-", "") == squeezed), None)
     if alias is not None:
         return METHODS[alias]
-    raise NotFound(f"unknown explanation method {name!r}; valid methods: {', '.join(METHODS)}",
-                   errors=[{"name": "method", "reason": "unknown", "valid": list(METHODS)}])
+    raise UnknownMethod(name, list(METHODS))
 
 
 def validate_params(method: Explainer, raw: Mapping[str, Any]) -> dict[str, Any]:

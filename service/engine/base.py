@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
+import re
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -35,7 +36,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from ..errors import BadOption, InvalidOption, ModelExecutionError
+from ..errors import BadOption, FieldError, InvalidOption, ModelExecutionError
 
 __all__ = [
     "BACKWARD_CHUNK",
@@ -110,6 +111,18 @@ _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
 
+# ASCII only: Python's int()/float() also read other scripts' digits ("١٢", "¹" is refused only by int()), and a
+# number that only some parsers understand is a malformed option, not a value.
+_INTEGER = re.compile(r"[+-]?[0-9]+", re.ASCII)
+_NUMBER = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?|[+-]?(?:inf|infinity|nan)", re.ASCII | re.I)
+
+
+def _quoted(value: Any, limit: int = 40) -> str:
+    """A client value for an error message: repr'd and cut, so a megabyte option does not come back as one."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _fmt(v: float) -> str:
     return str(int(v)) if float(v).is_integer() else repr(float(v))
 
@@ -132,57 +145,47 @@ def _coerce_one(spec: ParamSpec, value: Any) -> Any:
             return bool(value)
         if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
             return value.strip().lower() in _TRUE
-        raise _Malformed(f"expected a boolean (true/false), got {value!r}")
+        raise _Malformed(f"expected a boolean (true/false), got {_quoted(value)}")
     if spec.type is int:
         if isinstance(value, bool):
-            raise _Malformed(f"expected an integer, got {value!r}")
+            raise _Malformed(f"expected an integer, got {_quoted(value)}")
         if isinstance(value, int):
             out = value
         elif isinstance(value, float) and value.is_integer():
             out = int(value)
-        elif isinstance(value, str):
-            try:
-                out = int(value.strip())
-            except ValueError:
-                try:
-                    f = float(value.strip())
-                except ValueError:
-                    raise _Malformed(f"expected an integer, got {value!r}") from None
-                if not f.is_integer():
-                    raise _Malformed(f"expected an integer, got {value!r}") from None
-                out = int(f)
+        elif isinstance(value, str) and _INTEGER.fullmatch(value.strip()) and len(value.strip()) <= 40:
+            out = int(value.strip())
+        elif isinstance(value, str) and _NUMBER.fullmatch(value.strip()) and float(value).is_integer():
+            out = int(float(value))  # "16.0" and "1e3" are integers written as numbers
         else:
-            raise _Malformed(f"expected an integer, got {value!r}")
+            raise _Malformed(f"expected an integer, got {_quoted(value)}")
     elif spec.type is float:
         if isinstance(value, bool):
-            raise _Malformed(f"expected a number, got {value!r}")
+            raise _Malformed(f"expected a number, got {_quoted(value)}")
         if isinstance(value, (int, float)):
             out = float(value)
-        elif isinstance(value, str):
-            try:
-                out = float(value.strip())
-            except ValueError:
-                raise _Malformed(f"expected a number, got {value!r}") from None
+        elif isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
+            out = float(value)
         else:
-            raise _Malformed(f"expected a number, got {value!r}")
+            raise _Malformed(f"expected a number, got {_quoted(value)}")
         if not math.isfinite(out):
-            raise ValueError(f"must be a finite number, got {value!r}")
+            raise ValueError(f"must be a finite number, got {_quoted(value)}")
     elif spec.type is str:
         if not isinstance(value, str):
-            raise _Malformed(f"expected a string, got {value!r}")
+            raise _Malformed(f"expected a string, got {_quoted(value)}")
         out = value.strip()
         if spec.choices is not None:
             for choice in spec.choices:
                 if out.lower() == str(choice).lower():
                     return choice
-            raise ValueError(f"must be {spec.bounds_text()}, got {value!r}")
+            raise ValueError(f"must be {spec.bounds_text()}, got {_quoted(value)}")
         return out
     else:  # pragma: no cover - specs are written by us
         raise TypeError(f"unsupported parameter type {spec.type!r}")
     if spec.choices is not None and out not in spec.choices:
-        raise ValueError(f"must be {spec.bounds_text()}, got {value!r}")
+        raise ValueError(f"must be {spec.bounds_text()}, got {_quoted(value)}")
     if (spec.minimum is not None and out < spec.minimum) or (spec.maximum is not None and out > spec.maximum):
-        raise ValueError(f"must be {spec.bounds_text()}, got {value!r}")
+        raise ValueError(f"must be {spec.bounds_text()}, got {_quoted(value)}")
     return out
 
 
@@ -194,13 +197,13 @@ def coerce_params(method: Explainer, raw: Mapping[str, Any]) -> dict[str, Any]:
     A ``None`` value means "use the default".
     """
     specs = {p.name: p for p in method.params}
-    malformed: list[dict[str, Any]] = []
-    invalid: list[dict[str, Any]] = []
+    malformed: list[FieldError] = []
+    invalid: list[FieldError] = []
     unknown = [k for k in raw if k not in specs]
     if unknown:
         valid = ", ".join(specs) or "none"
         for k in unknown:
-            malformed.append({"name": k, "reason": f"unknown parameter for method {method.name!r} (valid: {valid})"})
+            malformed.append(FieldError(k, f"unknown parameter for method {method.name!r} (valid: {valid})"))
     out: dict[str, Any] = {}
     for name, spec in specs.items():
         value = raw.get(name)
@@ -210,14 +213,14 @@ def coerce_params(method: Explainer, raw: Mapping[str, Any]) -> dict[str, Any]:
         try:
             out[name] = _coerce_one(spec, value)
         except _Malformed as exc:
-            malformed.append({"name": name, "reason": str(exc)})
+            malformed.append(FieldError(name, str(exc)))
         except ValueError as exc:
-            invalid.append({"name": name, "reason": str(exc), "constraint": spec.bounds_text()})
+            invalid.append(FieldError(name, str(exc)))
     if malformed:
-        detail = "; ".join(f"{e['name']!r}: {e['reason']}" for e in malformed + invalid)
+        detail = "; ".join(f"{e.field!r}: {e.message}" for e in malformed + invalid)
         raise BadOption(f"{method.name}: {detail}", errors=malformed + invalid)
     if invalid:
-        detail = "; ".join(f"{e['name']!r} {e['reason']}" for e in invalid)
+        detail = "; ".join(f"{e.field!r} {e.message}" for e in invalid)
         raise InvalidOption(f"{method.name}: {detail}", errors=invalid)
     return out
 

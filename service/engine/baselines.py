@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..errors import InvalidOption
+from ..errors import FieldError, InvalidOption
 
 __all__ = ["BASELINES", "gaussian_blur", "make_baseline"]
 
@@ -58,7 +58,7 @@ def make_baseline(x: Tensor, kind: str, *, blur_sigma: float = 0.05,
     if kind == "blur":
         return gaussian_blur(x, blur_sigma * min(x.shape[-2:]))
     raise InvalidOption(f"baseline must be one of {', '.join(BASELINES)}, got {kind!r}",
-                        errors=[{"name": "baseline", "reason": "unknown"}])
+                        errors=[FieldError("baseline", "unknown")])
 
 
 def _channel_values(values: Any, x: Tensor) -> Tensor:

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..errors import InvalidOption
+from ..errors import FieldError, InvalidOption
 from .base import (
     Explainer,
     Hooks,
@@ -75,7 +75,7 @@ def _capture(model: nn.Module, name: str, module: nn.Module, *, leaf: bool, watc
         if not isinstance(out, Tensor) or out.dim() != 4:
             shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
             raise InvalidOption(f"layer {name!r} outputs {shape}, not a [B, C, h, w] spatial map",
-                                errors=[{"name": "layer", "reason": "not spatial"}])
+                                errors=[FieldError("layer", "not spatial")])
         cap.calls += 1
         cap.after.clear()
         cap.last_linear = None
@@ -107,11 +107,11 @@ def _capture(model: nn.Module, name: str, module: nn.Module, *, leaf: bool, watc
 def _check_single_call(cap: _Capture) -> Tensor:
     if cap.calls == 0 or cap.activation is None:
         raise InvalidOption(f"layer {cap.name!r} did not run in the model's forward pass",
-                            errors=[{"name": "layer", "reason": "not executed"}])
+                            errors=[FieldError("layer", "not executed")])
     if cap.calls > 1:
         raise InvalidOption(f"layer {cap.name!r} runs {cap.calls} times per forward pass, so its map is ambiguous; "
                             "choose a module that runs once (e.g. its parent block)",
-                            errors=[{"name": "layer", "reason": "runs more than once"}])
+                            errors=[FieldError("layer", "runs more than once")])
     return cap.activation
 
 
@@ -132,7 +132,7 @@ def layer_activation(model: nn.Module, x: Tensor, targets: Tensor, layer: str | 
         g = torch.autograd.grad(score, act, allow_unused=True)[0] if score.requires_grad else None
     if g is None:
         raise InvalidOption(f"the model's logits do not depend on layer {name!r}",
-                            errors=[{"name": "layer", "reason": "not upstream of the logits"}])
+                            errors=[FieldError("layer", "not upstream of the logits")])
     return act, g, logits, cap
 
 
@@ -203,7 +203,7 @@ def _gap_linear_head(act: Tensor, logits: Tensor, cap: _Capture) -> tuple[Tensor
     raise InvalidOption(
         f"cam needs a global-average-pool → linear head on layer {cap.name!r} ({c} channels → {k} classes); this "
         f"model's head is {head or 'empty'}; use gradcam instead",
-        errors=[{"name": "method", "reason": "no GAP→linear head"}],
+        errors=[FieldError("method", "no GAP→linear head")],
     )
 
 

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..errors import InvalidOption
+from ..errors import FieldError, InvalidOption
 from .base import Hooks, grad_enabled, logits_of
 
 __all__ = [
@@ -155,7 +155,7 @@ def channel_image(act: Tensor | np.ndarray, channel: int) -> np.ndarray:
     a = torch.as_tensor(act)
     if not 0 <= channel < a.shape[0]:
         raise InvalidOption(f"channel {channel} is out of range: the layer has channels 0..{a.shape[0] - 1}",
-                            errors=[{"field": "channel", "message": f"must be between 0 and {a.shape[0] - 1}"}])
+                            errors=[FieldError("channel", f"must be between 0 and {a.shape[0] - 1}")])
     return minmax_u8(a[channel].float().numpy())
 
 
@@ -177,7 +177,7 @@ def filter_grid(model: nn.Module, layer: str | None = None, *, min_tile: int = 2
     layer = layer or convs[0]
     if layer not in convs:
         raise InvalidOption(f"{layer!r} is not a convolution layer; conv layers: {', '.join(convs)}",
-                            errors=[{"field": "layer", "message": "not an nn.Conv2d layer"}])
+                            errors=[FieldError("layer", "not an nn.Conv2d layer")])
     conv = model.get_submodule(layer)
     w = conv.weight.detach().float().cpu()  # [out, in/groups, kh, kw]
     rgb = w.shape[1] == 3

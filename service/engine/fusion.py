@@ -41,7 +41,7 @@ from torch import Tensor, nn
 from .base import Explainer, ParamSpec, prepare_batch
 from .cam import GradCAM, LayerCAM
 from .layers import resolve_layer, trace_layers
-from ..errors import InvalidOption
+from ..errors import FieldError, InvalidOption
 
 __all__ = ["BENCH_METHODS", "FusedCAM", "auto_fine_layer"]
 
@@ -71,7 +71,7 @@ def auto_fine_layer(model: nn.Module, coarse: str | None, input_shape: Sequence[
     finer = [i for i in infos if i.preferred and i.name != name and i.shape[-2] >= 2 * h and i.shape[-1] >= 2 * w]
     if not finer:
         raise InvalidOption(f"no layer has a map at least twice as fine as {name!r} ({h}x{w}); pass fine_layer",
-                            errors=[{"name": "fine_layer", "reason": "no finer layer"}])
+                            errors=[FieldError("fine_layer", "no finer layer")])
     level = min(i.shape[-2] * i.shape[-1] for i in finer)
     candidates = [i for i in finer if i.shape[-2] * i.shape[-1] == level]
     modules = dict(model.named_modules())

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
-from ..errors import InvalidOption
+from ..errors import FieldError, InvalidOption
 from .base import (
     Explainer,
     ParamSpec,
@@ -144,7 +144,7 @@ def input_gradients(model: nn.Module, x: Tensor, targets: Tensor, *, guided: boo
                     "guided backpropagation needs ReLU activations called through torch (nn.ReLU, F.relu, "
                     "torch.relu); this model has none that could be intercepted (e.g. SiLU/GELU networks or "
                     "TorchScript); use saliency or gradcam",
-                    errors=[{"name": "method", "reason": "no ReLU"}])
+                    errors=[FieldError("method", "no ReLU")])
         else:
             logits = logits_of(model(xg), x.shape[0])
         check_targets(logits, targets)
@@ -331,7 +331,7 @@ def integration_rule(rule: str, steps: int) -> tuple[list[float], list[float]]:
     if rule == "trapezoid":
         if m < 2:
             raise InvalidOption("steps must be >= 2 for the trapezoid rule",
-                                errors=[{"name": "steps", "reason": "trapezoid needs both end points"}])
+                                errors=[FieldError("steps", "trapezoid needs both end points")])
         w = [1 / (m - 1)] * m
         w[0] = w[-1] = 0.5 / (m - 1)
         return [k / (m - 1) for k in range(m)], w

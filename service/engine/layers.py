@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from ..errors import InvalidOption
+from ..errors import FieldError, InvalidOption
 from .base import Hooks, model_device
 
 __all__ = ["LayerInfo", "find_target_layer", "get_module", "resolve_layer", "spatial_layers", "trace_layers"]
@@ -75,7 +75,7 @@ def get_module(model: nn.Module, name: str, input_shape: Sequence[int] | None = 
         shown = names[-12:]
         more = f" (and {len(names) - len(shown)} earlier ones)" if len(names) > len(shown) else ""
         hint = f"; valid layers include {', '.join(shown)}{more}"
-    raise InvalidOption(f"unknown layer {name!r} for this model{hint}", errors=[{"name": "layer", "reason": "unknown"}])
+    raise InvalidOption(f"unknown layer {name!r} for this model{hint}", errors=[FieldError("layer", "unknown")])
 
 
 def trace_layers(model: nn.Module, input_shape: Sequence[int]) -> list[LayerInfo]:

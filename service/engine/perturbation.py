@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..errors import InvalidOption
+from ..errors import FieldError, InvalidOption
 from .base import (
     Explainer,
     ParamSpec,
@@ -97,14 +97,14 @@ class Occlusion(Explainer):
         win, stride = p["window"], p["stride"]
         if win > min(h, w):
             raise InvalidOption(f"window {win} exceeds the model input size {h}x{w}",
-                                errors=[{"name": "window", "reason": f"must be <= {min(h, w)}"}])
+                                errors=[FieldError("window", f"must be <= {min(h, w)}")])
         ys, xs = occlusion_starts(h, win, stride), occlusion_starts(w, win, stride)
         n = len(ys) * len(xs)
         if n > MAX_OCCLUSION_WINDOWS:
             raise InvalidOption(
                 f"window {win} and stride {stride} give {n} occluded copies per image on a {h}x{w} input "
                 f"(limit {MAX_OCCLUSION_WINDOWS}); increase stride or window",
-                errors=[{"name": "stride", "reason": "too many windows"}])
+                errors=[FieldError("stride", "too many windows")])
         base = make_baseline(x, p["baseline"], blur_sigma=p["blur_sigma"], input_range=ctx.get("input_range"))
         chunk = self._forward_chunk()
         drops = torch.empty(b * n, device=x.device, dtype=torch.float32)

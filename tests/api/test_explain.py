@@ -100,12 +100,12 @@ def test_json_body_with_method_params(client, demo_sample):
     ],
 )
 def test_explain_errors_before_any_model_work(client, demo_sample, method, options, status, needle):
-    before = client.app.state.runtime.batchers["demo"].stats.jobs_run
+    before = client.app.state.runtime.batchers["demo"].stats.items_run
     r = _post(client, method, demo_sample[0], **options)
     assert r.status_code == status, r.text
     assert r.headers["content-type"].startswith("application/problem+json")
     assert needle in r.json()["detail"]
-    assert client.app.state.runtime.batchers["demo"].stats.jobs_run == before
+    assert client.app.state.runtime.batchers["demo"].stats.items_run == before
 
 
 def test_methods_catalogue(client):

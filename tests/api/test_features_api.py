@@ -174,15 +174,19 @@ def test_too_many_jobs_429_cancel_and_predict_meanwhile(fclient, demo_sample):
     assert all(s["status"] in ("queued", "running") and s["progress"]["step"] < 1000 for s in states), states
     print(f"predict during 2 running jobs: {took * 1000:.0f} ms")
 
+    runtime = fclient.app.state.runtime
+    deleted = [runtime.jobs.get(i) for i in ids]
     for i in ids:
         assert fclient.delete(f"/jobs/{i}").status_code == 204
-        doc = fclient.get(f"/jobs/{i}").json()
-        assert doc["status"] == "cancelled" and "image" not in doc
-    # The worker stops the cancelled jobs: their step counters freeze.
+        gone = fclient.get(f"/jobs/{i}")  # deleted means gone, as REST clients expect
+        assert gone.status_code == 404 and gone.headers["content-type"].startswith("application/problem+json")
+    # The worker stops the cancelled jobs: their step counters freeze and no slice is queued any more.
     time.sleep(0.5)
-    frozen = [fclient.get(f"/jobs/{i}").json()["progress"]["step"] for i in ids]
+    frozen = [job.step for job in deleted]
     time.sleep(0.5)
-    assert [fclient.get(f"/jobs/{i}").json()["progress"]["step"] for i in ids] == frozen
+    assert [job.step for job in deleted] == frozen
+    assert all(job.status == "cancelled" for job in deleted)
+    assert not runtime.batchers["demo"]._background
     # Capacity is free again.
     r = fclient.post("/models/demo/class-impressions", json={"target": 1, "steps": 5})
     assert r.status_code == 202

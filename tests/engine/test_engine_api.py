@@ -70,7 +70,9 @@ def test_validate_params_errors_name_the_parameter_and_its_bounds(raw, error, wo
     assert type(err.value) is error
     for w in words:
         assert w in err.value.detail
-    assert err.value.errors and all("name" in e for e in err.value.errors)
+    # one shape for field errors everywhere: {"field", "message"}, naming the parameter
+    assert err.value.errors and all(e.field in raw for e in err.value.errors)
+    assert all(set(e.to_json()) == {"field", "message"} for e in err.value.errors)
 
 
 def test_describe_is_json_catalogue():

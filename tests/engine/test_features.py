@@ -277,7 +277,9 @@ def test_job_manager_slices_limit_ttl_cancel_and_stop(monkeypatch):
     jobs.cancel(c.id)
     b.pump()
     assert a.to_json()["status"] == "done" and a.to_json()["image"] == "x" and a.step == 25
-    assert jobs.get(c.id).status == "cancelled" and c.step == 11 and not b.pending
+    assert c.status == "cancelled" and c.step == 11 and not b.pending
+    with pytest.raises(NotFound):  # a deleted job is gone at once
+        jobs.get(c.id)
     clock[0] += 61  # past the TTL: finished jobs are forgotten
     with pytest.raises(NotFound):
         jobs.get(a.id)

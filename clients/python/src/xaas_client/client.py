@@ -10,6 +10,7 @@ import asyncio
 import functools
 import inspect
 import os
+from importlib.metadata import PackageNotFoundError, version
 import time
 from collections.abc import Callable, Coroutine, Mapping
 from types import TracebackType
@@ -24,7 +25,10 @@ from .retry import RetryPolicy
 
 __all__ = ["AsyncClient", "Client", "DEFAULT_URL"]
 
-__version__ = "0.1.0"
+try:
+    __version__ = version("xaas-client")
+except PackageNotFoundError:  # imported from a source tree that was never installed
+    __version__ = "0+unknown"
 DEFAULT_URL = "http://127.0.0.1:8000"
 DEFAULT_TIMEOUT = httpx.Timeout(60.0, connect=5.0)
 

@@ -1,0 +1,17 @@
+"""``/jobs/{id}``: poll or delete an asynchronous job."""
+
+from __future__ import annotations
+
+from ..api.schemas import JobStatus
+from ..runtime import Runtime
+
+__all__ = ["delete_job", "get_job"]
+
+
+def get_job(runtime: Runtime, job_id: str) -> JobStatus:
+    return JobStatus.model_validate(runtime.jobs.get(job_id).to_json())
+
+
+def delete_job(runtime: Runtime, job_id: str) -> None:
+    """Cancel an unfinished job or delete a finished one; either way ``GET`` answers 404 afterwards."""
+    runtime.jobs.cancel(job_id)

@@ -1,0 +1,37 @@
+"""Model and method catalogue: ``/models``, ``/models/{name}``, ``/methods``."""
+
+from __future__ import annotations
+
+from ..api.schemas import MethodInfo, MethodList, ModelDetail, ModelInfo, ModelList
+from ..engine import describe
+from ..registry import LoadedModel
+from ..runtime import Runtime
+
+__all__ = ["list_methods", "list_models", "model_detail", "model_info"]
+
+
+def model_info(runtime: Runtime, model: LoadedModel) -> ModelInfo:
+    return ModelInfo(
+        name=model.name,
+        task=model.task,
+        num_classes=model.num_classes,
+        input_size=list(model.spec.input_size),
+        channels=model.spec.channels,
+        device=str(model.device),
+        target_layer=model.target_layer,
+        methods=model.capabilities.usable_methods,
+        default=model.name == runtime.registry.default_name,
+    )
+
+
+def list_models(runtime: Runtime) -> ModelList:
+    return ModelList(models=[model_info(runtime, m) for m in runtime.registry.loaded()])
+
+
+def model_detail(runtime: Runtime, name: str) -> ModelDetail:
+    model = runtime.registry.get(name)
+    return ModelDetail(**model_info(runtime, model).model_dump(), labels=model.labels)
+
+
+def list_methods() -> MethodList:
+    return MethodList(methods=[MethodInfo.model_validate(m) for m in describe()])
