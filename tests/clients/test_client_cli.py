@@ -1,4 +1,5 @@
-"""``xaas predict|explain|localize`` (service/cli.py, built on xaas_client) against the live server."""
+"""``xaas-client predict|explain|localize`` (xaas_client.cli) against the live server, and the service's ``xaas``
+aliases of them (service/cli.py forwards its argv to xaas_client.cli.main)."""
 
 from __future__ import annotations
 
@@ -12,9 +13,11 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from service.cli import _Progress, main
+from service.cli import main as xaas_main
+from xaas_client.cli import _Progress, main
 
 ROOT = Path(__file__).resolve().parents[2]
+ENTRY_POINTS = {"xaas-client": ["-m", "xaas_client"], "xaas alias": ["-m", "service.cli"]}
 
 
 @pytest.fixture()
@@ -102,10 +105,11 @@ def test_request_and_usage_errors(server: str, sample_path: Path, tmp_path: Path
     assert info.value.code == 2
 
 
-def test_exit_codes_in_a_subprocess(server: str, sample_path: Path, tmp_path: Path):
+@pytest.mark.parametrize("entry", ENTRY_POINTS)
+def test_exit_codes_in_a_subprocess(server: str, sample_path: Path, tmp_path: Path, entry: str):
     def run(*args: str) -> subprocess.CompletedProcess:
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "clients" / "python" / "src")])}
-        return subprocess.run([sys.executable, "-m", "service.cli", *args], cwd=ROOT, env=env, capture_output=True,
+        return subprocess.run([sys.executable, *ENTRY_POINTS[entry], *args], cwd=ROOT, env=env, capture_output=True,
                               text=True, timeout=60)
 
     ok = run("predict", str(sample_path), "--server", server)
@@ -128,3 +132,38 @@ def test_progress_bar_draws_only_on_a_terminal():
         bar.clear()
     assert "2/4 x.png" in tty.getvalue() and "#" * 12 in tty.getvalue()
     assert pipe.getvalue() == ""
+
+
+def test_xaas_aliases_forward_argv_unchanged(server: str, sample_path: Path, capsys):
+    """``xaas predict ...`` prints exactly what ``xaas-client predict ...`` prints, and fails the same way."""
+    args = ["predict", str(sample_path), "--server", server, "--top-k", "3"]
+    assert main(args) == 0
+    direct = capsys.readouterr()
+    assert xaas_main(args) == 0
+    assert capsys.readouterr() == direct
+    assert xaas_main(["explain", str(sample_path), "--server", server, "--target", "99"]) == 1
+    assert capsys.readouterr().err.startswith("xaas: 422 ")
+    with pytest.raises(SystemExit) as info:
+        xaas_main(["explain", str(sample_path), "--param", "no-equals-sign"])
+    assert info.value.code == 2
+    assert capsys.readouterr().err.startswith("usage: xaas explain ")  # the alias keeps its own name in usage
+
+
+def test_xaas_help_lists_the_aliases(capsys):
+    with pytest.raises(SystemExit) as info:
+        xaas_main(["--help"])
+    assert info.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    for name in ("predict", "explain", "localize", "activations", "filters", "impression"):
+        assert f"{name} (alias of xaas-client {name})" in text
+    assert "serve run the HTTP service" in text
+
+
+def test_xaas_alias_without_the_client_package(sample_path: Path):
+    code = ("import sys; sys.modules['xaas_client'] = None; from service.cli import main; "
+            "raise SystemExit(main(sys.argv[1:]))")
+    done = subprocess.run([sys.executable, "-c", code, "predict", str(sample_path)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.startswith("xaas: 'xaas predict' is an alias of 'xaas-client predict'")
+    assert "pip install clients/python" in done.stderr

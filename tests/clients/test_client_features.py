@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from service.cli import main
+from service.cli import main as xaas_main
 from xaas_client import (
     ActivationResponse,
     AsyncClient,
@@ -21,6 +21,7 @@ from xaas_client import (
     JobTimeout,
     NotFound,
 )
+from xaas_client.cli import main
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -137,6 +138,13 @@ def test_cli_filters(server: str, tmp_path: Path, capsys):
     assert body["model"] == "demo" and out.read_bytes().startswith(PNG_MAGIC)
     assert main(["filters", "--server", server, "--model", "nope"]) == 1
     assert "404" in capsys.readouterr().err
+
+
+def test_cli_feature_commands_through_the_xaas_alias(server: str, capsys):
+    assert xaas_main(["filters", "--server", server, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["model"] == "demo"
+    assert xaas_main(["filters", "--server", server, "--model", "nope"]) == 1
+    assert capsys.readouterr().err.startswith("xaas: 404 ")
 
 
 def test_cli_impression(server: str, tmp_path: Path, capsys):

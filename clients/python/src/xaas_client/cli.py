@@ -1,0 +1,437 @@
+"""``xaas-client``: predictions, explanations, boxes and feature views from a running xaas server, for shells and
+scripts (also ``python -m xaas_client``; the service's ``xaas predict ...`` commands are aliases of these).
+
+It imports only the standard library and this package, so it runs wherever the client installs — no torch, NumPy or
+Pillow: the PNGs it writes are the server's bytes, base64-decoded.
+
+Exit codes: 0 ok, 1 the server refused a request, 2 usage or file error, 3 cannot connect. Messages on stderr start
+with ``xaas:`` whichever command was typed, so scripts match one prefix.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+from .client import DEFAULT_URL, Client
+from .errors import XaasConnectionError, XaasError
+
+__all__ = ["COMMANDS", "CommandError", "build_parser", "format_table", "main"]
+
+EXIT_OK, EXIT_REQUEST_ERROR, EXIT_USAGE, EXIT_CONNECT = 0, 1, 2, 3
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".dcm", ".dicom"})
+# Options with a flag of their own must not sneak in as method parameters, where they would be sent twice.
+_RESERVED_PARAMS = frozenset({"model", "target", "top_k", "outputs", "method", "threshold", "all_components",
+                              "min_area"})
+
+COMMANDS: dict[str, str] = {  # name -> summary; the service's `xaas --help` shows these for its aliases too
+    "predict": "classify an image or a folder of images",
+    "explain": "explain an image or a folder of images (heatmaps)",
+    "localize": "boxes for an image or a folder of images",
+    "activations": "a layer's activations for an image",
+    "filters": "a convolution layer's filters as a grid",
+    "impression": "a class impression: an input optimised for a class (background job)",
+}
+
+Ask = Callable[[Client, Path], Any]
+Render = Callable[[str, Any], str]
+
+
+class CommandError(Exception):
+    """A failure already worded for the user, with the exit code it ends the command with."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def main(argv: Sequence[str] | None = None, *, prog: str = "xaas-client") -> int:
+    """Run one command; ``prog`` names the command in usage and help (the ``xaas`` aliases pass ``"xaas"``)."""
+    args = build_parser(prog).parse_args(argv)
+    try:
+        return int(args.func(args) or EXIT_OK)
+    except CommandError as exc:
+        _say(str(exc))
+        return exc.code
+    except KeyboardInterrupt:
+        return 130
+
+
+# --- arguments -------------------------------------------------------------------------------------------------------
+
+def build_parser(prog: str = "xaas-client") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description="Ask a running xaas server for predictions, "
+                                     "explanations, boxes and feature views.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    shared = _shared_options("print the raw JSON response")
+    images = [_image_options(), _shared_options("print the raw JSON response(s) (JSON Lines for a folder)")]
+
+    def add(name: str, parents: list[argparse.ArgumentParser], func: Callable[[argparse.Namespace], int]):
+        summary = COMMANDS[name]
+        command = sub.add_parser(name, parents=parents, help=summary,
+                                 description=f"{summary[0].upper()}{summary[1:]}.")
+        command.set_defaults(func=func)
+        return command
+
+    add("predict", images, _predict)
+
+    p = add("explain", images, _explain)
+    p.add_argument("--method", default="gradcam", help="explanation method (default gradcam; see GET /methods)")
+    _param_option(p, "a method parameter, e.g. window=16; repeatable")
+    p.add_argument("--out", type=Path, help="write the first explanation's heatmap PNG here; for a folder input, "
+                                            "a folder receiving <name>.heatmap.png files")
+    p.add_argument("--overlay", action="store_true", help="with --out: write the overlay (heatmap over the image)")
+
+    p = add("localize", images, _localize)
+    p.add_argument("--method", help="heatmap method (default: the server's, gradcam)")
+    p.add_argument("--threshold", type=float, help="fraction of the map's maximum (default: the server's)")
+    p.add_argument("--all-components", action="store_true", default=None, help="box every region, not the largest")
+    p.add_argument("--min-area", type=int, help="with --all-components: smallest region kept, in pixels")
+    _param_option(p, "a method parameter; repeatable")
+
+    p = add("activations", [shared], _activations)
+    p.add_argument("image", type=Path, metavar="IMAGE", help="an image file")
+    p.add_argument("--layer", help="layer with a spatial output (default: the model's target layer)")
+    p.add_argument("--top", type=int, help="channels in the grid, highest mean first (default: the server's, 16)")
+    p.add_argument("--channel", type=int, help="one channel at native resolution instead of the grid")
+    p.add_argument("--out", type=Path, help="write the grid PNG (or with --channel, the channel PNG) here")
+
+    p = add("filters", [shared], _filters)
+    p.add_argument("--layer", help="convolution layer (default: the first one)")
+    p.add_argument("--out", type=Path, help="write the filter grid PNG here")
+
+    p = add("impression", [shared], _impression)
+    p.add_argument("target", type=_target, metavar="TARGET", help="class index or label")
+    p.add_argument("--steps", type=int, help="optimisation steps (default: the server's, 200)")
+    p.add_argument("--seed", type=int, help="random seed (default: the server's, 0)")
+    p.add_argument("--lr", type=float, help="learning rate (default: the server's)")
+    p.add_argument("--wait", type=float, default=600.0, help="seconds to wait for the job; then it is cancelled "
+                                                             "(default 600)")
+    p.add_argument("--out", type=Path, help="write the impression PNG here")
+    return parser
+
+
+def _shared_options(json_help: str) -> argparse.ArgumentParser:
+    """What every command needs to reach the server and pick a model and output form; one definition for all."""
+    shared = argparse.ArgumentParser(add_help=False)
+    shared.add_argument("--server", default=os.environ.get("XAAS_URL") or DEFAULT_URL,
+                        help=f"service URL (default $XAAS_URL or {DEFAULT_URL})")
+    shared.add_argument("--api-key", help="sent as 'Authorization: Bearer' (default $XAAS_API_KEY)")
+    shared.add_argument("--model", help="registry name (default: the server's default model)")
+    shared.add_argument("--timeout", type=float, default=120.0, help="seconds per request (default 120)")
+    shared.add_argument("--retries", type=int, default=3, help="retries on 429/503/connect failures (default 3)")
+    shared.add_argument("--json", action="store_true", help=json_help)
+    return shared
+
+
+def _image_options() -> argparse.ArgumentParser:
+    """The input and class choice of predict/explain/localize, which accept a folder as well as one image."""
+    images = argparse.ArgumentParser(add_help=False)
+    images.add_argument("image", type=Path, metavar="IMAGE_OR_FOLDER", help="an image file, or a folder of images")
+    images.add_argument("--target", action="append", type=_target, metavar="T", help="class index or label; repeatable")
+    images.add_argument("--top-k", type=int, metavar="K", help="without --target: the K best classes")
+    return images
+
+
+def _param_option(parser: argparse.ArgumentParser, help: str) -> None:
+    parser.add_argument("--param", action="append", default=[], type=_param, metavar="NAME=VALUE", help=help)
+
+
+def _target(text: str) -> int | str:
+    return int(text) if text.lstrip("-").isdigit() else text
+
+
+def _param(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition("=")
+    if not sep or not name.strip():
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+    if name.strip() in _RESERVED_PARAMS:
+        raise argparse.ArgumentTypeError(f"{name!r} has its own option (--{name.strip().replace('_', '-')})")
+    return name.strip(), value
+
+
+# --- commands: one small function each ---------------------------------------------------------------------------
+
+def _predict(args: argparse.Namespace) -> int:
+    return _each_image(args, _image_files(args.image), lambda client, path: client.predict(path, **_classes(args)),
+                       _predict_table)
+
+
+def _explain(args: argparse.Namespace) -> int:
+    files = _image_files(args.image)
+    out = _output_folder(args.out) if args.out is not None and args.image.is_dir() else args.out
+    outputs = ["heatmap", "overlay"] if args.overlay else ["heatmap"]
+
+    def ask(client: Client, path: Path) -> Any:
+        return client.explain(args.method, path, outputs=outputs, **_classes(args), **_params(args))
+
+    def save(result: Any, path: Path) -> None:
+        if out is not None:
+            name = f"{path.stem}.{'overlay' if args.overlay else 'heatmap'}.png"
+            _write_map(result, out / name if out.is_dir() else out, overlay=args.overlay)
+
+    return _each_image(args, files, ask, _explain_table, save)
+
+
+def _localize(args: argparse.Namespace) -> int:
+    def ask(client: Client, path: Path) -> Any:
+        return client.localize(path, method=args.method, threshold=args.threshold, all_components=args.all_components,
+                               min_area=args.min_area, **_classes(args), **_params(args))
+
+    return _each_image(args, _image_files(args.image), ask, _localize_table)
+
+
+def _activations(args: argparse.Namespace) -> int:
+    if not args.image.is_file():
+        raise CommandError(f"no such file: {args.image}", EXIT_USAGE)
+    result = _ask(args, lambda client: client.activations(args.image, model=args.model, layer=args.layer,
+                                                          top=args.top, channel=args.channel), path=args.image)
+    png = result.channel_png() if args.channel is not None else result.grid_png()
+    return _show(args, result, _activations_table, png)
+
+
+def _filters(args: argparse.Namespace) -> int:
+    result = _ask(args, lambda client: client.filters(args.model, layer=args.layer))
+    return _show(args, result, _filters_summary, result.grid_png())
+
+
+def _impression(args: argparse.Namespace) -> int:
+    result = _ask(args, lambda client: _run_impression(client, args))
+    return _show(args, result, _impression_summary, result.image_png())
+
+
+# --- running requests --------------------------------------------------------------------------------------------
+
+def _connect(args: argparse.Namespace) -> Client:
+    return Client(args.server, api_key=args.api_key, timeout=args.timeout, retries=max(0, args.retries))
+
+
+@contextlib.contextmanager
+def _request_errors(server: str, path: Path | None = None, where: str = "") -> Iterator[None]:
+    """The one mapping from the client's exceptions to exit codes: no answer 3, a refusal 1, an unreadable file 2."""
+    try:
+        yield
+    except XaasConnectionError as exc:
+        raise CommandError(f"cannot connect to {server}: {exc.detail}", EXIT_CONNECT) from exc
+    except XaasError as exc:
+        head = f"{exc.status} {exc.title}: " if exc.status else ""
+        raise CommandError(f"{where}{head}{exc.detail}", EXIT_REQUEST_ERROR) from exc
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise CommandError(f"{where}cannot read {path}: {reason}" if path else f"{where}{reason}", EXIT_USAGE) from exc
+
+
+def _ask(args: argparse.Namespace, call: Callable[[Client], Any], path: Path | None = None) -> Any:
+    """One request (or one polled job) on a fresh client, errors mapped by :func:`_request_errors`."""
+    with _connect(args) as client, _request_errors(args.server, path):
+        return call(client)
+
+
+def _each_image(args: argparse.Namespace, files: list[Path], ask: Ask, render: Render,
+                save: Callable[[Any, Path], None] | None = None) -> int:
+    """Ask about each file in turn on one connection. A folder goes on past a refused or unreadable image (exit 1 at
+    the end, its name in the message) but stops at a failed connection: the rest would fail the same way."""
+    folder = args.image.is_dir()
+    status = EXIT_OK
+    progress = _Progress(len(files))
+    with _connect(args) as client:
+        for done, path in enumerate(files):
+            progress.update(done, path.name)
+            try:
+                with _request_errors(args.server, path, f"{path.name}: " if folder else ""):
+                    result = ask(client, path)
+            except CommandError as exc:
+                progress.clear()
+                if not folder or exc.code == EXIT_CONNECT:
+                    raise
+                _say(str(exc))
+                status = EXIT_REQUEST_ERROR
+                continue
+            progress.clear()
+            if args.json:
+                body = result.to_json()
+                print(json.dumps({"file": path.name, "response": body}) if folder else json.dumps(body, indent=2))
+            else:
+                print(render(path.name, result))
+            if save is not None:
+                save(result, path)
+        progress.update(len(files))
+        progress.clear()
+    return status
+
+
+def _show(args: argparse.Namespace, result: Any, render: Callable[[Any], str], png: bytes) -> int:
+    """Print a feature view (JSON or the summary) and write its PNG to ``--out``."""
+    print(json.dumps(result.to_json(), indent=2) if args.json else render(result))
+    if args.out is not None:
+        _write_png(args.out, png)
+    return EXIT_OK
+
+
+def _run_impression(client: Client, args: argparse.Namespace) -> Any:
+    """Start the job and poll it, printing each new state on stderr; Ctrl-C cancels the job on the server."""
+    shown: list[tuple[str, int]] = []
+    started: list[str] = []
+
+    def track(job: Any) -> None:
+        if not started:
+            started.append(job.id)
+        state = (job.status, job.progress.step if job.progress else 0)
+        if shown and shown[-1] == state:
+            return
+        shown.append(state)
+        where = f" {job.progress.step}/{job.progress.steps}" if job.progress else ""
+        prob = f" p={job.probability:.3f}" if job.probability is not None else ""
+        print(f"impression {job.id}: {job.status}{where}{prob}", file=sys.stderr, flush=True)
+
+    try:
+        return client.class_impression(args.model, args.target, steps=args.steps, seed=args.seed, lr=args.lr,
+                                       timeout=args.wait, on_progress=track)
+    except KeyboardInterrupt:
+        if started:
+            with contextlib.suppress(Exception):  # best effort on the way out
+                client.cancel_job(started[0])
+                _say(f"cancelled job {started[0]}")
+        raise
+
+
+def _classes(args: argparse.Namespace) -> dict[str, Any]:
+    return {"model": args.model, "target": args.target, "top_k": args.top_k}
+
+
+def _params(args: argparse.Namespace) -> dict[str, list[str]]:
+    params: dict[str, list[str]] = {}
+    for name, value in args.param:
+        params.setdefault(name, []).append(value)
+    return params
+
+
+# --- files ------------------------------------------------------------------------------------------------------
+
+def _image_files(target: Path) -> list[Path]:
+    """The image itself, or the folder's image files (sorted, not recursive, skipping our own outputs)."""
+    if target.is_file():
+        return [target]
+    if not target.is_dir():
+        raise CommandError(f"no such file or folder: {target}", EXIT_USAGE)
+    files = sorted(p for p in target.iterdir()
+                   if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
+                   and not p.name.endswith((".heatmap.png", ".overlay.png")))
+    if not files:
+        raise CommandError(f"no image files in folder {target}", EXIT_USAGE)
+    return files
+
+
+def _output_folder(out: Path) -> Path:
+    """``--out`` for a folder input: a folder, created before the first request rather than failing after it."""
+    if out.exists() and not out.is_dir():
+        raise CommandError(f"--out must be a folder when explaining a folder: {out}", EXIT_USAGE)
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def _write_map(result: Any, path: Path, *, overlay: bool) -> None:
+    if not result.explanations:
+        _say(f"no explanation to write to {path}")
+        return
+    first = result.explanations[0]
+    _write_png(path, first.overlay_png() if overlay else first.heatmap_png())
+
+
+def _write_png(path: Path, png: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(png)
+    print(f"wrote {path}", file=sys.stderr)
+
+
+def _say(message: str) -> None:
+    print(f"xaas: {message}", file=sys.stderr)
+
+
+class _Progress:
+    """A minimal progress bar on stderr, drawn only on a terminal (no tqdm dependency, no noise in logs/pipes)."""
+
+    def __init__(self, total: int, stream: TextIO | None = None) -> None:
+        self.total = total
+        self.stream = stream or sys.stderr
+        self.enabled = total > 1 and self.stream.isatty()
+
+    def update(self, done: int, label: str = "") -> None:
+        if self.enabled:
+            filled = round(24 * done / self.total)
+            self.stream.write(f"\r\033[K[{'#' * filled}{'.' * (24 - filled)}] {done}/{self.total} {label}"[:200])
+            self.stream.flush()
+
+    def clear(self) -> None:
+        if self.enabled:
+            self.stream.write("\r\033[K")
+            self.stream.flush()
+
+
+# --- output ------------------------------------------------------------------------------------------------------
+
+def format_table(title: str, header: list[str], rows: list[list[str]], *,
+                 text_columns: frozenset[str] = frozenset({"label", "map"})) -> str:
+    """``title`` over an aligned table; ``text_columns`` are left-aligned, the others (numbers) right-aligned."""
+    if not rows:
+        return f"{title}\n  (none)"
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+
+    def line(cells: list[str]) -> str:
+        return "  " + "  ".join(cell.ljust(width) if name in text_columns else cell.rjust(width)
+                                for name, cell, width in zip(header, cells, widths, strict=True)).rstrip()
+
+    return "\n".join([title, line(header), *map(line, rows)])
+
+
+def _size(result: Any) -> str:
+    return f"{result.image.width}x{result.image.height}"
+
+
+def _predict_table(name: str, result: Any) -> str:
+    return format_table(f"{name}: {result.model} ({result.task}), {_size(result)}", ["index", "label", "score"],
+                        [[str(p.index), p.label, f"{p.score:.4f}"] for p in result.predictions])
+
+
+def _explain_table(name: str, result: Any) -> str:
+    layer = f", layer {result.layer}" if result.layer else ""
+    rows = [[str(e.index), e.label, f"{e.score:.4f}", "empty" if e.empty else ("non-finite" if e.nonfinite else "")]
+            for e in result.explanations]
+    return format_table(f"{name}: {result.method} on {result.model}{layer}, {_size(result)}",
+                        ["index", "label", "score", "map"], rows)
+
+
+def _localize_table(name: str, result: Any) -> str:
+    title = f"{name}: {result.method} boxes on {result.model} (threshold {result.threshold:g}), {_size(result)}"
+    return format_table(title, ["index", "label", "score", "x0", "y0", "x1", "y1"],
+                        [[str(b.index), b.label, f"{b.score:.4f}", *map(str, b.box)] for b in result.boxes])
+
+
+def _activations_table(result: Any) -> str:
+    c, h, w = result.shape
+    return format_table(f"{result.layer} of {result.model}: {c} channels of {h}x{w}",
+                        ["channel", "mean", "max", "positive"],
+                        [[str(s.index), f"{s.mean:.4f}", f"{s.max:.4f}", f"{s.fraction_positive:.2f}"]
+                         for s in result.channels])
+
+
+def _filters_summary(result: Any) -> str:
+    kh, kw = result.kernel_size
+    return (f"{result.layer} of {result.model}: {result.count} filters {kh}x{kw} over {result.in_channels} "
+            f"input channel(s), shown {result.mode}; conv layers: {', '.join(result.conv_layers)}")
+
+
+def _impression_summary(result: Any) -> str:
+    prob = f", probability {result.probability:.4f}" if result.probability is not None else ""
+    steps = f" after {result.progress.steps} steps" if result.progress else ""
+    return f"impression of {result.label!r} (class {result.target}) on {result.model}: {result.status}{steps}{prob}"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
