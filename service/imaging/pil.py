@@ -6,8 +6,8 @@
   ``DecompressionBombError`` / ``DecompressionBombWarning`` are turned into :class:`PayloadTooLarge` where they can
   occur. Keep ``ImageLimits.max_pixels`` at or below ``PIL.Image.MAX_IMAGE_PIXELS`` (~89.5 M) so that our
   :func:`~service.imaging.common.check_size` is the one that fires.
-* **EXIF orientation is applied**, so that width/height and maps match what a viewer shows; malformed EXIF is
-  ignored, as the pixels are still good.
+* **EXIF orientation is applied** (``ImageOps.exif_transpose``), so that width/height and maps match what a viewer
+  shows; malformed EXIF is ignored, as the pixels are still good.
 * **Alpha is flattened onto white** (documents and scans are usually shown on white, and a transparent black
   background would invent dark structure for the model to attend to).
 * **16-bit and integer images are scaled by their bit depth**, not min–max, so that intensities keep their meaning;
@@ -24,7 +24,8 @@ import warnings
 from collections.abc import Iterator
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
+from PIL.TiffImagePlugin import BITSPERSAMPLE, SAMPLEFORMAT
 
 from service.errors import InvalidImage, PayloadTooLarge, UnsupportedMediaType
 
@@ -141,34 +142,27 @@ def _load_pil(im: Image.Image, limits: ImageLimits) -> None:
         raise InvalidImage(_pil_failure_detail(exc, "image data")) from exc
 
 
-_ORIENTATION_TRANSPOSE: dict[int, Image.Transpose] = {
-    2: Image.Transpose.FLIP_LEFT_RIGHT,
-    3: Image.Transpose.ROTATE_180,
-    4: Image.Transpose.FLIP_TOP_BOTTOM,
-    5: Image.Transpose.TRANSPOSE,
-    6: Image.Transpose.ROTATE_270,
-    7: Image.Transpose.TRANSVERSE,
-    8: Image.Transpose.ROTATE_90,
-}
-
-
 def _apply_exif_orientation(im: Image.Image) -> Image.Image:
-    """Rotate/flip as the EXIF Orientation tag says, so width/height and maps match what a viewer shows.
+    """Rotate/flip a loaded image as its EXIF (or XMP) Orientation says, in place (no copy when nothing turns).
 
-    Malformed EXIF is ignored (the pixels are still good); this mirrors ``ImageOps.exif_transpose`` without its
-    copy of un-rotated images.
+    ``ImageOps.exif_transpose`` raises for three different reasons, told apart here: EXIF it cannot parse is ignored
+    (the pixels are still good); a failed transposition is the image's fault, so :class:`InvalidImage`; and after
+    turning it re-serialises the EXIF without the tag, which can trip over *other* malformed tags, but that metadata
+    is discarded here, so such a failure is ignored too. An Orientation that Pillow does not read as an integer 2–8
+    (one stored as text, say) turns nothing.
     """
     try:
-        orientation = int(im.getexif().get(0x0112, 1))
+        # parses and caches the EXIF block, so the parse cannot fail again inside exif_transpose
+        im.getexif().get(ExifTags.Base.Orientation)
     except Exception:
         return im
-    method = _ORIENTATION_TRANSPOSE.get(orientation)
-    if method is None:
-        return im
+    pixels_before = im.im
     try:
-        return im.transpose(method)
+        ImageOps.exif_transpose(im, in_place=True)
     except Exception as exc:
-        raise InvalidImage(_pil_failure_detail(exc, "image data")) from exc
+        if im.im is pixels_before:  # in_place swaps the core image only once the transposition succeeded
+            raise InvalidImage(_pil_failure_detail(exc, "image data")) from exc
+    return im
 
 
 _GREY_MODES = frozenset({"1", "L", "LA", "La"})
@@ -231,7 +225,7 @@ def _integer_bit_depth(im: Image.Image, values: np.ndarray) -> tuple[int | None,
         return 16, False
     tiff_bits = _tiff_bits(im)
     if tiff_bits:
-        signed = _tiff_tag(im, 339) == 2  # SampleFormat 2 = two's complement
+        signed = _tiff_tag(im, SAMPLEFORMAT) == 2  # 2 = two's complement integer
         return tiff_bits, signed
     if values.size and values.min() >= 0 and values.max() <= 65535:
         return 16, False
@@ -252,5 +246,5 @@ def _tiff_tag(im: Image.Image, tag: int) -> int | None:
 
 
 def _tiff_bits(im: Image.Image) -> int | None:
-    bits = _tiff_tag(im, 258)  # BitsPerSample
+    bits = _tiff_tag(im, BITSPERSAMPLE)
     return bits if bits and 1 <= bits <= 32 else None

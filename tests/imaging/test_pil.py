@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import io
+import struct
 import warnings
 
 import numpy as np
 import pytest
 from imaging_support import encode, noise_rgb, png_with_header
-from PIL import Image
+from PIL import Image, ImageOps
 
-from service.errors import InvalidOption, PayloadTooLarge
+from service.errors import InvalidImage, InvalidOption, PayloadTooLarge
 from service.imaging import ImageLimits, decode_image
 
 
@@ -166,6 +167,16 @@ def test_exif_orientation_6_rotates_and_swaps_size() -> None:
     np.testing.assert_allclose(decoded.pixels[54, 16], [0.0, 0.0, 1.0], atol=0.05)  # bottom: blue
 
 
+def exif_block(*entries: tuple[int, int, int, bytes]) -> bytes:
+    """A little-endian EXIF block, one IFD of (tag, type, count, 4-byte value) entries; by hand, so it can be bad."""
+    ifd = struct.pack("<H", len(entries))
+    ifd += b"".join(struct.pack("<HHI", tag, kind, count) + value for tag, kind, count, value in entries)
+    return b"Exif\x00\x00" + b"II*\x00" + struct.pack("<I", 8) + ifd + struct.pack("<I", 0)
+
+
+SHORT, LONG, ASCII = 3, 4, 2
+
+
 def displayed(stored: np.ndarray, orientation: int) -> np.ndarray:
     """What a viewer shows for ``stored`` with this EXIF Orientation, from the tag's definition (EXIF 2.3, 0x0112)
     rather than from PIL: the value says where the stored row 0 and column 0 end up (6 = row 0 right, column 0 top)."""
@@ -205,6 +216,65 @@ def test_every_exif_orientation_is_displayed_as_defined(fmt: str, orientation: i
     assert (decoded.height, decoded.width) == expected.shape[:2]
     assert decoded.pixels.shape == expected.shape[:2] + (1 if stored.ndim == 2 else 3,)
     np.testing.assert_allclose(decoded.pixels, expected.reshape(decoded.pixels.shape) / 255.0, atol=atol, rtol=0)
+
+
+@pytest.mark.parametrize("orientation", [1, 6])
+def test_exif_orientation_is_applied_in_place(orientation: int) -> None:
+    from service.imaging.pil import _apply_exif_orientation
+
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    with Image.open(io.BytesIO(encode(noise_rgb(6, 4), "PNG", exif=exif))) as im:
+        im.load()
+        assert _apply_exif_orientation(im) is im  # no copy of a 40 MP image, turned or not
+        assert im.size == ((4, 6) if orientation == 6 else (6, 4))
+
+
+def test_unparseable_exif_is_ignored() -> None:
+    data = encode(noise_rgb(6, 4), "PNG", exif=b"XX*\x00\x08\x00\x00\x00")  # no TIFF byte-order mark
+    with Image.open(io.BytesIO(data)) as im, pytest.raises(SyntaxError):
+        ImageOps.exif_transpose(im)  # what decode_image must not let through
+    decoded = decode_image(data)
+    np.testing.assert_allclose(decoded.pixels, np.asarray(noise_rgb(6, 4)) / 255.0, atol=1e-6)
+
+
+def test_failed_exif_rewrite_after_turning_is_ignored() -> None:
+    # the Orientation reads fine, but exif_transpose then re-serialises the EXIF without it, follows the Exif sub-IFD
+    # pointer (far outside the block) and warns "Corrupt EXIF data"; with warnings as errors that raises after turning
+    exif = exif_block((0x0112, SHORT, 1, struct.pack("<HH", 6, 0)), (0x8769, LONG, 1, struct.pack("<I", 10**6)))
+    data = encode(noise_rgb(6, 4), "PNG", exif=exif)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with Image.open(io.BytesIO(data)) as im, pytest.raises(UserWarning):
+            ImageOps.exif_transpose(im, in_place=True)
+        assert im.size == (4, 6)  # the library had turned the pixels before it failed
+        decoded = decode_image(data)
+    assert (decoded.width, decoded.height) == (4, 6)
+    np.testing.assert_allclose(decoded.pixels, displayed(np.asarray(noise_rgb(6, 4)), 6) / 255.0, atol=1e-6)
+
+
+def test_failed_exif_transposition_is_invalid_image(monkeypatch: pytest.MonkeyPatch) -> None:
+    def failing_exif_transpose(image: Image.Image, *, in_place: bool = False) -> None:
+        raise OSError("transpose failed for <PIL.PngImagePlugin.PngImageFile object at 0x7f00>")
+
+    monkeypatch.setattr(ImageOps, "exif_transpose", failing_exif_transpose)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    with pytest.raises(InvalidImage) as info:
+        decode_image(encode(noise_rgb(6, 4), "PNG", exif=exif))
+    assert info.value.detail == "image data is corrupt or unreadable (OSError)"  # PIL's message is not echoed
+
+
+def test_exif_orientation_stored_as_text_turns_nothing() -> None:
+    # Orientation is a SHORT; Pillow reads an ASCII one as the string "6", which exif_transpose does not act on
+    data = encode(noise_rgb(6, 4), "PNG", exif=exif_block((0x0112, ASCII, 2, b"6\x00\x00\x00")))
+    with Image.open(io.BytesIO(data)) as im:
+        assert im.getexif().get(0x0112) == "6"
+    decoded = decode_image(data)
+    assert (decoded.width, decoded.height) == (6, 4)
+    np.testing.assert_allclose(decoded.pixels, np.asarray(noise_rgb(6, 4)) / 255.0, atol=1e-6)
+
+
 
 
 # --------------------------------------------------------------------------------------------------------------------
