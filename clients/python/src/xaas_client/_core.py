@@ -303,7 +303,10 @@ def class_impression(model: str | None, target: Target, *, poll_interval: float 
                 pass  # best effort: the job may have just ended or expired
             raise JobTimeout(f"job {current.id} did not finish within {timeout:g} s (cancelled)", job=current)
         yield Sleep(min(poll_interval, remaining))
-        current = yield job(current.id)
+        try:
+            current = yield job(current.id)
+        except NotFound:  # deleted (cancelled) by another client, or expired: it will never finish
+            raise JobCancelled(f"job {current.id} was cancelled or has expired", job=current) from None
     if current.status == "failed":
         raise JobFailed(f"job {current.id} failed: {current.error or 'no reason given'}", job=current)
     if current.status == "cancelled":

@@ -144,7 +144,9 @@ def _param_option(parser: argparse.ArgumentParser, help: str) -> None:
 
 
 def _target(text: str) -> int | str:
-    return int(text) if text.lstrip("-").isdigit() else text
+    # ASCII digits only: "¹".isdigit() is true, and the server reads such strings as labels, not indices.
+    digits = text[1:] if text.startswith("-") else text
+    return int(text) if digits.isascii() and digits.isdigit() else text
 
 
 def _param(text: str) -> tuple[str, str]:
