@@ -32,8 +32,8 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from service.engine import METHODS, find_target_layer  # noqa: E402
-from service.engine import base as engine_base  # noqa: E402
+from service.engine import METHODS, find_target_layer
+from service.engine import base as engine_base
 
 DEFAULT_METHODS = ("gradcam", "gradcam-pp", "layercam", "guided-backprop", "saliency", "integrated-gradients",
                    "occlusion")

@@ -17,8 +17,8 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench._server import running_server  # noqa: E402
-from bench.load import closed_loop  # noqa: E402
+from bench._server import running_server
+from bench.load import closed_loop
 
 
 def demo_png() -> bytes:

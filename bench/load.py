@@ -27,7 +27,7 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench._server import running_server  # noqa: E402
+from bench._server import running_server
 
 RESNET_REGISTRY = """models:
   - name: resnet18

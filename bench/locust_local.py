@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench._server import running_server  # noqa: E402
+from bench._server import running_server
 
 
 def main() -> None:

@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import AsyncIterator, Callable
 
 from fastapi import FastAPI
-
 from fastapi.middleware.cors import CORSMiddleware
 
 from . import __version__, openapi
 from .api import problems
-
 from .api.middleware import ApiKeyMiddleware, BodyLimitMiddleware, RequestContextMiddleware
 from .api.routes import explain, features, health, localize, models, predict
 from .config import Settings

@@ -17,8 +17,9 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Hashable, Sequence
+from typing import Any
 
 from .errors import DeadlineExceeded, ModelExecutionError, OutOfMemory, QueueFull, ShuttingDown, XaasError
 
@@ -69,7 +70,7 @@ class DynamicBatcher:
         max_batch_size: int = 16,
         max_batch_delay_ms: float = 5.0,
         max_queue: int = 256,
-        observer: "BatchObserver | None" = None,
+        observer: BatchObserver | None = None,
         expecting_more: Callable[[], bool] | None = None,
     ):
         """``expecting_more()`` says whether more items are on their way (e.g. requests still being decoded); when it
@@ -159,7 +160,7 @@ class DynamicBatcher:
                 future.set_result(fn())
             except XaasError as exc:
                 future.set_exception(exc)
-            except Exception as exc:  # noqa: BLE001 - handed to the caller with a reason, the worker serves on
+            except Exception as exc:
                 log.exception("exclusive call failed on worker %s", self.name)
                 future.set_exception(ModelExecutionError(f"the model failed on this request ({exc.__class__.__name__})"))
 
@@ -204,14 +205,14 @@ class DynamicBatcher:
             if exclusive is not None:
                 try:
                     exclusive()
-                except Exception:  # noqa: BLE001 - a background task must not kill the worker
+                except Exception:
                     log.exception("exclusive task failed on worker %s", self.name)
                 continue
             if batch is None:
                 return
             try:
                 self._execute(batch)
-            except Exception:  # noqa: BLE001 - a bug in the loop must not kill the model's only worker
+            except Exception:
                 log.exception("worker %s crashed on a batch; failing its items and serving on", self.name)
                 for item in batch:
                     _fail(item, ModelExecutionError("the model worker failed on this request"))
@@ -275,7 +276,7 @@ class DynamicBatcher:
             results = self._run_batch(items[0].key, [j.payload for j in items])
             if len(results) != len(items):
                 raise RuntimeError(f"run_batch returned {len(results)} results for {len(items)} items")
-        except Exception as exc:  # noqa: BLE001 - isolate failures: split and retry, then fail only the culprit
+        except Exception as exc:
             if len(items) > 1:
                 self.stats.splits += 1
                 log.warning("batch of %d items on %s failed (%s); splitting", len(items), self.name, exc.__class__.__name__)
@@ -319,7 +320,7 @@ class BatchObserver:
 async def _await_with_deadline(future: concurrent.futures.Future, timeout: float) -> Any:
     try:
         return await asyncio.wait_for(asyncio.wrap_future(future), timeout)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         future.cancel()
         raise DeadlineExceeded(f"the request did not finish within {timeout:g} s") from None
 

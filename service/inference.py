@@ -9,11 +9,11 @@ Each kind of work (``PredictWork``, ``ExplainWork``: what one request asks of th
 
 from __future__ import annotations
 
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
-from typing import Any, Hashable, Sequence
+from typing import Any
 
 import numpy as np
-
 import torch
 
 from .registry import LoadedModel

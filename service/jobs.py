@@ -18,8 +18,9 @@ import logging
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 from .errors import TooManyJobs, UnknownJob
 
@@ -153,7 +154,7 @@ class JobManager:
             runner.run(self.slice_steps, should_yield=lambda: batcher.live_traffic)
             done = runner.done
             result = job.finish(runner) if done else None
-        except Exception as exc:  # noqa: BLE001 - a failing job fails alone; the worker serves on
+        except Exception as exc:
             log.exception("job %s failed", job.id)
             with self._lock:
                 if job.status in ACTIVE:

@@ -88,7 +88,7 @@ class ModelSpec(BaseModel):
         return v
 
     @model_validator(mode="after")
-    def _norm_len(self) -> "ModelSpec":
+    def _norm_len(self) -> ModelSpec:
         for name in ("mean", "std"):
             if len(getattr(self, name)) not in (1, self.channels):
                 raise ValueError(f"{name} needs 1 or {self.channels} values (channels={self.channels})")
@@ -293,7 +293,7 @@ class ModelRegistry:
         self.default_name = next((s.name for s in specs if s.default), specs[0].name)
 
     @classmethod
-    def from_file(cls, path: Path, *, device_policy: str = "auto") -> "ModelRegistry":
+    def from_file(cls, path: Path, *, device_policy: str = "auto") -> ModelRegistry:
         path = Path(path).resolve()
         return cls(read_registry_file(path), base_dir=path.parent, device_policy=device_policy)
 
@@ -307,7 +307,7 @@ class ModelRegistry:
         except ConfigError as exc:
             self.state, self.error = "failed", str(exc)
             raise
-        except Exception as exc:  # noqa: BLE001 - unexpected failure still gets a one-line reason
+        except Exception as exc:
             self.state, self.error = "failed", f"{exc.__class__.__name__}: {exc}"
             raise ConfigError(self.error) from exc
         self.state = "ready"

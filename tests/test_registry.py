@@ -10,7 +10,7 @@ import torch
 
 from service.config import DEFAULT_MODELS_FILE
 from service.errors import ConfigError, InvalidOption, NotFound
-from service.registry import ModelRegistry, load_model, read_registry_file
+from service.registry import ModelRegistry, read_registry_file
 
 DEMO_ENTRY = """
   - name: {name}
@@ -98,7 +98,7 @@ def test_torchscript_and_local_state_dict_sources(tmp_path):
     net = create_demo_model().eval()
     torch.jit.trace(net, torch.zeros(1, 3, 128, 128)).save(str(tmp_path / "demo.pt"))
     torch.save(net.state_dict(), tmp_path / "demo_state.pth")
-    path = write(tmp_path, f"""
+    path = write(tmp_path, """
         models:
           - name: scripted
             source: torchscript:demo.pt

@@ -43,8 +43,9 @@ def test_load_failure_stops_the_server_with_the_reason(tmp_path):
 
 
 def test_sigterm_drains_in_flight_requests():
-    from service.demo.data import generate_sample, sample_rng
     import io
+
+    from service.demo.data import generate_sample, sample_rng
 
     img, _ = generate_sample(sample_rng(5, 0))
     buf = io.BytesIO()

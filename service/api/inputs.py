@@ -9,7 +9,8 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from fastapi import Request
 from pydantic import BaseModel, ValidationError
@@ -68,7 +69,7 @@ def parse_options(options_model: type[M], raw: dict[str, Any], also_known: froze
 async def _read_multipart(request: Request, options_model: type[BaseModel]) -> tuple[bytes, dict[str, Any]]:
     try:
         form = await request.form(max_files=2, max_fields=64)
-    except Exception as exc:  # noqa: BLE001 - malformed multipart of any kind is the client's problem
+    except Exception as exc:
         if exc.__class__.__name__ == "BodyTooLarge":
             raise
         raise BadOption(f"malformed multipart body: {getattr(exc, 'detail', None) or exc}") from None

@@ -13,7 +13,8 @@ import logging
 import re
 import time
 import uuid
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from ..metrics import Metrics
 
@@ -111,7 +112,7 @@ class BodyLimitMiddleware:
                 return await receive()
             try:
                 message = await asyncio.wait_for(receive(), max(0.0, deadline - time.monotonic()))
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 raise BodyTimeout() from None
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
@@ -166,7 +167,7 @@ class RequestContextMiddleware:
 
         try:
             await self.app(scope, receive, send_with_id)
-        except Exception:  # noqa: BLE001 - last resort: never a bare 500 page, never a dropped connection
+        except Exception:
             log.exception("unhandled error", extra={"request_id": request_id})
             if not started:
                 await _send_problem(send_with_id, 500, "Internal Server Error",

@@ -32,10 +32,10 @@ from torch import nn
 from ..errors import InvalidOption, UnknownMethod
 from .base import BACKWARD_CHUNK, FORWARD_CHUNK, Explainer, ParamSpec, coerce_params
 from .cam import CAM, GradCAM, GradCAMCounterfactual, GradCAMPlusPlus, HiResCAM, LayerCAM, ScoreCAM, XGradCAM
+from .fusion import FusedCAM
 from .gradients import GuidedBackprop, GuidedGradCAM, IntegratedGradients, Saliency, SmoothGrad
 from .layers import find_target_layer, spatial_layers
 from .perturbation import RISE, Occlusion
-from .fusion import FusedCAM
 
 __all__ = [
     "BACKWARD_CHUNK",

@@ -162,9 +162,7 @@ def _coerce_one(spec: ParamSpec, value: Any) -> Any:
     elif spec.type is float:
         if isinstance(value, bool):
             raise _Malformed(f"expected a number, got {_quoted(value)}")
-        if isinstance(value, (int, float)):
-            out = float(value)
-        elif isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
+        if isinstance(value, (int, float)) or isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
             out = float(value)
         else:
             raise _Malformed(f"expected a number, got {_quoted(value)}")

@@ -35,8 +35,8 @@ from .base import (
     class_probability,
     grad_enabled,
     logits_of,
-    probe_batch,
     prepare_batch,
+    probe_batch,
     target_scores,
 )
 from .layers import resolve_layer

@@ -16,8 +16,9 @@ impressions optimise the INPUT only (a leaf tensor with ``requires_grad``).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch

@@ -38,10 +38,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..errors import FieldError, InvalidOption
 from .base import Explainer, ParamSpec, prepare_batch
 from .cam import GradCAM, LayerCAM
 from .layers import resolve_layer, trace_layers
-from ..errors import FieldError, InvalidOption
 
 __all__ = ["BENCH_METHODS", "FusedCAM", "auto_fine_layer"]
 

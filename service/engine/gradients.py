@@ -36,8 +36,8 @@ from .base import (
     chunks,
     grad_enabled,
     logits_of,
-    probe_batch,
     prepare_batch,
+    probe_batch,
     target_scores,
 )
 from .baselines import BASELINES, make_baseline

@@ -13,7 +13,13 @@ import json
 
 import pytest
 
-from service.api.schemas import ActivationOptions, ClassImpressionRequest, ExplainOptions, LocalizeOptions, PredictOptions
+from service.api.schemas import (
+    ActivationOptions,
+    ClassImpressionRequest,
+    ExplainOptions,
+    LocalizeOptions,
+    PredictOptions,
+)
 from service.engine import METHODS
 from tests.support import make_client, png_bytes, wait_ready
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 
 import httpx
@@ -65,7 +65,7 @@ def client(script: Script, **options) -> Client:
 # --- Retry-After parsing and the delay formula ---------------------------------------------------------------------
 
 def test_parse_retry_after_seconds_and_dates():
-    now = datetime(2030, 1, 1, 12, 0, 0, tzinfo=timezone.utc)
+    now = datetime(2030, 1, 1, 12, 0, 0, tzinfo=UTC)
     assert parse_retry_after("3") == 3.0
     assert parse_retry_after(" 1.5 ") == 1.5
     assert parse_retry_after("-4") == 0.0
@@ -127,7 +127,7 @@ def test_a_retry_after_longer_than_the_budget_fails_at_once():
 
 
 def test_retry_after_as_http_date():
-    when = format_datetime(datetime.now(timezone.utc) - timedelta(seconds=5), usegmt=True)  # already passed: go now
+    when = format_datetime(datetime.now(UTC) - timedelta(seconds=5), usegmt=True)  # already passed: go now
     script = Script(problem(429, when), httpx.Response(200, json=HEALTHY))
     with client(script, retry_policy=RetryPolicy(backoff=0.01)) as c:
         c.health()

@@ -225,7 +225,7 @@ def test_torch_dataset_items() -> None:
     xr, yr = raw[3]
     assert x.shape == (3, IMAGE_SIZE, IMAGE_SIZE) and x.dtype == torch.float32
     assert y.shape == (len(CLASSES),) and y.dtype == torch.float32
-    assert 0.0 <= float(xr.min()) and float(xr.max()) <= 1.0
+    assert float(xr.min()) >= 0.0 and float(xr.max()) <= 1.0
     mean = torch.tensor(DEMO_MEAN)[:, None, None]
     std = torch.tensor(DEMO_STD)[:, None, None]
     assert torch.allclose(x, (xr - mean) / std, atol=1e-5)

@@ -8,7 +8,15 @@ import pytest
 import torch
 from engine_support import TinyNet, frozen
 
-from service.engine import METHODS, describe, find_target_layer, get_method, spatial_layers, usable_methods, validate_params
+from service.engine import (
+    METHODS,
+    describe,
+    find_target_layer,
+    get_method,
+    spatial_layers,
+    usable_methods,
+    validate_params,
+)
 from service.engine.base import Explainer, ParamSpec
 from service.errors import BadOption, InvalidOption, NotFound
 

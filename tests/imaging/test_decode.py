@@ -13,7 +13,6 @@ from PIL import Image
 from service.errors import InvalidImage, InvalidOption, PayloadTooLarge
 from service.imaging import SUPPORTED_FORMATS, ImageLimits, decode_image
 
-
 # --------------------------------------------------------------------------------------------------------------------
 # garbage in → clean 4xx out
 # --------------------------------------------------------------------------------------------------------------------

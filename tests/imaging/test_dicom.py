@@ -20,7 +20,6 @@ from imaging_support import (
 from service.errors import InvalidImage, InvalidOption, PayloadTooLarge, XaasError
 from service.imaging import ImageLimits, decode_image
 
-
 # --------------------------------------------------------------------------------------------------------------------
 # DICOM
 # --------------------------------------------------------------------------------------------------------------------
@@ -194,8 +193,8 @@ def test_dicom_errors_and_logs_never_contain_patient_data(caplog: pytest.LogCapt
 
 
 def test_dicom_voi_lut_sequence_is_preferred_over_window() -> None:
-    from pydicom.dataset import Dataset
     from pydicom.dataelem import DataElement
+    from pydicom.dataset import Dataset
 
     ds = dicom_dataset("MR_small.dcm")  # has a window too; a VOI LUT takes precedence (as in pydicom)
     item = Dataset()

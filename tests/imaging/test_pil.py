@@ -14,7 +14,6 @@ from PIL import Image, ImageOps
 from service.errors import InvalidImage, InvalidOption, PayloadTooLarge
 from service.imaging import ImageLimits, decode_image
 
-
 # --------------------------------------------------------------------------------------------------------------------
 # PIL formats and pixel modes
 # --------------------------------------------------------------------------------------------------------------------

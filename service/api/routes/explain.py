@@ -2,7 +2,8 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Path, Request
 
-from ...handlers import explain as explain_handler, models as models_handler
+from ...handlers import explain as explain_handler
+from ...handlers import models as models_handler
 from ..deps import CallDep, RuntimeDep, unless_disconnected
 from ..inputs import read_image_request
 from ..schemas import (

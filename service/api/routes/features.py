@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Path, Query, Request, Response
 
-from ...handlers import features as features_handler, jobs as jobs_handler
+from ...handlers import features as features_handler
+from ...handlers import jobs as jobs_handler
 from ..deps import CallDep, RuntimeDep, unless_disconnected
 from ..inputs import read_image_request
 from ..schemas import (

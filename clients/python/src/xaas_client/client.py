@@ -10,9 +10,9 @@ import asyncio
 import functools
 import inspect
 import os
-from importlib.metadata import PackageNotFoundError, version
 import time
 from collections.abc import Callable, Coroutine, Mapping
+from importlib.metadata import PackageNotFoundError, version
 from types import TracebackType
 from typing import Any, Concatenate, ParamSpec, Self, TypeVar
 
