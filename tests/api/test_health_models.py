@@ -59,6 +59,25 @@ def test_openapi_document_is_in_sync():
     assert json.loads(committed) == json.loads(export_openapi()), "openapi/openapi.json drifted: run `xaas export-openapi`"
 
 
+def test_openapi_document_is_valid_openapi_3_1_and_says_problem_json():
+    from openapi_spec_validator import validate
+    from openapi_spec_validator.validation.validators import OpenAPIV31SpecValidator
+
+    doc = json.loads((ROOT / "openapi" / "openapi.json").read_text())
+    assert doc["openapi"].startswith("3.1")
+    validate(doc, cls=OpenAPIV31SpecValidator)  # raises with the path of the first problem
+    text = json.dumps(doc)
+    assert "prefixItems" not in text, "tuple typing: several tools cannot read it; use minItems/maxItems"
+    assert "HTTPValidationError" not in text
+    for path, operations in doc["paths"].items():
+        for method, operation in operations.items():
+            for status, response in operation["responses"].items():
+                if int(status) >= 400:
+                    assert list(response["content"]) == ["application/problem+json"], (method, path, status)
+    info = doc["components"]["schemas"]["ModelInfo"]["properties"]["input_size"]
+    assert info["type"] == "array" and info["minItems"] == info["maxItems"] == 2
+
+
 def test_one_structured_access_line_per_request(client, demo_sample, caplog):
     import logging
 
@@ -72,3 +91,14 @@ def test_one_structured_access_line_per_request(client, demo_sample, caplog):
     assert line["route"] == "/explain/{method}" and line["status"] == 200 and line["http_method"] == "POST"
     assert line["model"] == "demo" and line["method"] == "gradcam" and line["batch_rows"] == 2
     assert line["latency_ms"] > 0 and line["level"] == "info"
+
+
+def test_versions_come_from_the_installed_distributions(client):
+    from importlib.metadata import version
+
+    import xaas_client
+
+    import service
+
+    assert service.__version__ == version("xaas") == client.get("/openapi.json").json()["info"]["version"]
+    assert xaas_client.__version__ == version("xaas-client")
