@@ -19,9 +19,10 @@ Localisation (Choe et al., "Evaluating Weakly Supervised Object Localization Met
 ------------------------------------------------------------------------------------------------------
 ``BoxAcc(t, δ)`` is the fraction of pairs whose estimated box has IoU ≥ δ with a ground-truth box of the class, the
 box being the tight box of the **largest** 8-connected component of ``{unit ≥ t}`` (the Grad-CAM recipe and what
-``/localize`` returns by default). ``MaxBoxAcc = max_t BoxAcc(t, 0.5)``: the paper's original metric (its code's
-``multi_contour_eval=False``, δ = 0.5). "Largest" is by pixel count (the paper's code uses the contour's polygon
-area; the two agree except on ties between near-equal components). ``MaxBoxAccV2`` follows the paper's revised
+``/localize`` returns by default, computed by the same function). ``MaxBoxAcc = max_t BoxAcc(t, 0.5)``: the paper's
+original metric (its code's ``multi_contour_eval=False``, δ = 0.5). "Largest" is by pixel count (the paper's code
+uses the contour's polygon area; the two agree except on ties between near-equal components; equal pixel counts go
+to the component met first in raster order, as in ``/localize``). ``MaxBoxAccV2`` follows the paper's revised
 definition: at each threshold the best match among the boxes of *all* components (``multi_contour_eval=True``),
 averaged over δ ∈ {0.3, 0.5, 0.7}. Ties between thresholds are broken towards the lower threshold.
 
@@ -46,9 +47,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from scipy import ndimage
 from torch import Tensor, nn
 
+from .engine.localize import component_boxes
 from .rendering import normalised_map
 
 __all__ = [
@@ -88,8 +89,6 @@ V2_IOU_THRESHOLDS: tuple[float, ...] = (0.3, 0.5, 0.7)
 #: 128 px image is ~1.5 %, a quarter of one 8-pixel cell of the demo model's 16x16 map).
 POINTING_TOLERANCE = 2
 
-_EIGHT = np.ones((3, 3), dtype=bool)
-
 
 # --------------------------------------------------------------------------------------------------- boxes
 
@@ -119,26 +118,6 @@ def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def unit_map(raw: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """The map ``/localize`` thresholds: ``normalised_map(raw, size)`` (``size`` = (width, height)), ``[H, W]``."""
     return normalised_map(np.asarray(raw), size)[0]
-
-
-def component_boxes(unit: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
-    """Boxes ``[K, 4]`` and pixel areas ``[K]`` of the 8-connected components of ``unit >= threshold``, largest
-    first (ties: label order, as :func:`service.engine.localize.boxes_from_mask`)."""
-    labels, count = ndimage.label(unit >= threshold, structure=_EIGHT)
-    if count == 0:
-        return np.zeros((0, 4), dtype=np.int64), np.zeros(0, dtype=np.int64)
-    flat = labels.ravel()
-    pix = np.flatnonzero(flat)
-    lab = flat[pix] - 1
-    order = np.argsort(lab, kind="stable")
-    lab, pix = lab[order], pix[order]
-    starts = np.r_[0, np.flatnonzero(np.diff(lab)) + 1]
-    ys, xs = np.divmod(pix, labels.shape[1])
-    boxes = np.stack([np.minimum.reduceat(xs, starts), np.minimum.reduceat(ys, starts),
-                      np.maximum.reduceat(xs, starts) + 1, np.maximum.reduceat(ys, starts) + 1], axis=1)
-    areas = np.diff(np.r_[starts, lab.size])
-    rank = np.argsort(-areas, kind="stable")
-    return boxes[rank].astype(np.int64), areas[rank]
 
 
 def box_sweep(unit: np.ndarray, gt_boxes: Sequence[Sequence[int]], thresholds: Sequence[float]
