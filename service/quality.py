@@ -1,7 +1,9 @@
 """Explanation-quality metrics shared by ``xaas calibrate`` and ``bench/quality.py``.
 
-Everything here is a small function of arrays: NumPy for the per-map metrics, torch only where a model has to be run
-(deletion/insertion curves, the randomised model of the sanity check). No HTTP types, no registry.
+Everything here is a small function of arrays: NumPy for the per-map metrics, library code where a library has it
+(boxes: :func:`service.engine.localize.component_boxes`, the very routine ``/localize`` runs; box IoU:
+``torchvision.ops.box_iou``; correlations: ``scipy.stats``), torch where a model has to be run (deletion/insertion
+curves, the randomised model of the sanity check). No HTTP types, no registry.
 
 Conventions
 -----------
@@ -19,9 +21,10 @@ Localisation (Choe et al., "Evaluating Weakly Supervised Object Localization Met
 ------------------------------------------------------------------------------------------------------
 ``BoxAcc(t, δ)`` is the fraction of pairs whose estimated box has IoU ≥ δ with a ground-truth box of the class, the
 box being the tight box of the **largest** 8-connected component of ``{unit ≥ t}`` (the Grad-CAM recipe and what
-``/localize`` returns by default). ``MaxBoxAcc = max_t BoxAcc(t, 0.5)``: the paper's original metric (its code's
-``multi_contour_eval=False``, δ = 0.5). "Largest" is by pixel count (the paper's code uses the contour's polygon
-area; the two agree except on ties between near-equal components). ``MaxBoxAccV2`` follows the paper's revised
+``/localize`` returns by default, computed by the same function). ``MaxBoxAcc = max_t BoxAcc(t, 0.5)``: the paper's
+original metric (its code's ``multi_contour_eval=False``, δ = 0.5). "Largest" is by pixel count (the paper's code
+uses the contour's polygon area; the two agree except on ties between near-equal components; equal pixel counts go
+to the component met first in raster order, as in ``/localize``). ``MaxBoxAccV2`` follows the paper's revised
 definition: at each threshold the best match among the boxes of *all* components (``multi_contour_eval=True``),
 averaged over δ ∈ {0.3, 0.5, 0.7}. Ties between thresholds are broken towards the lower threshold.
 
@@ -46,9 +49,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from scipy import ndimage
+from scipy import stats
 from torch import Tensor, nn
+from torchvision.ops import box_iou
 
+from .engine.localize import component_boxes
 from .rendering import normalised_map
 
 __all__ = [
@@ -88,57 +93,29 @@ V2_IOU_THRESHOLDS: tuple[float, ...] = (0.3, 0.5, 0.7)
 #: 128 px image is ~1.5 %, a quarter of one 8-pixel cell of the demo model's 16x16 map).
 POINTING_TOLERANCE = 2
 
-_EIGHT = np.ones((3, 3), dtype=bool)
-
 
 # --------------------------------------------------------------------------------------------------- boxes
 
 
+def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pairwise IoU ``[N, M]`` of boxes ``a [N, 4]`` and ``b [M, 4]`` (exclusive ends), by ``torchvision.ops.box_iou``.
+
+    torchvision's area is ``(x1 - x0) * (y1 - y0)``, right for exclusive ends (no ``+1``). Two empty boxes have no
+    union and torchvision gives 0/0 = nan; we call that 0.0 (no overlap). Empty or inverted boxes have IoU 0.
+    """
+    ta = torch.from_numpy(np.asarray(a, dtype=np.float64).reshape(-1, 4))
+    tb = torch.from_numpy(np.asarray(b, dtype=np.float64).reshape(-1, 4))
+    return torch.nan_to_num(box_iou(ta, tb), nan=0.0).numpy()
+
+
 def iou(a: Sequence[float], b: Sequence[float]) -> float:
     """Intersection over union of two ``[x0, y0, x1, y1]`` boxes (exclusive ends); 0.0 when both are empty."""
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = max(0.0, a[2] - a[0]) * max(0.0, a[3] - a[1]) + max(0.0, b[2] - b[0]) * max(0.0, b[3] - b[1]) - inter
-    return float(inter / union) if union > 0 else 0.0
-
-
-def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Pairwise IoU ``[N, M]`` of boxes ``a [N, 4]`` and ``b [M, 4]`` (exclusive ends)."""
-    a = np.asarray(a, dtype=np.float64).reshape(-1, 4)
-    b = np.asarray(b, dtype=np.float64).reshape(-1, 4)
-    ix = np.clip(np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0]), 0, None)
-    iy = np.clip(np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1]), 0, None)
-    inter = ix * iy
-    area_a = np.clip(a[:, 2] - a[:, 0], 0, None) * np.clip(a[:, 3] - a[:, 1], 0, None)
-    area_b = np.clip(b[:, 2] - b[:, 0], 0, None) * np.clip(b[:, 3] - b[:, 1], 0, None)
-    union = area_a[:, None] + area_b[None, :] - inter
-    return np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
+    return float(iou_matrix(np.asarray(a), np.asarray(b))[0, 0])
 
 
 def unit_map(raw: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """The map ``/localize`` thresholds: ``normalised_map(raw, size)`` (``size`` = (width, height)), ``[H, W]``."""
     return normalised_map(np.asarray(raw), size)[0]
-
-
-def component_boxes(unit: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
-    """Boxes ``[K, 4]`` and pixel areas ``[K]`` of the 8-connected components of ``unit >= threshold``, largest
-    first (ties: label order, as :func:`service.engine.localize.boxes_from_mask`)."""
-    labels, count = ndimage.label(unit >= threshold, structure=_EIGHT)
-    if count == 0:
-        return np.zeros((0, 4), dtype=np.int64), np.zeros(0, dtype=np.int64)
-    flat = labels.ravel()
-    pix = np.flatnonzero(flat)
-    lab = flat[pix] - 1
-    order = np.argsort(lab, kind="stable")
-    lab, pix = lab[order], pix[order]
-    starts = np.r_[0, np.flatnonzero(np.diff(lab)) + 1]
-    ys, xs = np.divmod(pix, labels.shape[1])
-    boxes = np.stack([np.minimum.reduceat(xs, starts), np.minimum.reduceat(ys, starts),
-                      np.maximum.reduceat(xs, starts) + 1, np.maximum.reduceat(ys, starts) + 1], axis=1)
-    areas = np.diff(np.r_[starts, lab.size])
-    rank = np.argsort(-areas, kind="stable")
-    return boxes[rank].astype(np.int64), areas[rank]
 
 
 def box_sweep(unit: np.ndarray, gt_boxes: Sequence[Sequence[int]], thresholds: Sequence[float]
@@ -154,13 +131,17 @@ def box_sweep(unit: np.ndarray, gt_boxes: Sequence[Sequence[int]], thresholds: S
     out_any = np.zeros(len(thresholds))
     if gt.shape[0] == 0 or not unit.max() > 0:
         return out_largest, out_any
-    for i, t in enumerate(thresholds):
-        boxes, _ = component_boxes(unit, float(t))
-        if boxes.shape[0] == 0:
-            continue
-        m = iou_matrix(boxes, gt)
-        out_largest[i] = m[0].max()
-        out_any[i] = m.max()
+    per_threshold = [component_boxes(unit, float(t))[0] for t in thresholds]
+    counts = [len(b) for b in per_threshold]
+    if not any(counts):
+        return out_largest, out_any
+    best = iou_matrix(np.concatenate(per_threshold), gt).max(axis=1)    # one IoU call per pair: each box's best GT
+    start = 0
+    for i, n in enumerate(counts):
+        if n:
+            out_largest[i] = best[start]                                  # boxes are largest first
+            out_any[i] = best[start:start + n].max()
+        start += n
     return out_largest, out_any
 
 
@@ -297,40 +278,38 @@ def mass_inside(heat: np.ndarray, gt_boxes: Sequence[Sequence[int]]) -> float:
     return float(h[inside].sum() / total)
 
 
-def map_correlation(a: np.ndarray, b: np.ndarray) -> float:
-    """Pearson correlation of two maps of equal shape; ``nan`` when either is constant."""
+def _flat_pair(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     x = np.asarray(a, dtype=np.float64).ravel()
     y = np.asarray(b, dtype=np.float64).ravel()
     if x.shape != y.shape:
         raise ValueError(f"maps differ in shape: {np.shape(a)} vs {np.shape(b)}")
-    x = x - x.mean()
-    y = y - y.mean()
-    den = math.sqrt(float(x @ x) * float(y @ y))
-    return float(x @ y / den) if den > 0 else float("nan")
+    return x, y
 
 
-def _ranks(v: np.ndarray) -> np.ndarray:
-    """Average ranks (ties share the mean rank), as ``scipy.stats.rankdata(method="average")``."""
-    order = np.argsort(v, kind="mergesort")
-    sv = v[order]
-    starts = np.r_[0, np.flatnonzero(np.diff(sv)) + 1]
-    ends = np.r_[starts[1:], sv.size]
-    avg = (starts + ends - 1) / 2.0
-    ranks = np.empty(v.size, dtype=np.float64)
-    ranks[order] = np.repeat(avg, ends - starts)
-    return ranks
+def _constant(v: np.ndarray) -> bool:
+    """No variation, so no correlation: checked before scipy, which would return nan with a ConstantInputWarning."""
+    return v.size < 2 or not v.max() > v.min()
+
+
+def map_correlation(a: np.ndarray, b: np.ndarray) -> float:
+    """Pearson correlation of two maps of equal shape (``scipy.stats.pearsonr``); ``nan`` when either is constant
+    (or holds a nan)."""
+    x, y = _flat_pair(a, b)
+    if _constant(x) or _constant(y):
+        return float("nan")
+    return float(stats.pearsonr(x, y).statistic)
 
 
 def rank_correlation(a: np.ndarray, b: np.ndarray) -> float:
-    """Spearman rank correlation of two maps (Pearson of average ranks); ``nan`` when either is constant."""
-    x = np.asarray(a, dtype=np.float64).ravel()
-    y = np.asarray(b, dtype=np.float64).ravel()
-    if x.shape != y.shape:
-        raise ValueError(f"maps differ in shape: {np.shape(a)} vs {np.shape(b)}")
-    return map_correlation(_ranks(x), _ranks(y))
+    """Spearman rank correlation of two maps (``scipy.stats.spearmanr``: Pearson of average ranks, ties sharing the
+    mean rank); ``nan`` when either is constant (or holds a nan)."""
+    x, y = _flat_pair(a, b)
+    if _constant(x) or _constant(y):
+        return float("nan")
+    return float(stats.spearmanr(x, y).statistic)
 
 
-# --------------------------------------------------------------------------------------------------- deletion / insertion
+# ------------------------------------------------------------------------------------------------- deletion / insertion
 
 
 def auc(curve: Sequence[float]) -> float:

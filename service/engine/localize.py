@@ -5,11 +5,15 @@ Given a non-negative map :math:`M` upsampled (bilinearly) to the original image,
 (8-connectivity) and box the largest one. ``all_components`` boxes every component of at least ``min_area`` pixels
 instead. Boxes are ``[x0, y0, x1, y1]`` in original-image pixels with ``x1``/``y1`` exclusive.
 
-This is CPU/NumPy post-processing that runs in the I/O thread pool, not on the model worker.
+:func:`component_boxes` is the one box routine: ``/localize`` (:func:`boxes_from_map`), ``xaas calibrate`` and
+``bench/quality.py`` (:func:`service.quality.box_sweep`) all call it, so a calibrated threshold is tuned for exactly
+the boxes ``/localize`` returns. This is CPU/NumPy post-processing that runs in the I/O thread pool, not on the
+model worker.
 
 Example::
 
     boxes = boxes_from_map(raw_map, (width, height), threshold=0.15)     # [Box(x0, y0, x1, y1, area)]
+    xyxy, areas = component_boxes(unit_map, 0.15)                        # every component, largest first
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from scipy import ndimage
 
 from ..rendering import normalised_map
 
-__all__ = ["Box", "DEFAULT_THRESHOLD", "boxes_from_map", "boxes_from_mask"]
+__all__ = ["Box", "DEFAULT_THRESHOLD", "boxes_from_map", "boxes_from_mask", "component_boxes"]
 
 DEFAULT_THRESHOLD = 0.15
 _EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
@@ -39,24 +43,22 @@ class Box:
         return [self.x0, self.y0, self.x1, self.y1]
 
 
+def component_boxes(unit: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """Boxes ``[K, 4]`` (int64, exclusive ends) and pixel areas ``[K]`` of the 8-connected components of
+    ``unit >= threshold``, largest first; equal areas keep label order (raster order of each component's first pixel).
+
+    ``unit`` is a map in [0, 1] (:func:`service.rendering.normalised_map`'s float32). The comparison is made in
+    float32 whatever the threshold's type: a Python float and an ``np.float64`` would otherwise disagree on a
+    plateau at exactly ``float32(t)`` for thresholds that float32 rounds down (0.7, 0.95).
+    """
+    _check_threshold(threshold)
+    return _components(np.asarray(unit, dtype=np.float32) >= np.float32(threshold))
+
+
 def boxes_from_mask(mask: np.ndarray, *, all_components: bool = False, min_area: int = 0) -> list[Box]:
     """Boxes of the connected components of a boolean mask: the largest one, or all of at least ``min_area`` pixels
     (largest first)."""
-    labels, count = ndimage.label(mask, structure=_EIGHT_CONNECTED)
-    if count == 0:
-        return []
-    areas = np.bincount(labels.ravel(), minlength=count + 1)[1:]
-    slices = ndimage.find_objects(labels)
-    order = np.argsort(-areas, kind="stable")
-    if not all_components:
-        order = order[:1]
-    boxes = []
-    for k in order:
-        if all_components and areas[k] < min_area:
-            continue
-        ys, xs = slices[k]
-        boxes.append(Box(int(xs.start), int(ys.start), int(xs.stop), int(ys.stop), int(areas[k])))
-    return boxes
+    return _as_boxes(*_components(mask), all_components=all_components, min_area=min_area)
 
 
 def boxes_from_map(heatmap: np.ndarray, size: tuple[int, int], *, threshold: float = DEFAULT_THRESHOLD,
@@ -65,9 +67,32 @@ def boxes_from_map(heatmap: np.ndarray, size: tuple[int, int], *, threshold: flo
 
     Negative and non-finite values count as zero importance; a map with no positive value yields no box.
     """
-    if not 0.0 < threshold <= 1.0:
-        raise ValueError(f"threshold must be in (0, 1], got {threshold}")
+    _check_threshold(threshold)
     unit, stats = normalised_map(heatmap, size)
     if stats.empty:
         return []
-    return boxes_from_mask(unit >= threshold, all_components=all_components, min_area=min_area)
+    return _as_boxes(*component_boxes(unit, threshold), all_components=all_components, min_area=min_area)
+
+
+def _components(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Label, box and order the components of a mask: ``ndimage.find_objects`` gives each label's bounding slices in
+    one pass (C), so the cost is one label plus two scans of the image, not a Python loop over pixels."""
+    labels, count = ndimage.label(mask, structure=_EIGHT_CONNECTED)
+    if count == 0:
+        return np.zeros((0, 4), dtype=np.int64), np.zeros(0, dtype=np.int64)
+    areas = np.bincount(labels.ravel(), minlength=count + 1)[1:]
+    boxes = np.array([(xs.start, ys.start, xs.stop, ys.stop) for ys, xs in ndimage.find_objects(labels)],
+                     dtype=np.int64)
+    order = np.argsort(-areas, kind="stable")
+    return boxes[order], areas[order].astype(np.int64, copy=False)
+
+
+def _as_boxes(boxes: np.ndarray, areas: np.ndarray, *, all_components: bool, min_area: int) -> list[Box]:
+    """The largest component (``min_area`` ignored, as the API documents) or all of at least ``min_area`` pixels."""
+    keep = slice(0, 1) if not all_components else areas >= min_area
+    return [Box(*b, a) for b, a in zip(boxes[keep].tolist(), areas[keep].tolist())]
+
+
+def _check_threshold(threshold: float) -> None:
+    if not 0.0 < threshold <= 1.0:
+        raise ValueError(f"threshold must be in (0, 1], got {threshold}")
