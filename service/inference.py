@@ -16,6 +16,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from .engine.base import Explained
+from .engine.passes import Steps, complete
+from .engine.targets import ClassLogit, TargetRequest, class_probabilities
 from .registry import LoadedModel
 
 
@@ -36,7 +39,7 @@ class PredictResult:
 
 def scores_from_logits(logits: torch.Tensor, task: str) -> torch.Tensor:
     """Softmax for single-label models, an independent sigmoid per class for multi-label ones."""
-    return torch.sigmoid(logits) if task == "multilabel" else torch.softmax(logits, dim=1)
+    return class_probabilities(logits, task)
 
 
 def run_predict(model: LoadedModel, items: Sequence[PredictWork]) -> list[PredictResult]:
@@ -77,38 +80,37 @@ class TargetMap:
     heatmap: np.ndarray  # [h, w] float32, native resolution, raw
 
 
-def run_explain(model: LoadedModel, items: Sequence[ExplainWork]) -> list[list[TargetMap]]:
-    """One forward for scores (and top-k targets), then one batched explanation over every (image, target) row."""
+def explain_requests(items: Sequence[ExplainWork]) -> list[TargetRequest]:
+    """Each item's targets for the engine: its explicit classes, else its top-k (with the probability floor)."""
+    return [TargetRequest(tuple(ClassLogit(t) for t in item.targets), item.top_k, item.min_probability)
+            for item in items]
+
+
+def explain_steps(model: LoadedModel, items: Sequence[ExplainWork]) -> Steps[Explained]:
+    """The engine's steps for a same-key batch: one pass, the method's own forward scoring the images."""
     from .engine import get_method
 
     first = items[0]
     method = get_method(first.method)
-    x = torch.stack([work.inputs for work in items]).to(model.device, non_blocking=True)
-    with torch.inference_mode():
-        probs = scores_from_logits(model.module(x).float(), model.task)
-    row_image: list[int] = []
-    row_target: list[int] = []
-    for i, work in enumerate(items):
-        targets = list(work.targets)
-        if not targets:
-            top = probs[i].topk(min(work.top_k, probs.shape[1]))
-            keep = top.values >= work.min_probability if work.min_probability is not None else torch.ones_like(top.values, dtype=torch.bool)
-            targets = top.indices[keep].tolist()
-        row_image += [i] * len(targets)
-        row_target += targets
-    if not row_image:  # e.g. a multi-label localization where no class reached the probability floor
-        return [[] for _ in items]
-    rows_x = x[torch.tensor(row_image, device=x.device)]
-    rows_t = torch.tensor(row_target, device=x.device)
+    x = torch.stack([item.inputs for item in items]).to(model.device, non_blocking=True)
     layer = (first.layer or model.target_layer) if method.uses_layer else None
-    maps = method.explain(model.module, rows_x, rows_t, layer=layer, task=model.task,
-                          input_range=model.input_range, **dict(first.params))
-    maps = maps.detach().float().cpu().numpy()
-    row_scores = probs[torch.tensor(row_image, device=x.device), rows_t].float().cpu().tolist()
-    results: list[list[TargetMap]] = [[] for _ in items]
-    for r, (i, t) in enumerate(zip(row_image, row_target)):
-        results[i].append(TargetMap(t, row_scores[r], maps[r]))
-    return results
+    return method.steps(model.module, x, explain_requests(items), layer=layer, task=model.task,
+                        input_range=model.input_range, **dict(first.params))
+
+
+def split_results(explained: Explained, count: int) -> list[list[TargetMap]]:
+    """Per item, its rows as CPU ``TargetMap``s (moved off the device once, for the whole batch)."""
+    maps = explained.maps.detach().float().cpu().numpy()
+    scores = explained.scores.detach().float().cpu().tolist()
+    rows = explained.rows
+    return [[TargetMap(rows.targets[r].index, scores[r], maps[r]) for r in rows.per_image[i]]  # type: ignore[attr-defined]
+            for i in range(count)]
+
+
+def run_explain(model: LoadedModel, items: Sequence[ExplainWork]) -> list[list[TargetMap]]:
+    """One pass over the batch: the method's own first forward yields the scores and top-k targets (no separate
+    scoring forward), then one map per (image, target) row."""
+    return split_results(complete(explain_steps(model, items)), len(items))
 
 
 def run_work(model: LoadedModel, key: Hashable, items: Sequence[object]) -> list[object]:

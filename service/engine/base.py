@@ -24,19 +24,22 @@ Example::
 from __future__ import annotations
 
 import contextlib
-import functools
 import math
 import re
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
 from ..errors import BadOption, FieldError, InvalidOption, ModelExecutionError
+from .targets import ClassLogit, Rows, TargetRequest
+
+if TYPE_CHECKING:
+    from .passes import Steps
 
 __all__ = [
     "BACKWARD_CHUNK",
@@ -56,6 +59,8 @@ __all__ = [
 #: deployment may lower it (``service.engine.base.FORWARD_CHUNK = 16``); an explainer instance may also carry its own
 #: ``forward_chunk``.
 FORWARD_CHUNK = 64
+#: Starting chunk on CUDA, where more fits: perturbation loops halve it on out-of-memory until it does.
+FORWARD_CHUNK_CUDA = 256
 #: Images per forward+backward pass (SmoothGrad noise samples, Integrated-Gradients steps). Smaller than
 #: :data:`FORWARD_CHUNK` because a backward keeps every activation alive (resnet50 at 224 px: ~0.1 GB per image).
 BACKWARD_CHUNK = 16
@@ -68,6 +73,15 @@ CONTEXT_KEYS = ("input_range",)
 
 
 # --------------------------------------------------------------------------------------------------- parameters
+
+
+@dataclass
+class Explained:
+    """What a method returns for a batch: its rows (image, target), one map per row and the reported scores."""
+
+    rows: Rows
+    maps: Tensor      # [R, h, w] float32 on the model's device, raw
+    scores: Tensor    # [R] float32: what clients see as ``score`` (a probability for classes)
 
 
 @dataclass(frozen=True)
@@ -250,24 +264,48 @@ class Explainer(ABC):
     backward_chunk: int | None = None
 
     @abstractmethod
-    def explain(
-        self, model: nn.Module, inputs: Tensor, targets: Tensor, *, layer: str | None, task: str, **params: Any
-    ) -> Tensor:
-        """Maps ``[B, h, w]`` (float32, model device) for each row's own target."""
+    def run(self, model: nn.Module, inputs: Tensor, requests: Sequence[TargetRequest], *, layer: str | None,
+            task: str, **params: Any) -> Steps[Explained]:
+        """The method on a batch of images ``[N, C, H, W]``, each with its :class:`TargetRequest`: a generator of
+        :class:`~service.engine.passes.Progress` whose return value is the :class:`Explained` rows.
 
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        fn = cls.__dict__.get("explain")
-        if fn is not None and not getattr(fn, "__isabstractmethod__", False):
-            cls.explain = _outside_inference_mode(fn)  # type: ignore[method-assign]
+        One pass: the method's own first forward yields the scores and resolves top-k requests; no other forward
+        is made for scoring. Nothing set up inside (hooks, grad modes) may stay active across a ``yield``."""
+
+    def steps(self, model: nn.Module, inputs: Tensor, requests: Sequence[TargetRequest], *,
+              layer: str | None = None, task: str = "multiclass", **params: Any) -> Steps[Explained]:
+        """:meth:`run`, validated, with inference mode off at every resumption (tensors it builds must work with
+        autograd even when the caller sits in ``torch.inference_mode()``), and never across a ``yield``."""
+        if task not in TASKS:
+            raise InvalidOption(f"task must be one of {', '.join(TASKS)}, got {task!r}")
+        with torch.inference_mode(False):
+            x = prepare_inputs(inputs)
+        if len(requests) != x.shape[0]:
+            raise InvalidOption(f"{len(requests)} target requests for a batch of {x.shape[0]} images")
+        with torch.inference_mode(False):
+            gen = self.run(model, x, list(requests), layer=layer, task=task, **params)
+        while True:
+            with torch.inference_mode(False):
+                try:
+                    progress = next(gen)
+                except StopIteration as done:
+                    return done.value  # type: ignore[no-any-return]
+            yield progress
+
+    def explain(self, model: nn.Module, inputs: Tensor, targets: Tensor, *, layer: str | None = None,
+                task: str = "multiclass", **params: Any) -> Tensor:
+        """Maps ``[B, h, w]`` (float32, model device), one per row for that row's own class ``targets[b]``: the
+        row-wise form of :meth:`run` (each row is its own image with one explicit target)."""
+        from .passes import complete
+
+        with torch.inference_mode(False):
+            x, t = prepare_batch(model, inputs, targets, task)
+        requests = [TargetRequest((ClassLogit(int(c)),)) for c in t.tolist()]
+        return complete(self.steps(model, x, requests, layer=layer, task=task, **params)).maps
 
     def __call__(self, model: nn.Module, inputs: Tensor, targets: Tensor, *, layer: str | None = None,
                  task: str = "multiclass", **params: Any) -> Tensor:
         return self.explain(model, inputs, targets, layer=layer, task=task, **params)
-
-    def forwards_per_row(self, params: Mapping[str, Any], input_shape: Sequence[int]) -> int:
-        """Approximate number of model evaluations per row (forward+backward counts 2), for batch sizing."""
-        return 1
 
     def check_model(self, model: nn.Module, input_shape: Sequence[int], *, layer: str | None = None,
                     task: str = "multiclass") -> None:
@@ -295,29 +333,29 @@ class Explainer(ABC):
         rest = {k: v for k, v in params.items() if k not in CONTEXT_KEYS}
         return coerce_params(self, rest), context
 
-    def _forward_chunk(self) -> int:
-        return max(1, int(self.forward_chunk or FORWARD_CHUNK))
-
-    def _backward_chunk(self) -> int:
-        return max(1, int(self.backward_chunk or BACKWARD_CHUNK))
-
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r})"
 
 
-def _outside_inference_mode(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
-    """Run ``explain`` with inference mode off: every tensor it builds (baselines, noisy copies, path points) must be
-    usable by autograd even when the caller, e.g. the batching layer, sits in ``torch.inference_mode()``."""
-
-    @functools.wraps(fn)
-    def explain(self: Explainer, *args: Any, **kwargs: Any) -> Tensor:
-        with torch.inference_mode(False):
-            return fn(self, *args, **kwargs)
-
-    return explain
-
-
 # --------------------------------------------------------------------------------------------------- tensors
+
+
+def forward_chunk_size(method: Explainer, x: Tensor) -> int:
+    """Images per no-grad forward for ``method`` on ``x``'s device (an instance's ``forward_chunk`` wins)."""
+    if method.forward_chunk:
+        return max(1, int(method.forward_chunk))
+    return FORWARD_CHUNK_CUDA if x.is_cuda else max(1, int(FORWARD_CHUNK))
+
+
+def prepare_inputs(inputs: Tensor) -> Tensor:
+    """``inputs`` ``[N, C, H, W]`` ready for autograd: detached from any caller graph and not an inference tensor (a
+    batch built under ``torch.inference_mode()`` cannot take part in a backward pass)."""
+    if not isinstance(inputs, Tensor) or inputs.dim() != 4:
+        shape = tuple(inputs.shape) if isinstance(inputs, Tensor) else type(inputs).__name__
+        raise InvalidOption(f"inputs must be a [B, C, H, W] tensor, got {shape}")
+    if not inputs.is_floating_point():
+        raise InvalidOption(f"inputs must be floating point, got {inputs.dtype}")
+    return inputs.clone() if inputs.is_inference() else inputs.detach()
 
 
 def prepare_batch(model: nn.Module, inputs: Tensor, targets: Tensor, task: str) -> tuple[Tensor, Tensor]:

@@ -1,11 +1,13 @@
 """Class-activation-map methods: a weighted sum of the target layer's feature maps ``A`` (``[B, K, h, w]``).
 
-Notation: ``A^k`` is channel ``k`` of the target layer's output, ``y^c`` the pre-softmax logit of class ``c``
-(multiclass) or the class's own logit (multilabel), ``g^k = dy^c / dA^k`` and ``Z = h * w``.
+Notation: ``A^k`` is channel ``k`` of the target layer's output, ``y^c`` the explained score — the pre-softmax logit
+of class ``c`` (multiclass) or the class's own logit (multilabel) — ``g^k = dy^c / dA^k`` and ``Z = h * w``.
 
-Gradients stop at the target layer: a forward hook replaces the layer's output by a detached leaf that requires
-grad, so ``torch.autograd.grad(sum_b y_b^{c_b}, A)`` walks only the head (layer → logits). With frozen parameters
-the trunk records no graph at all, which is why Grad-CAM costs about one forward pass.
+One pass: a forward hook replaces the layer's output by a detached leaf that requires grad, so the forward yields
+the logits (hence the reported scores and the top-k targets) and ``torch.autograd.grad(sum_b y_b^{c_b}, A)`` walks
+only the head (layer → logits). With frozen parameters the trunk records no graph at all, which is why Grad-CAM
+costs about one forward pass. When an image has several targets the activation is shared and only the head's
+backward repeats, once per target slot.
 
 Every map is returned at the layer's native ``h x w`` resolution, raw (not normalised); upsampling (bilinear) is
 the renderer's job. All maps are ReLU'd and therefore non-negative.
@@ -18,8 +20,7 @@ Example::
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -28,18 +29,17 @@ from torch import Tensor, nn
 
 from ..errors import FieldError, InvalidOption
 from .base import (
+    Explained,
     Explainer,
-    Hooks,
-    check_targets,
-    chunks,
-    class_probability,
+    ParamSpec,
+    forward_chunk_size,
     grad_enabled,
     logits_of,
-    prepare_batch,
     probe_batch,
-    target_scores,
 )
 from .layers import resolve_layer
+from .passes import Capture, Steps, capture, row_gradients, rows_of_samples, run_in_chunks, single_pass
+from .targets import ClassLogit, Rows, TargetRequest, plan_rows, reported_scores
 
 __all__ = [
     "CAM",
@@ -50,90 +50,32 @@ __all__ = [
     "LayerCAM",
     "ScoreCAM",
     "XGradCAM",
-    "layer_activation",
+    "layer_pass",
 ]
 
 
-# --------------------------------------------------------------------------------------------------- capture
-
-
-@dataclass
-class _Capture:
-    name: str
-    activation: Tensor | None = None
-    calls: int = 0
-    after: list[str] = field(default_factory=list)      # leaf modules that ran after the layer (head description)
-    last_linear: nn.Linear | None = None                # last nn.Linear that ran after the layer
-
-
-@contextlib.contextmanager
-def _capture(model: nn.Module, name: str, module: nn.Module, *, leaf: bool, watch_head: bool = False
-             ) -> Iterator[_Capture]:
-    cap = _Capture(name)
-
-    def on_layer(mod: nn.Module, args: tuple, out: Any) -> Tensor:
-        if not isinstance(out, Tensor) or out.dim() != 4:
-            shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
-            raise InvalidOption(f"layer {name!r} outputs {shape}, not a [B, C, h, w] spatial map",
-                                errors=[FieldError("layer", "not spatial")])
-        cap.calls += 1
-        cap.after.clear()
-        cap.last_linear = None
-        act = out.detach()
-        if leaf:
-            act.requires_grad_()
-        cap.activation = act
-        # Downstream code gets a copy: in-place ops after the layer (VGG's ReLU(inplace=True), DenseNet's
-        # F.relu(features, inplace=True)) would otherwise fail on the leaf or silently change the captured map.
-        return act.clone()
-
-    with Hooks() as hooks:
-        hooks.forward(module, on_layer)
-        if watch_head:
-            names = {m: n for n, m in model.named_modules()}
-
-            def on_leaf(mod: nn.Module, args: tuple, out: Any) -> None:
-                if cap.calls:
-                    cap.after.append(f"{names[mod]} ({type(mod).__name__})")
-                    if isinstance(mod, nn.Linear):
-                        cap.last_linear = mod
-
-            for mod in model.modules():
-                if mod is not module and not any(True for _ in mod.children()):
-                    hooks.forward(mod, on_leaf)
-        yield cap
-
-
-def _check_single_call(cap: _Capture) -> Tensor:
-    if cap.calls == 0 or cap.activation is None:
-        raise InvalidOption(f"layer {cap.name!r} did not run in the model's forward pass",
-                            errors=[FieldError("layer", "not executed")])
-    if cap.calls > 1:
-        raise InvalidOption(f"layer {cap.name!r} runs {cap.calls} times per forward pass, so its map is ambiguous; "
-                            "choose a module that runs once (e.g. its parent block)",
-                            errors=[FieldError("layer", "runs more than once")])
-    return cap.activation
-
-
-def layer_activation(model: nn.Module, x: Tensor, targets: Tensor, layer: str | None, *, grad: bool,
-                     watch_head: bool = False) -> tuple[Tensor, Tensor | None, Tensor, _Capture]:
-    """``(A, dA, logits, capture)``: the target layer's activation ``A`` and, with ``grad``, the gradient of each
-    row's own target logit with respect to it (the backward pass stops at ``A``)."""
-    name, module = resolve_layer(model, layer, x.shape[1:])
+def layer_pass(model: nn.Module, x: Tensor, requests: Sequence[TargetRequest], layer: str | None, task: str, *,
+               grad: bool, watch_head: bool = False) -> tuple[Tensor, Tensor, Rows, Capture]:
+    """``(A, logits, rows, capture)``: one forward with the target layer hooked (a leaf that requires grad when
+    ``grad``), the logits, and the rows its requests resolve to."""
+    name, _ = resolve_layer(model, layer, x.shape[1:])
     ctx = grad_enabled() if grad else torch.no_grad()
     with ctx:
-        with _capture(model, name, module, leaf=grad, watch_head=watch_head) as cap:
+        with capture(model, [name], input_shape=x.shape[1:], leaf=name if grad else None, watch_head=watch_head) as cap:
             logits = logits_of(model(x), x.shape[0])
-        act = _check_single_call(cap)
-        check_targets(logits, targets)
-        if not grad:
-            return act, None, logits, cap
-        score = target_scores(logits, targets).sum()
-        g = torch.autograd.grad(score, act, allow_unused=True)[0] if score.requires_grad else None
-    if g is None:
+    act = cap.activation(name)
+    if grad and not logits.requires_grad:
         raise InvalidOption(f"the model's logits do not depend on layer {name!r}",
                             errors=[FieldError("layer", "not upstream of the logits")])
-    return act, g, logits, cap
+    return act, logits, plan_rows(logits, requests, task), cap
+
+
+def class_indices(rows: Rows, method: str) -> Tensor:
+    """The class of every row, for methods defined on a classifier's weights (CAM)."""
+    if not all(isinstance(t, ClassLogit) for t in rows.targets):
+        raise InvalidOption(f"{method} explains classes only", errors=[FieldError("target", "not a class")])
+    return torch.tensor([t.index for t in rows.targets], dtype=torch.long,  # type: ignore[attr-defined]
+                        device=rows.image.device)
 
 
 class _CAMFamily(Explainer):
@@ -172,14 +114,15 @@ class CAM(_CAMFamily):
     description = ("Class Activation Mapping: the classifier's weights applied to the feature maps. Needs a global "
                    "average pool followed by one linear layer.")
 
-    def explain(self, model: nn.Module, inputs: Tensor, targets: Tensor, *, layer: str | None = None,
-                task: str = "multiclass", **params: Any) -> Tensor:
+    @single_pass
+    def run(self, model: nn.Module, inputs: Tensor, requests: Sequence[TargetRequest], *, layer: str | None,
+            task: str, **params: Any) -> Explained:
         self._bind(params)
-        x, t = prepare_batch(model, inputs, targets, task)
-        act, _, logits, cap = layer_activation(model, x, t, layer, grad=False, watch_head=True)
+        act, logits, rows, cap = layer_pass(model, inputs, requests, layer, task, grad=False, watch_head=True)
         weight, pooled = _gap_linear_head(act, logits, cap)
-        cam = torch.einsum("bk,bkhw->bhw", weight[t].float(), pooled.float())
-        return cam.relu()
+        classes = class_indices(rows, self.name)
+        cam = torch.einsum("bk,bkhw->bhw", weight[classes].float(), pooled[rows.image].float())
+        return Explained(rows, cam.relu(), reported_scores(logits, rows, task))
 
     def check_model(self, model: nn.Module, input_shape: Sequence[int], *, layer: str | None = None,
                     task: str = "multiclass") -> None:
@@ -187,7 +130,7 @@ class CAM(_CAMFamily):
         self.explain(model, x, t, layer=layer, task=task)
 
 
-def _gap_linear_head(act: Tensor, logits: Tensor, cap: _Capture) -> tuple[Tensor, Tensor]:
+def _gap_linear_head(act: Tensor, logits: Tensor, cap: Capture) -> tuple[Tensor, Tensor]:
     """``(W, f(A))`` when ``logits == W · mean_{ij} f(A) + b`` for ``f`` in (identity, ReLU), else InvalidOption."""
     lin = cap.last_linear
     k, c = logits.shape[1], act.shape[1]
@@ -201,7 +144,8 @@ def _gap_linear_head(act: Tensor, logits: Tensor, cap: _Capture) -> tuple[Tensor
                 return lin.weight, pooled
     head = " → ".join(cap.after[:6]) + (" → ..." if len(cap.after) > 6 else "")
     raise InvalidOption(
-        f"cam needs a global-average-pool → linear head on layer {cap.name!r} ({c} channels → {k} classes); this "
+        f"cam needs a global-average-pool → linear head on layer {next(iter(cap.layers))!r} ({c} channels → {k} "
+        f"classes); this "
         f"model's head is {head or 'empty'}; use gradcam instead",
         errors=[FieldError("method", "no GAP→linear head")],
     )
@@ -213,16 +157,15 @@ def _gap_linear_head(act: Tensor, logits: Tensor, cap: _Capture) -> tuple[Tensor
 class _GradientCAM(_CAMFamily):
     negate_gradients = False
 
-    def explain(self, model: nn.Module, inputs: Tensor, targets: Tensor, *, layer: str | None = None,
-                task: str = "multiclass", **params: Any) -> Tensor:
+    @single_pass
+    def run(self, model: nn.Module, inputs: Tensor, requests: Sequence[TargetRequest], *, layer: str | None,
+            task: str, **params: Any) -> Explained:
         self._bind(params)
-        x, t = prepare_batch(model, inputs, targets, task)
-        act, grad, _, _ = layer_activation(model, x, t, layer, grad=True)
-        assert grad is not None
-        act, grad = act.detach().float(), grad.float()
-        if self.negate_gradients:
-            grad = -grad
-        return self.combine(act, grad)
+        act, logits, rows, _ = layer_pass(model, inputs, requests, layer, task, grad=True)
+        (grad,) = row_gradients(logits, rows, [act], task)
+        grad = -grad.float() if self.negate_gradients else grad.float()
+        maps = self.combine(act.detach()[rows.image].float(), grad)
+        return Explained(rows, maps, reported_scores(logits, rows, task))
 
     def combine(self, act: Tensor, grad: Tensor) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -361,45 +304,83 @@ class LayerCAM(_GradientCAM):
 class ScoreCAM(_CAMFamily):
     r"""Score-CAM (Wang et al., CVPR-W 2020): gradient-free channel weights from masked forward passes.
 
-        H^k = s( Up(A^k) ),  s(M) = \frac{M - \min M}{\max M - \min M}   (0 for a constant map)
+        H^k = s( Up(A^k) ),  s(M) = \frac{M - \min M}{\max M - \min M}
         \alpha_k^c = softmax(f(X \odot H^k))_c   (multiclass) | \sigma(f(X \odot H^k)_c)   (multilabel)
         L^c = ReLU( \sum_k \alpha_k^c A^k )
 
     ``Up`` is bilinear (``align_corners=False``) to the input size; ``X`` is the model input as given (so masked-out
-    pixels become 0 in the model's normalised space). Cost: one forward per channel per row (512 for resnet18's
-    ``layer4``, 2048 for resnet50), in no-grad chunks of ``FORWARD_CHUNK`` images.
+    pixels become 0 in the model's normalised space). A channel whose map is constant has no normalised mask (``s``
+    divides by zero): it is skipped, i.e. weighted 0, and costs no forward.
+
+    Cost: one forward per (image, non-constant channel) — 512 for resnet18's ``layer4``, 1280 for EfficientNet's
+    last layer — shared by all targets of the image, batched at the largest chunk that fits (``FORWARD_CHUNK``,
+    halved on out-of-memory), in half precision on CUDA. ``channels=N`` trades fidelity for time explicitly: only
+    the N channels with the largest Grad-CAM weight of each target are scored ("Faster Score-CAM"), the rest weigh
+    0; it costs one backward through the head more. Progress counts masked forwards.
 
     Example::
 
-        ScoreCAM().explain(model, x, targets, layer=None, task="multiclass")
+        ScoreCAM().explain(model, x, targets, layer=None, task="multiclass", channels=64)
     """
 
     name = "scorecam"
     sanity = ("fails the model-parameter randomisation check (Adebayo et al., 2018) on the demo model: rank "
-              "correlation with the maps of a re-initialised model 0.66 (all layers re-initialised) / 0.74 (logit layer only) (bench/quality.py)")
+              "correlation with the maps of a re-initialised model 0.66 (all layers re-initialised) / 0.74 (logit "
+              "layer only) (bench/quality.py)")
     description = ("Score-CAM: each feature map, upsampled and min-max normalised, masks the input; the class "
-                   "probability of the masked input weights the map. One forward pass per channel.")
+                   "probability of the masked input weights the map. One forward pass per channel (channels=N: only "
+                   "the N with the largest Grad-CAM weight).")
+    params = (
+        ParamSpec("channels", int, 0, 0, 100_000,
+                  description="0: every channel; N: only the N channels with the largest Grad-CAM weight per target "
+                              "(Faster Score-CAM: faster, less faithful)"),
+    )
 
-    def forwards_per_row(self, params: Mapping[str, Any], input_shape: Sequence[int]) -> int:
-        return 512  # channels of the target layer; a typical figure, the real one needs the model
-
-    def explain(self, model: nn.Module, inputs: Tensor, targets: Tensor, *, layer: str | None = None,
-                task: str = "multiclass", **params: Any) -> Tensor:
-        self._bind(params)
-        x, t = prepare_batch(model, inputs, targets, task)
-        act, _, _, _ = layer_activation(model, x, t, layer, grad=False)
-        b, k = act.shape[:2]
+    def run(self, model: nn.Module, inputs: Tensor, requests: Sequence[TargetRequest], *, layer: str | None,
+            task: str, **params: Any) -> Steps[Explained]:
+        p, _ = self._bind(params)
+        x = inputs
+        top = p["channels"]
+        leaf, logits, rows, _ = layer_pass(model, x, requests, layer, task, grad=top > 0)
+        n, k = leaf.shape[:2]
+        act = leaf.detach()
+        flat = act.flatten(2)
+        varying = flat.amax(2) > flat.amin(2)                                   # [N, K]: a mask is defined
+        wanted = varying.clone()
+        if top > 0 and len(rows):
+            (grad,) = row_gradients(logits, rows, [leaf], task)
+            alpha = grad.float().mean((2, 3))                                   # Grad-CAM weights [R, K]
+            alpha = alpha.masked_fill(~varying[rows.image], float("-inf"))
+            keep = torch.zeros_like(alpha, dtype=torch.bool)
+            keep.scatter_(1, alpha.topk(min(top, k), dim=1).indices, True)
+            row_keep = keep & varying[rows.image]                                 # [R, K]
+            wanted = torch.zeros((n, k), dtype=torch.long, device=x.device).index_add_(0, rows.image,
+                                                                                    row_keep.long()) > 0
+        else:
+            row_keep = varying[rows.image] if len(rows) else varying.new_zeros((0, k))
+        pairs = torch.nonzero(wanted)                                            # [P, 2]: (image, channel)
+        weights = torch.zeros((len(rows), k), device=x.device, dtype=torch.float32)
         size = x.shape[-2:]
-        weights = torch.empty(b * k, device=x.device, dtype=torch.float32)
-        with torch.no_grad():
-            for start, stop in chunks(b * k, self._forward_chunk()):
-                idx = torch.arange(start, stop, device=x.device)
-                rows, chans = idx // k, idx % k
-                up = F.interpolate(act[rows, chans][:, None].float(), size=size, mode="bilinear",
-                                   align_corners=False)
+
+        def score(start: int, stop: int) -> None:
+            with torch.no_grad(), _half_on_cuda(x):
+                img, ch = pairs[start:stop, 0], pairs[start:stop, 1]
+                up = F.interpolate(act[img, ch][:, None].float(), size=size, mode="bilinear", align_corners=False)
                 lo = up.amin((2, 3), keepdim=True)
-                span = up.amax((2, 3), keepdim=True) - lo
-                masks = torch.where(span > 0, (up - lo) / torch.where(span > 0, span, torch.ones_like(span)), 0.0)
-                out = logits_of(model(x[rows] * masks.to(x.dtype)), stop - start)
-                weights[start:stop] = class_probability(out, t[rows], task).float()
-        return torch.einsum("bk,bkhw->bhw", weights.view(b, k), act.float()).relu()
+                masks = (up - lo) / (up.amax((2, 3), keepdim=True) - lo)
+                out = logits_of(model(x[img] * masks.to(x.dtype)), stop - start)
+                sample_rows = rows_of_samples(rows, img)
+                weights[sample_rows.slot, ch[sample_rows.image]] = reported_scores(out, sample_rows, task)
+
+        yield from run_in_chunks(len(pairs), forward_chunk_size(self, x), score, "masked forwards")
+        weights = weights * row_keep
+        maps = torch.einsum("rk,rkhw->rhw", weights, act[rows.image].float()).relu()
+        return Explained(rows, maps, reported_scores(logits, rows, task))
+
+
+def _half_on_cuda(x: Tensor) -> Any:
+    """fp16 autocast for no-grad masked forwards on CUDA (maps weighted by probabilities tolerate it); a no-op on
+    the CPU."""
+    if x.is_cuda:
+        return torch.autocast("cuda", dtype=torch.float16)
+    return contextlib.nullcontext()

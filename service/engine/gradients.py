@@ -1,7 +1,11 @@
 """Gradient methods: explanations built from ``\\partial y^c / \\partial x`` (input gradients only).
 
-Each row's score is its own target logit ``y^c`` (pre-softmax for multiclass, the class's own logit for
-multilabel), and ``torch.autograd.grad(sum_b y_b^{c_b}, x)`` yields every row's gradient in one backward pass.
+Each row's score is its own target's score ``y^c`` (the pre-softmax logit for multiclass, the class's own logit for
+multilabel), and ``torch.autograd.grad(sum_b y_b^{c_b}, x)`` yields every row's gradient in one backward pass. One
+pass: the forward that the gradient needs also yields the reported scores and resolves top-k targets; an image with
+several targets shares that forward and repeats only the backward (once per target slot). SmoothGrad and Integrated
+Gradients put the clean image into their first chunk of noisy or scaled copies, so scoring costs no forward of
+its own.
 
 Colour gradients ``[B, C, H, W]`` become one grey map ``[B, H, W]`` as in Simonyan et al.: ``max_c |g_c|`` for
 saliency, SmoothGrad, guided backprop and guided Grad-CAM (non-negative); Integrated Gradients sums its signed
@@ -20,7 +24,8 @@ Example::
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -30,18 +35,18 @@ from torch.overrides import TorchFunctionMode
 
 from ..errors import FieldError, InvalidOption
 from .base import (
+    BACKWARD_CHUNK,
+    Explained,
     Explainer,
     ParamSpec,
-    check_targets,
-    chunks,
     grad_enabled,
     logits_of,
-    prepare_batch,
     probe_batch,
-    target_scores,
 )
 from .baselines import BASELINES, make_baseline
-from .cam import GradCAM
+from .layers import resolve_layer
+from .passes import Progress, Steps, capture, row_gradients, run_in_chunks, single_pass, slot_gradients
+from .targets import Rows, TargetRequest, plan_rows, reported_scores
 
 __all__ = [
     "GuidedBackprop",
@@ -50,7 +55,6 @@ __all__ = [
     "IntegratedGradients",
     "Saliency",
     "SmoothGrad",
-    "input_gradients",
     "integration_rule",
     "smoothgrad_noise",
 ]
@@ -59,25 +63,38 @@ __all__ = [
 # --------------------------------------------------------------------------------------------------- guided ReLU
 
 
-def _guided_backward(grad: Tensor, out: Tensor) -> Tensor:
+@dataclass
+class GuideSwitch:
+    """Whether the ReLUs recorded under one :class:`GuidedReLUMode` pass gradients back guided (the default) or as
+    a plain ReLU does. It is read at backward time, so one forward serves both: Guided Grad-CAM takes the Grad-CAM
+    gradient at the layer with the plain rule and the input gradient with the guided rule, from the same graph. The
+    backward of a CUDA graph runs on autograd's device thread, hence an object, not a thread-local flag."""
+
+    guided: bool = True
+
+
+def _relu_backward(grad: Tensor, out: Tensor, switch: GuideSwitch) -> Tensor:
     # threshold_backward is ReLU's own backward kernel (grad where out > 0, else 0); clamping its fresh result in
     # place adds the guided condition with one extra pass and no extra allocation.
-    return torch.ops.aten.threshold_backward(grad, out, 0).clamp_min_(0)
+    plain = torch.ops.aten.threshold_backward(grad, out, 0)
+    return plain.clamp_min_(0) if switch.guided else plain
 
 
 class _GuidedReLU(torch.autograd.Function):
-    """ReLU forward; backward ``R_l = 1[f_l > 0] · 1[R_{l+1} > 0] · R_{l+1}`` (Springenberg et al., 2015)."""
+    """ReLU forward; backward ``R_l = 1[f_l > 0] · 1[R_{l+1} > 0] · R_{l+1}`` (Springenberg et al., 2015), or the
+    plain ``1[f_l > 0] · R_{l+1}`` while its switch is off."""
 
     @staticmethod
-    def forward(ctx: Any, x: Tensor) -> Tensor:
+    def forward(ctx: Any, x: Tensor, switch: GuideSwitch) -> Tensor:
         out = x.clamp_min(0)
         ctx.save_for_backward(out)
+        ctx.switch = switch
         return out
 
     @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> Tensor:
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
         (out,) = ctx.saved_tensors
-        return _guided_backward(grad, out)
+        return _relu_backward(grad, out, ctx.switch), None
 
 
 class _GuidedReLUInplace(torch.autograd.Function):
@@ -85,16 +102,17 @@ class _GuidedReLUInplace(torch.autograd.Function):
     return value and keep using the input tensor)."""
 
     @staticmethod
-    def forward(ctx: Any, x: Tensor) -> Tensor:
+    def forward(ctx: Any, x: Tensor, switch: GuideSwitch) -> Tensor:
         ctx.mark_dirty(x)
         x.clamp_min_(0)
         ctx.save_for_backward(x)
+        ctx.switch = switch
         return x
 
     @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> Tensor:
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
         (out,) = ctx.saved_tensors
-        return _guided_backward(grad, out)
+        return _relu_backward(grad, out, ctx.switch), None
 
 
 _RELU = frozenset({F.relu, torch.relu, Tensor.relu})
@@ -103,7 +121,8 @@ _RELU_INPLACE = frozenset({torch.relu_, Tensor.relu_, F.relu_})
 
 class GuidedReLUMode(TorchFunctionMode):
     """While active (in this thread only: torch-function modes are thread-local), every ReLU that takes part in
-    autograd uses the guided backward rule. ``count`` says how many ReLU calls were guided.
+    autograd uses the guided backward rule (as long as ``switch.guided``). ``count`` says how many ReLU calls were
+    guided. Active for one forward only: never across a ``yield`` of a method.
 
     Example::
 
@@ -112,9 +131,10 @@ class GuidedReLUMode(TorchFunctionMode):
         assert mode.count > 0
     """
 
-    def __init__(self) -> None:
+    def __init__(self, switch: GuideSwitch | None = None) -> None:
         super().__init__()
         self.count = 0
+        self.switch = switch or GuideSwitch()
 
     def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
         kwargs = kwargs or {}
@@ -124,35 +144,35 @@ class GuidedReLUMode(TorchFunctionMode):
                 func is F.relu and bool(kwargs.get("inplace", args[1] if len(args) > 1 else False)))
             if isinstance(x, Tensor) and x.requires_grad and torch.is_grad_enabled():
                 self.count += 1
-                return (_GuidedReLUInplace if inplace else _GuidedReLU).apply(x)
+                return (_GuidedReLUInplace if inplace else _GuidedReLU).apply(x, self.switch)
         return func(*args, **kwargs)
+
+
+_NO_RELU = ("guided backpropagation needs ReLU activations called through torch (nn.ReLU, F.relu, torch.relu); this "
+            "model has none that could be intercepted (e.g. SiLU/GELU networks or TorchScript); use saliency or "
+            "gradcam")
 
 
 # --------------------------------------------------------------------------------------------------- helpers
 
 
-def input_gradients(model: nn.Module, x: Tensor, targets: Tensor, *, guided: bool = False) -> Tensor:
-    """``d y_b^{c_b} / d x_b`` for every row, ``[B, C, H, W]`` in ``x``'s dtype. Parameters stay frozen: only the
-    input requires grad, so the backward computes no weight gradients."""
+def input_pass(model: nn.Module, x: Tensor, requests: Sequence[TargetRequest], task: str, *, guided: bool = False
+               ) -> tuple[Tensor, Tensor, Rows]:
+    """``(dx, logits, rows)``: one forward with the input requiring grad, and each row's input gradient
+    ``d y^{c} / d x`` of its own image (``[R, C, H, W]``). Parameters stay frozen: the backward computes no weight
+    gradients."""
     xg = x.detach().requires_grad_()
     with grad_enabled():
         if guided:
             with GuidedReLUMode() as mode:
                 logits = logits_of(model(xg), x.shape[0])
             if mode.count == 0:
-                raise InvalidOption(
-                    "guided backpropagation needs ReLU activations called through torch (nn.ReLU, F.relu, "
-                    "torch.relu); this model has none that could be intercepted (e.g. SiLU/GELU networks or "
-                    "TorchScript); use saliency or gradcam",
-                    errors=[FieldError("method", "no ReLU")])
+                raise InvalidOption(_NO_RELU, errors=[FieldError("method", "no ReLU")])
         else:
             logits = logits_of(model(xg), x.shape[0])
-        check_targets(logits, targets)
-        score = target_scores(logits, targets).sum()
-        if not score.requires_grad:
-            raise InvalidOption("the model's logits do not depend on its input through autograd")
-        (grad,) = torch.autograd.grad(score, xg)
-    return grad
+        rows = plan_rows(logits, requests, task)
+        (grad,) = row_gradients(logits, rows, [xg], task)
+    return grad, logits, rows
 
 
 def _grey(grad: Tensor) -> Tensor:
@@ -188,14 +208,12 @@ class Saliency(Explainer):
     family = "gradient"
     description = "Saliency: maximum over colour channels of the absolute input gradient of the class score."
 
-    def forwards_per_row(self, params: Mapping[str, Any], input_shape: Sequence[int]) -> int:
-        return 2
-
-    def explain(self, model: nn.Module, inputs: Tensor, targets: Tensor, *, layer: str | None = None,
-                task: str = "multiclass", **params: Any) -> Tensor:
+    @single_pass
+    def run(self, model: nn.Module, inputs: Tensor, requests: Sequence[TargetRequest], *, layer: str | None,
+            task: str, **params: Any) -> Explained:
         self._bind(params)
-        x, t = prepare_batch(model, inputs, targets, task)
-        return _grey(input_gradients(model, x, t))
+        grad, logits, rows = input_pass(model, inputs, requests, task)
+        return Explained(rows, _grey(grad), reported_scores(logits, rows, task))
 
 
 class GuidedBackprop(Explainer):
@@ -220,14 +238,12 @@ class GuidedBackprop(Explainer):
               "map's rank correlation with the map of a model whose logit layer is re-initialised is 0.78 "
               "(bench/quality.py); it shows image edges more than what the model learnt")
 
-    def forwards_per_row(self, params: Mapping[str, Any], input_shape: Sequence[int]) -> int:
-        return 2
-
-    def explain(self, model: nn.Module, inputs: Tensor, targets: Tensor, *, layer: str | None = None,
-                task: str = "multiclass", **params: Any) -> Tensor:
+    @single_pass
+    def run(self, model: nn.Module, inputs: Tensor, requests: Sequence[TargetRequest], *, layer: str | None,
+            task: str, **params: Any) -> Explained:
         self._bind(params)
-        x, t = prepare_batch(model, inputs, targets, task)
-        return _grey(input_gradients(model, x, t, guided=True))
+        grad, logits, rows = input_pass(model, inputs, requests, task, guided=True)
+        return Explained(rows, _grey(grad), reported_scores(logits, rows, task))
 
     def check_model(self, model: nn.Module, input_shape: Sequence[int], *, layer: str | None = None,
                     task: str = "multiclass") -> None:
@@ -258,16 +274,44 @@ class GuidedGradCAM(GuidedBackprop):
     sanity = None
     description = "Guided Grad-CAM: guided backpropagation multiplied by the upsampled Grad-CAM (before normalising)."
 
-    def forwards_per_row(self, params: Mapping[str, Any], input_shape: Sequence[int]) -> int:
-        return 3
-
-    def explain(self, model: nn.Module, inputs: Tensor, targets: Tensor, *, layer: str | None = None,
-                task: str = "multiclass", **params: Any) -> Tensor:
+    @single_pass
+    def run(self, model: nn.Module, inputs: Tensor, requests: Sequence[TargetRequest], *, layer: str | None,
+            task: str, **params: Any) -> Explained:
         self._bind(params)
-        x, t = prepare_batch(model, inputs, targets, task)
-        cam = GradCAM().explain(model, x, t, layer=layer, task=task)
+        x = inputs.detach().requires_grad_()
+        name, _ = resolve_layer(model, layer, x.shape[1:])
+        switch = GuideSwitch()
+        with grad_enabled():
+            # One forward: the layer's map stays in the graph (not a leaf: the input gradient must pass through it).
+            with capture(model, [name], input_shape=x.shape[1:]) as cap, GuidedReLUMode(switch) as mode:
+                logits = logits_of(model(x), x.shape[0])
+            if mode.count == 0:
+                raise InvalidOption(_NO_RELU, errors=[FieldError("method", "no ReLU")])
+            act = cap.activation(name)
+            rows = plan_rows(logits, requests, task)
+            cam = torch.empty((len(rows), *act.shape[-2:]), device=x.device, dtype=torch.float32)
+            guided = torch.empty((len(rows), *x.shape[1:]), device=x.device, dtype=x.dtype)
+            for j in range(rows.slots):
+                in_slot = torch.nonzero(rows.slot == j).flatten()
+                score = _slot_score(logits, rows, in_slot, task)
+                switch.guided = False   # Grad-CAM's gradient at the layer: the plain chain rule through the head
+                (d_act,) = torch.autograd.grad(score, act, retain_graph=True)
+                switch.guided = True    # guided backpropagation to the input, on the same graph
+                (d_x,) = torch.autograd.grad(score, x, retain_graph=j < rows.slots - 1)
+                img = rows.image[in_slot]
+                alpha = d_act[img].float().mean((2, 3))
+                cam[in_slot] = torch.einsum("bk,bkhw->bhw", alpha, act.detach()[img].float()).relu()
+                guided[in_slot] = d_x[img]
         up = F.interpolate(cam[:, None], size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
-        return up * _grey(input_gradients(model, x, t, guided=True))
+        return Explained(rows, up * _grey(guided), reported_scores(logits, rows, task))
+
+
+def _slot_score(output: Tensor, rows: Rows, in_slot: Tensor, task: str) -> Tensor:
+    """The summed score of one slot's rows (each image at most once, so its gradient is every row's own)."""
+    from .targets import target_scores
+
+    picked = Rows(rows.image[in_slot], torch.zeros_like(in_slot), [rows.targets[int(r)] for r in in_slot])
+    return target_scores(output, picked, task).sum()
 
 
 class SmoothGrad(Explainer):
@@ -295,24 +339,74 @@ class SmoothGrad(Explainer):
         ParamSpec("seed", int, 0, 0, 2**31 - 1, description="seed of the noise (same seed, same map)"),
     )
 
-    def forwards_per_row(self, params: Mapping[str, Any], input_shape: Sequence[int]) -> int:
-        return 2 * int(params.get("samples", 25))
-
-    def explain(self, model: nn.Module, inputs: Tensor, targets: Tensor, *, layer: str | None = None,
-                task: str = "multiclass", **params: Any) -> Tensor:
+    def run(self, model: nn.Module, inputs: Tensor, requests: Sequence[TargetRequest], *, layer: str | None,
+            task: str, **params: Any) -> Steps[Explained]:
         p, _ = self._bind(params)
-        x, t = prepare_batch(model, inputs, targets, task)
-        b, n = x.shape[0], p["samples"]
+        x, n = inputs, p["samples"]
         sigma = p["noise"] * (x.amax((1, 2, 3)) - x.amin((1, 2, 3)))
-        total = torch.zeros((b, *x.shape[-2:]), device=x.device, dtype=torch.float32)
-        for start, stop in chunks(b * n, self._backward_chunk()):
-            idx = torch.arange(start, stop, device=x.device)
-            rows = idx // n
-            eps = torch.stack([smoothgrad_noise(p["seed"], i % n, x.shape[1:], device=x.device, dtype=x.dtype)
-                               for i in range(start, stop)])
-            noisy = x[rows] + sigma[rows].view(-1, 1, 1, 1) * eps
-            total.index_add_(0, rows, _grey(input_gradients(model, noisy, t[rows])))
-        return total / n
+
+        def noisy(image: Tensor, sample: Tensor) -> Tensor:
+            eps = torch.stack([smoothgrad_noise(p["seed"], int(k), x.shape[1:], device=x.device, dtype=x.dtype)
+                               for k in sample.tolist()])
+            return x[image] + sigma[image].view(-1, 1, 1, 1) * eps
+
+        total, logits, rows = yield from copies_pass(self, model, x, requests, task, copies=n, make=noisy,
+                                                     contribution=lambda grad, _: _grey(grad), unit="samples")
+        maps = total / n if total is not None else x.new_zeros((0, *x.shape[-2:]), dtype=torch.float32)
+        return Explained(rows, maps, reported_scores(logits, rows, task))
+
+
+def copies_pass(method: Explainer, model: nn.Module, x: Tensor, requests: Sequence[TargetRequest], task: str, *,
+                copies: int, make: Any, contribution: Any, unit: str) -> Steps[tuple[Tensor, Tensor, Rows]]:
+    """Sum, per row, ``contribution(grad, copy)`` over ``copies`` copies of its image (SmoothGrad's noisy inputs,
+    IG's path points), where ``grad`` is the input gradient of the row's target at the copy.
+
+    Samples are laid out ``[clean images..., copies of image 0..., copies of image 1..., ...]`` and run in chunks of
+    ``BACKWARD_CHUNK``: the clean images ride in the first chunk, and their logits give the reported scores and the
+    top-k targets before the first backward, so scoring costs no forward of its own. Yields progress after each
+    chunk; nothing is held across a yield but tensors."""
+    n = x.shape[0]
+    total_samples = n + n * copies
+    chunk = max(1, int(method.backward_chunk or BACKWARD_CHUNK))
+    state: dict[str, Any] = {"rows": None, "total": None, "logits": None}
+
+    def work(start: int, stop: int) -> None:
+        s = torch.arange(start, stop, device=x.device)
+        is_copy = s >= n
+        copy_index = (s[is_copy] - n)
+        image = torch.where(is_copy, (s - n).clamp_min(0) // copies, s)
+        copy_image, copy_number = image[is_copy], copy_index % copies
+        parts = [x[s[~is_copy]]] if bool((~is_copy).any()) else []
+        if bool(is_copy.any()):
+            parts.append(make(copy_image, copy_number))
+        batch = torch.cat(parts).detach().requires_grad_(bool(is_copy.any()))
+        ctx = grad_enabled() if bool(is_copy.any()) else torch.no_grad()
+        with ctx:
+            out = logits_of(model(batch), stop - start)
+            if bool((~is_copy).any()):
+                state["logits"] = out[: int((~is_copy).sum())].detach() if state["logits"] is None \
+                    else torch.cat([state["logits"], out[: int((~is_copy).sum())].detach()])
+            if not bool(is_copy.any()):
+                return
+            if state["rows"] is None:
+                state["rows"] = plan_rows(state["logits"], requests, task)
+            rows: Rows = state["rows"]
+            first_copy = int((~is_copy).sum())
+            copies_out = out[first_copy:]
+            for j, samples, (grad,) in slot_gradients(copies_out, rows, [batch], task, sample_image=copy_image):
+                grad = grad[first_copy:]
+                picked = torch.nonzero(samples).flatten()
+                row_of = torch.tensor([rows.per_image[int(i)][j] for i in copy_image[picked].tolist()],
+                                      dtype=torch.long, device=x.device)
+                value = contribution(grad[picked], copy_number[picked])
+                if state["total"] is None:
+                    state["total"] = value.new_zeros((len(rows), *value.shape[1:]))
+                state["total"].index_add_(0, row_of, value)
+
+    for progress in run_in_chunks(total_samples, chunk, work, unit):
+        yield Progress(max(0, progress.done - n), n * copies, unit)  # the copies done; the clean images are free
+    rows = state["rows"] if state["rows"] is not None else plan_rows(state["logits"], requests, task)
+    return state["total"], state["logits"], rows
 
 
 def integration_rule(rule: str, steps: int) -> tuple[list[float], list[float]]:
@@ -375,29 +469,30 @@ class IntegratedGradients(Explainer):
                   description="all: signed attributions (completeness holds); positive: ReLU; absolute: |.|"),
     )
 
-    def forwards_per_row(self, params: Mapping[str, Any], input_shape: Sequence[int]) -> int:
-        return 2 * int(params.get("steps", 32))
-
-    def explain(self, model: nn.Module, inputs: Tensor, targets: Tensor, *, layer: str | None = None,
-                task: str = "multiclass", **params: Any) -> Tensor:
+    def run(self, model: nn.Module, inputs: Tensor, requests: Sequence[TargetRequest], *, layer: str | None,
+            task: str, **params: Any) -> Steps[Explained]:
         p, ctx = self._bind(params)
-        x, t = prepare_batch(model, inputs, targets, task)
+        x = inputs
         alphas_l, weights_l = integration_rule(p["rule"], p["steps"])
         base = make_baseline(x, p["baseline"], blur_sigma=p["blur_sigma"], input_range=ctx.get("input_range"))
         delta = x - base
-        m = len(alphas_l)
         alphas = torch.tensor(alphas_l, device=x.device, dtype=x.dtype)
         weights = torch.tensor(weights_l, device=x.device, dtype=torch.float32)
-        total = torch.zeros(x.shape, device=x.device, dtype=torch.float32)
-        for start, stop in chunks(x.shape[0] * m, self._backward_chunk()):
-            idx = torch.arange(start, stop, device=x.device)
-            rows, ks = idx // m, idx % m
-            path = base[rows] + alphas[ks].view(-1, 1, 1, 1) * delta[rows]
-            grad = input_gradients(model, path, t[rows]).float()
-            total.index_add_(0, rows, grad * weights[ks].view(-1, 1, 1, 1))
-        attribution = (delta.float() * total).sum(1)
+
+        def point(image: Tensor, step: Tensor) -> Tensor:
+            return base[image] + alphas[step].view(-1, 1, 1, 1) * delta[image]
+
+        def weighted(grad: Tensor, step: Tensor) -> Tensor:
+            return grad.float() * weights[step].view(-1, 1, 1, 1)
+
+        total, logits, rows = yield from copies_pass(self, model, x, requests, task, copies=len(alphas_l),
+                                                     make=point, contribution=weighted, unit="steps")
+        if total is None:
+            return Explained(rows, x.new_zeros((0, *x.shape[-2:]), dtype=torch.float32), reported_scores(logits, rows,
+                                                                                                          task))
+        attribution = (delta.float()[rows.image] * total).sum(1)
         if p["sign"] == "positive":
-            return attribution.relu()
-        if p["sign"] == "absolute":
-            return attribution.abs()
-        return attribution
+            attribution = attribution.relu()
+        elif p["sign"] == "absolute":
+            attribution = attribution.abs()
+        return Explained(rows, attribution, reported_scores(logits, rows, task))

@@ -1,5 +1,8 @@
 """Perturbation methods: change the input, watch the score. No gradients; every masked or occluded copy is run in
-no-grad forward passes of at most ``FORWARD_CHUNK`` images, so memory stays bounded whatever the batch size.
+no-grad forward passes of at most ``FORWARD_CHUNK`` images (halved on GPU out-of-memory), so memory stays bounded
+whatever the batch size. One pass: the unperturbed forward (occlusion's reference, or the clean images that RISE
+puts in its first chunk) yields the reported scores and the top-k targets, and every perturbed copy of an image is
+scored for all of that image's targets at once. Progress counts perturbed forwards.
 
 Example::
 
@@ -8,9 +11,10 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -18,17 +22,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import FieldError, InvalidOption
-from .base import (
-    Explainer,
-    ParamSpec,
-    check_targets,
-    chunks,
-    class_probability,
-    logits_of,
-    prepare_batch,
-    target_scores,
-)
+from .base import Explained, Explainer, ParamSpec, forward_chunk_size, logits_of
 from .baselines import BASELINES, make_baseline
+from .passes import Steps, rows_of_samples, run_in_chunks
+from .targets import TargetRequest, plan_rows, reported_scores, target_scores
 
 __all__ = ["MAX_OCCLUSION_WINDOWS", "RISE", "Occlusion", "occlusion_starts", "rise_masks", "rise_upsample"]
 
@@ -43,12 +40,6 @@ def occlusion_starts(size: int, window: int, stride: int) -> list[int]:
     if starts[-1] + window < size:
         starts.append(size - window)
     return starts
-
-
-def _score(model: nn.Module, images: Tensor, targets: Tensor) -> Tensor:
-    logits = logits_of(model(images), images.shape[0])
-    check_targets(logits, targets)
-    return target_scores(logits, targets).float()
 
 
 class Occlusion(Explainer):
@@ -82,17 +73,10 @@ class Occlusion(Explainer):
                   description="Gaussian sigma of the blur baseline as a fraction of the shorter input side"),
     )
 
-    def forwards_per_row(self, params: Mapping[str, Any], input_shape: Sequence[int]) -> int:
-        h, w = input_shape[-2:]
-        win, stride = int(params.get("window", 32)), int(params.get("stride", 16))
-        if win > min(h, w):
-            return 1
-        return len(occlusion_starts(h, win, stride)) * len(occlusion_starts(w, win, stride)) + 1
-
-    def explain(self, model: nn.Module, inputs: Tensor, targets: Tensor, *, layer: str | None = None,
-                task: str = "multiclass", **params: Any) -> Tensor:
+    def run(self, model: nn.Module, inputs: Tensor, requests: Sequence[TargetRequest], *, layer: str | None,
+            task: str, **params: Any) -> Steps[Explained]:
         p, ctx = self._bind(params)
-        x, t = prepare_batch(model, inputs, targets, task)
+        x = inputs
         b, _, h, w = x.shape
         win, stride = p["window"], p["stride"]
         if win > min(h, w):
@@ -106,23 +90,40 @@ class Occlusion(Explainer):
                 f"(limit {MAX_OCCLUSION_WINDOWS}); increase stride or window",
                 errors=[FieldError("stride", "too many windows")])
         base = make_baseline(x, p["baseline"], blur_sigma=p["blur_sigma"], input_range=ctx.get("input_range"))
-        chunk = self._forward_chunk()
-        drops = torch.empty(b * n, device=x.device, dtype=torch.float32)
+        chunk = forward_chunk_size(self, x)
         with torch.no_grad():
-            reference = torch.cat([_score(model, x[s:e], t[s:e]) for s, e in chunks(b, chunk)])
-            for start, stop in chunks(b * n, chunk):
-                rows = torch.arange(start, stop, device=x.device) // n
-                images = x[rows]
-                for i in range(start, stop):
-                    r, k = divmod(i, n)
+            logits = torch.cat([logits_of(model(x[s:e]), e - s) for s, e in _spans(b, chunk)])
+            rows = plan_rows(logits, requests, task)
+            reference = target_scores(logits, rows, task).float()
+        drops = torch.zeros((len(rows), n), device=x.device, dtype=torch.float32)
+        wanted = torch.tensor([i for i in range(b) if rows.per_image[i]], dtype=torch.long, device=x.device)
+
+        def occlude(start: int, stop: int) -> None:
+            with torch.no_grad():
+                flat = torch.arange(start, stop, device=x.device)
+                image = wanted[flat // n]
+                images = x[image]
+                for i, k in enumerate((flat % n).tolist()):
                     y0, x0 = ys[k // len(xs)], xs[k % len(xs)]
-                    images[i - start, :, y0:y0 + win, x0:x0 + win] = base[r, :, y0:y0 + win, x0:x0 + win]
-                drops[start:stop] = reference[rows] - _score(model, images, t[rows])
+                    r = int(image[i])
+                    images[i, :, y0:y0 + win, x0:x0 + win] = base[r, :, y0:y0 + win, x0:x0 + win]
+                out = logits_of(model(images), stop - start)
+                sample_rows = rows_of_samples(rows, image)
+                scores = target_scores(out, sample_rows, task).float()
+                window = (flat % n)[sample_rows.image]
+                drops[sample_rows.slot, window] = reference[sample_rows.slot] - scores
+
+        yield from run_in_chunks(len(wanted) * n, chunk, occlude, "windows")
         # Windows form a product grid, so coverage factorises: sum_w d_w 1[w covers (i,j)] = R_y^T D R_x.
         ry = _coverage(ys, win, h, x.device)
         rx = _coverage(xs, win, w, x.device)
-        total = torch.einsum("yh,byx,xw->bhw", ry, drops.view(b, len(ys), len(xs)), rx)
-        return total / (ry.sum(0)[:, None] * rx.sum(0)[None, :])
+        total = torch.einsum("yh,byx,xw->bhw", ry, drops.view(len(rows), len(ys), len(xs)), rx)
+        maps = total / (ry.sum(0)[:, None] * rx.sum(0)[None, :])
+        return Explained(rows, maps, reported_scores(logits, rows, task))
+
+
+def _spans(n: int, size: int) -> list[tuple[int, int]]:
+    return [(s, min(n, s + size)) for s in range(0, n, size)]
 
 
 def _coverage(starts: list[int], window: int, size: int, device: torch.device) -> Tensor:
@@ -181,28 +182,59 @@ class RISE(Explainer):
         ParamSpec("seed", int, 0, 0, 2**31 - 1, description="seed of the masks"),
     )
 
-    def forwards_per_row(self, params: Mapping[str, Any], input_shape: Sequence[int]) -> int:
-        return int(params.get("masks", 500))
-
-    def explain(self, model: nn.Module, inputs: Tensor, targets: Tensor, *, layer: str | None = None,
-                task: str = "multiclass", **params: Any) -> Tensor:
+    def run(self, model: nn.Module, inputs: Tensor, requests: Sequence[TargetRequest], *, layer: str | None,
+            task: str, **params: Any) -> Steps[Explained]:
         p, _ = self._bind(params)
-        x, t = prepare_batch(model, inputs, targets, task)
+        x = inputs
         b, c, h, w = x.shape
         n = p["masks"]
         grids, shifts = rise_masks(p["seed"], n, p["cells"], p["p"], (h, w), device=x.device)
-        chunk = self._forward_chunk()
-        total = torch.zeros((b, h, w), device=x.device, dtype=torch.float32)
-        rows_per = min(b, chunk)
-        masks_per = max(1, chunk // rows_per)
+        chunk = forward_chunk_size(self, x)
+        # The clean images ride in the first chunk's forward when they are few: their logits give the scores and the
+        # top-k targets. A large batch of clean images gets its own no-grad forward instead of shrinking every chunk.
+        rides_along = b <= max(1, chunk // 8)
         with torch.no_grad():
-            for m0, m1 in chunks(n, masks_per):
-                masks = rise_upsample(grids[m0:m1], shifts[m0:m1], (h, w))  # [m, 1, H, W]
-                for r0, r1 in chunks(b, rows_per):
-                    images = (x[r0:r1, None] * masks[None].to(x.dtype)).reshape(-1, c, h, w)
-                    rows = torch.arange(r0, r1, device=x.device).repeat_interleave(m1 - m0)
-                    logits = logits_of(model(images), images.shape[0])
-                    check_targets(logits, t[rows])
-                    probs = class_probability(logits, t[rows], task).float().view(r1 - r0, m1 - m0)
-                    total[r0:r1] += torch.einsum("bm,mhw->bhw", probs, masks[:, 0])
-        return total / (n * p["p"])
+            logits = None if rides_along else logits_of(model(x), b)
+        state: dict[str, Any] = {"logits": logits, "rows": None, "total": None}
+
+        def masked(start: int, stop: int) -> None:
+            with torch.no_grad(), _half_on_cuda(x):
+                flat = torch.arange(start, stop, device=x.device)
+                image, mask = flat // n, (flat % n)
+                masks = torch.cat([rise_upsample(grids[m0:m1], shifts[m0:m1], (h, w))
+                                   for m0, m1 in _mask_spans(mask.tolist())])          # [s, 1, H, W]
+                batch = x[image] * masks.to(x.dtype)
+                clean = state["logits"] is None
+                out = logits_of(model(torch.cat([x, batch]) if clean else batch), stop - start + (b if clean else 0))
+                if clean:
+                    state["logits"], out = out[:b].float(), out[b:]
+                if state["rows"] is None:
+                    state["rows"] = plan_rows(state["logits"], requests, task)
+                    state["total"] = torch.zeros((len(state["rows"]), h, w), device=x.device, dtype=torch.float32)
+                sample_rows = rows_of_samples(state["rows"], image)
+                probs = reported_scores(out, sample_rows, task)
+                state["total"].index_add_(0, sample_rows.slot, probs.view(-1, 1, 1) * masks[sample_rows.image, 0]
+                                          .float())
+
+        yield from run_in_chunks(b * n, max(1, chunk - b) if rides_along else chunk, masked, "masks")
+        rows = state["rows"]
+        return Explained(rows, state["total"] / (n * p["p"]), reported_scores(state["logits"], rows, task))
+
+
+def _mask_spans(masks: list[int]) -> list[tuple[int, int]]:
+    """Consecutive runs ``[m0, m1)`` of mask indices (a chunk may wrap from one image's last masks to the next's
+    first), so masks are upsampled in runs rather than one by one."""
+    spans: list[tuple[int, int]] = []
+    for m in masks:
+        if spans and spans[-1][1] == m:
+            spans[-1] = (spans[-1][0], m + 1)
+        else:
+            spans.append((m, m + 1))
+    return spans
+
+
+def _half_on_cuda(x: Tensor) -> Any:
+    """fp16 autocast for the no-grad masked forwards on CUDA; a no-op on the CPU."""
+    if x.is_cuda:
+        return torch.autocast("cuda", dtype=torch.float16)
+    return contextlib.nullcontext()

@@ -204,3 +204,19 @@ def test_localize_boxes_in_original_pixels(client, demo_sample):
         x0, y0, x1, y1 = a["box"]
         expected = np.array([x0 * 3, y0 * 2, x1 * 3, y1 * 2])
         assert np.all(np.abs(np.array(b["box"]) - expected) <= 6), (a, b)
+
+
+@pytest.mark.parametrize("method", ["gradcam", "cam", "layercam", "saliency", "guided-backprop", "guided-gradcam"])
+def test_a_served_explanation_is_one_forward(client, demo_sample, method):
+    """One pass: the method's own forward yields the scores and the top-k targets; nothing else runs the model."""
+    module = client.app.state.runtime.registry.get("demo").module
+    calls = []
+    handle = module.register_forward_hook(lambda m, args, out: calls.append(args[0].shape[0]))
+    try:
+        r = client.post(f"/explain/{method}", files={"image": ("x.png", demo_sample[0])}, data={"top_k": "2"})
+    finally:
+        handle.remove()
+    assert r.status_code == 200, r.text
+    assert len(calls) == 1 and calls == [1], calls       # one forward, of the one image (two targets share it)
+    scores = [e["score"] for e in r.json()["explanations"]]
+    assert len(scores) == 2 and scores[0] >= scores[1]
