@@ -26,7 +26,10 @@ from .errors import DeadlineExceeded, ModelExecutionError, OutOfMemory, QueueFul
 log = logging.getLogger("xaas.batching")
 
 BACKGROUND_QUIET_S = 0.05
-"""Background work (class-impression slices) starts only after this long without live traffic."""
+"""Background work (job slices) starts only after this long without live traffic..."""
+BACKGROUND_MAX_WAIT_S = 1.0
+"""... or once it has waited this long, so that sustained traffic slows a job down but never starves it (the slice
+then yields after one step, since requests are waiting)."""
 
 RunBatch = Callable[[Hashable, Sequence[Any]], Sequence[Any]]
 """``run_batch(key, payloads) -> results``: one result (or an Exception instance) per payload, in order."""
@@ -54,6 +57,7 @@ class BatcherStats:
     rows_run: int = 0
     dropped_cancelled: int = 0
     dropped_expired: int = 0
+    abandoned: int = 0
     rejected_full: int = 0
     splits: int = 0
     batch_sizes: list[int] = field(default_factory=list)
@@ -93,7 +97,7 @@ class DynamicBatcher:
         self._stop_by: float | None = None
         self._thread: threading.Thread | None = None
         self._exclusive: deque[Callable[[], None]] = deque()
-        self._background: deque[Callable[[], None]] = deque()
+        self._background: deque[tuple[float, Callable[[], None]]] = deque()
         self._last_traffic = 0.0
 
     # -- lifecycle -------------------------------------------------------------------------------------------------
@@ -175,10 +179,14 @@ class DynamicBatcher:
 
     def call_exclusive(self, fn: Callable[[], None], *, background: bool = False) -> None:
         """Run ``fn`` on the worker thread between batches. Interactive work (a request's own hooked forward) runs as
-        soon as no rows are queued; ``background`` work (class-impression slices) only when the model has no live
-        traffic at all — nothing queued and nothing being decoded — so it never delays a request."""
+        soon as no rows are queued; ``background`` work (job slices) when the model has had no live traffic for
+        ``BACKGROUND_QUIET_S`` — nothing queued and nothing being decoded — or when it has waited
+        ``BACKGROUND_MAX_WAIT_S`` (so a job slows down under sustained load but is never starved)."""
         with self._cond:
-            (self._background if background else self._exclusive).append(fn)
+            if background:
+                self._background.append((time.monotonic(), fn))
+            else:
+                self._exclusive.append(fn)
             self._cond.notify_all()
 
     @property
@@ -222,8 +230,10 @@ class DynamicBatcher:
             while True:
                 if self._exclusive and not self._queued_rows:
                     return None, self._exclusive.popleft()
-                if self._background and self._stop_by is None and self._quiet_for() >= BACKGROUND_QUIET_S:
-                    return None, self._background.popleft()
+                if self._background and self._stop_by is None and (
+                        self._quiet_for() >= BACKGROUND_QUIET_S
+                        or time.monotonic() - self._background[0][0] >= BACKGROUND_MAX_WAIT_S):
+                    return None, self._background.popleft()[1]
                 if self._stop_by is not None and (not self._queued_rows or time.monotonic() > self._stop_by):
                     return None, None
                 if self._queued_rows:
@@ -272,10 +282,16 @@ class DynamicBatcher:
     def _run(self, items: list[QueuedWork]) -> None:
         rows = sum(j.size for j in items)
         t0 = time.perf_counter()
+        _worker.items = items
         try:
             results = self._run_batch(items[0].key, [j.payload for j in items])
             if len(results) != len(items):
                 raise RuntimeError(f"run_batch returned {len(results)} results for {len(items)} items")
+        except Abandoned:
+            self.stats.abandoned += len(items)
+            for item in items:
+                _fail(item, DeadlineExceeded("the request was abandoned while it ran"))
+            return
         except Exception as exc:
             if len(items) > 1:
                 self.stats.splits += 1
@@ -293,6 +309,8 @@ class DynamicBatcher:
                 log.exception("item failed on model %s", self.name)
                 _fail(items[0], ModelExecutionError(f"the model failed on this request ({exc.__class__.__name__})"))
             return
+        finally:
+            _worker.items = None
         elapsed = time.perf_counter() - t0
         self.stats.batches += 1
         self.stats.items_run += len(items)
@@ -317,10 +335,29 @@ class BatchObserver:
     def rejected(self, model: str) -> None: ...
 
 
+class Abandoned(Exception):
+    """Raised by batch work that noticed (:func:`batch_abandoned`) that nobody waits for its results any more."""
+
+
+_worker = threading.local()
+
+
+def batch_abandoned() -> bool:
+    """On a worker thread, during a batch: whether every submitter of the batch has given up (deadline passed or
+    client gone). Long batch work (chunked methods) checks it between chunks and stops with :class:`Abandoned`, so a
+    request that has already been answered 504 does not keep the model busy."""
+    items = getattr(_worker, "items", None)
+    return bool(items) and all(getattr(i.future, "abandoned", False) or i.future.cancelled() for i in items)
+
+
 async def _await_with_deadline(future: concurrent.futures.Future, timeout: float) -> Any:
     try:
         return await asyncio.wait_for(asyncio.wrap_future(future), timeout)
+    except asyncio.CancelledError:
+        future.abandoned = True  # type: ignore[attr-defined]  # a running future cannot be cancelled: flag it
+        raise
     except TimeoutError:
+        future.abandoned = True  # type: ignore[attr-defined]
         future.cancel()
         raise DeadlineExceeded(f"the request did not finish within {timeout:g} s") from None
 

@@ -49,12 +49,18 @@ class Settings(BaseSettings):
     workers_threads: int = Field(4, ge=1, le=64, description="Thread pool for decoding and rendering.")
     log_level: str = Field("info", description="Logging level.")
 
-    # Feature visualisation jobs (class impressions), run on the model's worker between request batches.
-    max_jobs: int = Field(2, ge=1, le=64, description="Most class-impression jobs unfinished at once (more → 429).")
+    # Asynchronous jobs (slow explanations with Prefer: respond-async, class impressions), run on the model's worker in
+    # slices between request batches.
+    max_jobs: int = Field(8, ge=1, le=1024, description="Most unfinished jobs at once (more → 429).")
     job_ttl: float = Field(600.0, gt=0, description="Seconds a finished job's result is kept (then 404).")
     job_max_steps: int = Field(1000, ge=1, le=100_000, description="Largest 'steps' a class-impression job may ask for.")
-    job_slice_steps: int = Field(10, ge=1, le=1000, description="Optimisation steps per worker slice between request batches.")
-
+    job_slice_steps: int = Field(10, ge=1, le=1000, description="Most steps of a job per worker slice.")
+    job_slice_ms: float = Field(250.0, gt=0, le=60_000, description="Most milliseconds of a job per worker slice.")
+    job_step_ms: float = Field(100.0, gt=0, le=60_000,
+                               description="Target duration of one step of a chunked explanation job: its chunk of "
+                                           "forwards is sized from the model's measured forward time, so live "
+                                           "requests wait for at most about this long.")
+    job_max_seconds: float = Field(3600.0, gt=0, description="A job running longer fails.")
 
     @field_validator("api_keys", "cors_origins", mode="before")
     @classmethod

@@ -16,8 +16,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from .batching import Abandoned, batch_abandoned
 from .engine.base import Explained
-from .engine.passes import Steps, complete
+from .engine.passes import Steps
 from .engine.targets import ClassLogit, TargetRequest, class_probabilities
 from .registry import LoadedModel
 
@@ -86,16 +87,20 @@ def explain_requests(items: Sequence[ExplainWork]) -> list[TargetRequest]:
             for item in items]
 
 
-def explain_steps(model: LoadedModel, items: Sequence[ExplainWork]) -> Steps[Explained]:
-    """The engine's steps for a same-key batch: one pass, the method's own forward scoring the images."""
+def explain_steps(model: LoadedModel, items: Sequence[ExplainWork], *, chunk: int | None = None) -> Steps[Explained]:
+    """The engine's steps for a same-key batch: one pass, the method's own forward scoring the images. ``chunk``
+    caps the images per forward of chunked methods (jobs ask for short steps)."""
     from .engine import get_method
 
     first = items[0]
     method = get_method(first.method)
     x = torch.stack([item.inputs for item in items]).to(model.device, non_blocking=True)
     layer = (first.layer or model.target_layer) if method.uses_layer else None
-    return method.steps(model.module, x, explain_requests(items), layer=layer, task=model.task,
-                        input_range=model.input_range, **dict(first.params))
+    context: dict[str, Any] = {"input_range": model.input_range}
+    if chunk is not None:
+        context["chunk"] = chunk
+    return method.steps(model.module, x, explain_requests(items), layer=layer, task=model.task, **context,
+                        **dict(first.params))
 
 
 def split_results(explained: Explained, count: int) -> list[list[TargetMap]]:
@@ -109,8 +114,17 @@ def split_results(explained: Explained, count: int) -> list[list[TargetMap]]:
 
 def run_explain(model: LoadedModel, items: Sequence[ExplainWork]) -> list[list[TargetMap]]:
     """One pass over the batch: the method's own first forward yields the scores and top-k targets (no separate
-    scoring forward), then one map per (image, target) row."""
-    return split_results(complete(explain_steps(model, items)), len(items))
+    scoring forward), then one map per (image, target) row. Between two chunks of a slow method, a batch whose
+    requesters have all given up stops (:class:`~service.batching.Abandoned`)."""
+    steps = explain_steps(model, items)
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return split_results(done.value, len(items))
+        if batch_abandoned():
+            steps.close()
+            raise Abandoned()
 
 
 def run_work(model: LoadedModel, key: Hashable, items: Sequence[object]) -> list[object]:

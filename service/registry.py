@@ -106,6 +106,7 @@ class LoadedModel:
     target_layer: str | None  # None for TorchScript models (no hooks, so no CAM methods)
     capabilities: Capabilities
     load_seconds: float = 0.0
+    forward_seconds: float = 0.0  # one image's inference forward, measured at warm-up (sizes job steps)
 
     @property
     def name(self) -> str:
@@ -232,7 +233,7 @@ def load_model(spec: ModelSpec, *, base_dir: Path, device_policy: str = "auto") 
         for p in module.parameters():
             p.requires_grad_(False)
         module.to(device)
-        out_classes = _warm_up(module, spec, device)
+        out_classes, forward_seconds = _warm_up(module, spec, device)
         if num_classes is not None and out_classes != num_classes:
             raise ConfigError(f"field 'num_classes': the model outputs {out_classes} classes, the entry says {num_classes}")
         if labels is None:
@@ -243,20 +244,27 @@ def load_model(spec: ModelSpec, *, base_dir: Path, device_policy: str = "auto") 
     except ConfigError as exc:
         raise ConfigError(f"model '{spec.name}': {exc}") from None
     return LoadedModel(spec, module, device, labels, target_layer, capabilities,
-                       load_seconds=time.perf_counter() - t0)
+                       load_seconds=time.perf_counter() - t0, forward_seconds=forward_seconds)
 
 
-def _warm_up(module: nn.Module, spec: ModelSpec, device: torch.device) -> int:
+def _warm_up(module: nn.Module, spec: ModelSpec, device: torch.device) -> tuple[int, float]:
+    """``(classes, seconds per image)``: a first forward checks the output, a second one is timed (the first pays
+    one-off costs: allocator, kernel selection)."""
     dummy = torch.zeros(2, spec.channels, *spec.input_size, device=device)
     try:
         with torch.inference_mode():
             out = module(dummy)
+            t0 = time.perf_counter()
+            module(dummy)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            seconds = (time.perf_counter() - t0) / 2
     except Exception as exc:  # noqa: BLE001
         raise ConfigError(f"field 'input_size': warm-up forward pass on {tuple(dummy.shape)} failed: {exc}") from None
     if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[0] != 2:
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise ConfigError(f"field 'source': the model must return logits [batch, classes], got {shape}")
-    return int(out.shape[1])
+    return int(out.shape[1]), seconds
 
 
 def _is_scripted(module: nn.Module) -> bool:

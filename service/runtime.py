@@ -15,7 +15,8 @@ from .batching import DynamicBatcher
 from .config import Settings
 from .errors import ConfigError, ModelNotReady, ShuttingDown, TooManyTargets
 from .imaging import DecodedImage, ImageLimits, decode_image, to_model_input
-from .inference import ExplainWork, PredictResult, PredictWork, TargetMap, run_work
+from .jobs import Job, JobScheduler, StepsWork
+from .inference import ExplainWork, PredictResult, PredictWork, TargetMap, explain_steps, run_work, split_results
 from .metrics import Metrics
 from .registry import LoadedModel, ModelRegistry
 
@@ -37,9 +38,9 @@ class Runtime:
         self._decoding: dict[str, int] = {}  # per model: requests decoding now, i.e. jobs about to be submitted
         self._decoding_lock = threading.Lock()
         self._loader: threading.Thread | None = None
-        from .jobs import JobManager
-
-        self.jobs = JobManager(max_running=settings.max_jobs, ttl=settings.job_ttl, slice_steps=settings.job_slice_steps)
+        self.jobs = JobScheduler(max_active=settings.max_jobs, ttl=settings.job_ttl, slice_steps=settings.job_slice_steps,
+                                 slice_seconds=settings.job_slice_ms / 1000, max_seconds=settings.job_max_seconds,
+                                 executor=self.executor)
         self.rendered_filters: dict[tuple[str, str], Any] = {}  # (model, conv layer) -> FilterResponse (weights are frozen)
 
     # -- lifecycle -------------------------------------------------------------------------------------------------
@@ -122,6 +123,12 @@ class Runtime:
             raise TooManyTargets(len(out), self.settings.max_targets)
         return out
 
+    def job_chunk(self, model: LoadedModel) -> int:
+        """Images per forward for a chunked method run as a job: about ``XAAS_JOB_STEP_MS`` of model time per step
+        (from the forward time measured at load), so a live request waits for at most one such step."""
+        per_image = max(model.forward_seconds, 1e-6)
+        return max(1, int(self.settings.job_step_ms / 1000 / per_image))
+
     def timeout(self, requested: float | None) -> float:
         """A request may shorten, never extend, the server's deadline."""
         limit = self.settings.request_timeout
@@ -158,6 +165,17 @@ class Runtime:
         work = ExplainWork(inputs, method, tuple(sorted(params.items())), layer, tuple(targets), top_k, min_probability)
         return await self.batcher(model).run(work.batch_key, work, size=work.rows,
                                              timeout=timeout or self.settings.request_timeout)
+
+    def submit_explanation(self, model: LoadedModel, inputs: Any, *, method: str, params: dict[str, Any],
+                           layer: str | None, targets: list[int], top_k: int, min_probability: float | None = None,
+                           kind: str, meta: dict[str, Any], finish: Callable[[list[TargetMap]], dict[str, Any]]) -> Job:
+        """Queue an explanation as an asynchronous job on the model's worker (in short steps between live batches);
+        ``finish(maps)`` renders its result in the I/O pool once the maps are computed."""
+        work = ExplainWork(inputs, method, tuple(sorted(params.items())), layer, tuple(targets), top_k, min_probability)
+        chunk = self.job_chunk(model)
+        steps = StepsWork(lambda: explain_steps(model, [work], chunk=chunk))
+        return self.jobs.submit(self.batcher(model), steps, kind=kind, model=model.name, meta=meta,
+                                finish=lambda explained: finish(split_results(explained, 1)[0]))
 
     async def predict(self, model: LoadedModel, inputs: Any, *, timeout: float | None = None) -> PredictResult:
         work = PredictWork(inputs)

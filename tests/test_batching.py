@@ -209,3 +209,36 @@ def test_background_work_waits_for_live_traffic_to_pause():
     assert f.result(5)
     assert ran.wait(2), "background work never ran once traffic paused"
     b.stop()
+
+
+def test_a_batch_whose_submitters_gave_up_can_stop_early():
+    """Long batch work checks ``batch_abandoned()`` between chunks; once every submitter's deadline passed it stops
+    with ``Abandoned`` (no retry, no split) and the worker serves the next batch."""
+    import asyncio
+
+    from service.batching import Abandoned, batch_abandoned
+
+    chunks_run = []
+
+    def run_batch(key, payloads):
+        if key == "slow":
+            for k in range(500):
+                time.sleep(0.01)
+                chunks_run.append(k)
+                if batch_abandoned():
+                    raise Abandoned()
+        return [p for p in payloads]
+
+    b = DynamicBatcher("m", run_batch, max_batch_size=4, max_batch_delay_ms=0)
+    b.start()
+    try:
+        async def scenario():
+            with pytest.raises(DeadlineExceeded):
+                await b.run("slow", 1, timeout=0.2)
+            return await b.run("fast", 2, timeout=5)
+
+        assert asyncio.run(scenario()) == 2
+        assert b.stats.abandoned == 1 and b.stats.splits == 0
+        assert 5 <= len(chunks_run) < 100   # stopped a few chunks after the 0.2 s deadline, not after 5 s
+    finally:
+        b.stop(1.0)

@@ -7,9 +7,11 @@ from collections.abc import Awaitable
 from typing import Annotated, TypeVar
 
 from fastapi import Depends, Request
+from fastapi.responses import JSONResponse
 
 from ..handlers import CallInfo
 from ..runtime import Runtime
+from .schemas import JobAccepted
 
 T = TypeVar("T")
 
@@ -25,7 +27,25 @@ def get_call_info(request: Request) -> CallInfo:
     return call
 
 
+def prefers_async(request: Request) -> bool:
+    """Whether the request asks ``Prefer: respond-async`` (RFC 7240: comma-separated preferences, each a token with
+    optional ``=value`` and ``;`` parameters, names case-insensitive; several Prefer headers combine)."""
+    for header in request.headers.getlist("prefer"):
+        for preference in header.split(","):
+            name = preference.split(";", 1)[0].split("=", 1)[0].strip().lower()
+            if name == "respond-async":
+                return True
+    return False
+
+
+def accepted(job: JobAccepted) -> JSONResponse:
+    """The 202 answer to a ``Prefer: respond-async`` request (RFC 7240)."""
+    return JSONResponse(job.model_dump(mode="json"), status_code=202,
+                        headers={"Location": f"/jobs/{job.id}", "Preference-Applied": "respond-async"})
+
+
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
+AsyncDep = Annotated[bool, Depends(prefers_async)]
 CallDep = Annotated[CallInfo, Depends(get_call_info)]
 
 

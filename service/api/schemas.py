@@ -294,8 +294,9 @@ def problem_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
                    "content": {"application/problem+json": {}}} for code in codes}
 
 
-def image_request_body(options_model: type[BaseModel]) -> dict[str, Any]:
-    """OpenAPI ``requestBody`` for an image endpoint: multipart upload or JSON with base64 ``image``."""
+def image_request_body(options_model: type[BaseModel], *, prefer: bool = False) -> dict[str, Any]:
+    """OpenAPI ``requestBody`` for an image endpoint: multipart upload or JSON with base64 ``image`` (and, with
+    ``prefer``, the ``Prefer: respond-async`` header parameter)."""
     schema = options_model.model_json_schema()
     props = schema.get("properties", {})
     multipart_props = {"image": {"type": "string", "format": "binary", "description": "The image file."}}
@@ -303,7 +304,13 @@ def image_request_body(options_model: type[BaseModel]) -> dict[str, Any]:
         multipart_props[name] = prop
     json_props = {"image": {"type": "string", "contentEncoding": "base64", "description": "Base64 of the image file bytes."}}
     json_props.update(props)
+    extra: dict[str, Any] = {}
+    if prefer:
+        extra["parameters"] = [{"name": "Prefer", "in": "header", "required": False, "schema": {"type": "string"},
+                                "description": "respond-async: answer 202 with a job (Location: /jobs/{id}) instead "
+                                               "of waiting for the result (RFC 7240)."}]
     return {
+        **extra,
         "requestBody": {
             "required": True,
             "content": {
@@ -402,8 +409,11 @@ class ClassImpressionRequest(RequestOptions):
 
 
 class JobProgress(BaseModel):
-    step: int
-    steps: int
+    done: int = Field(description="Units of work done (masked forwards, masks, windows, steps...).")
+    total: int = Field(description="Units of work in all (0 while the job has not started and cannot know yet).")
+    unit: str = Field(description="What is counted.")
+    step: int = Field(description="Same as done (the first job API's name).")
+    steps: int = Field(description="Same as total (the first job API's name).")
 
 
 class JobAccepted(BaseModel):
@@ -411,16 +421,33 @@ class JobAccepted(BaseModel):
     status: Literal["queued", "running", "done", "failed", "cancelled"]
 
 
+class ClassImpressionResult(BaseModel):
+    image: str = Field(description="RGB (or grey) PNG (base64) at the model's input size.")
+
+
 class JobStatus(BaseModel):
     model_config = ConfigDict(protected_namespaces=())
 
     id: str
-    kind: str
+    kind: Literal["explanation", "localization", "class-impression"]
     model: str
     status: Literal["queued", "running", "done", "failed", "cancelled"]
     progress: JobProgress
-    target: int | None = None
+    method: str | None = Field(None, description="Explanation jobs: the method.")
+    target: int | None = Field(None, description="Class-impression jobs: the class.")
     label: str | None = None
-    probability: float | None = Field(None, description="The target class's probability on the current image.")
-    image: str | None = Field(None, description="When done: RGB (or grey) PNG (base64) at the model's input size.")
-    error: str | None = None
+    probability: float | None = Field(None, description="Class impressions: the class's probability on the current "
+                                                        "image.")
+    result: ExplainResponse | LocalizeResponse | ClassImpressionResult | None = Field(
+        None, description="When done: exactly the body the synchronous call returns (for class impressions, the "
+                          "image).")
+    error: str | None = Field(None, description="When failed: why.")
+
+
+ASYNC_ACCEPTED: dict[int | str, dict[str, Any]] = {
+    202: {"model": JobAccepted,
+          "description": "With Prefer: respond-async: the job was queued; poll its Location (GET /jobs/{id}) for "
+                         "progress and, when done, the result",
+          "headers": {"Location": {"description": "/jobs/{id}", "schema": {"type": "string"}},
+                      "Preference-Applied": {"description": "respond-async", "schema": {"type": "string"}}}},
+}

@@ -69,7 +69,9 @@ TASKS = ("multiclass", "multilabel")
 
 # Engine-level keyword arguments that ``explain`` accepts besides the validated method parameters. They describe the
 # model rather than the request, so the HTTP layer passes them and clients never see them.
-CONTEXT_KEYS = ("input_range",)
+# ``chunk`` caps the images per forward of chunked methods for this call: the job system asks for small chunks so that
+# one step of a slow method stays short and live requests wait for at most one of them.
+CONTEXT_KEYS = ("input_range", "chunk")
 
 
 # --------------------------------------------------------------------------------------------------- parameters
@@ -327,7 +329,7 @@ class Explainer(ABC):
     # helpers for subclasses -------------------------------------------------------------------------------------
 
     def _bind(self, params: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-        """Split engine context (``input_range``) from method parameters and validate the latter (idempotent on
+        """Split engine context (``input_range``, ``chunk``) from method parameters and validate the latter (idempotent on
         already validated values, so direct callers may pass partial or raw parameters)."""
         context = {k: params[k] for k in CONTEXT_KEYS if k in params}
         rest = {k: v for k, v in params.items() if k not in CONTEXT_KEYS}
@@ -340,11 +342,20 @@ class Explainer(ABC):
 # --------------------------------------------------------------------------------------------------- tensors
 
 
-def forward_chunk_size(method: Explainer, x: Tensor) -> int:
-    """Images per no-grad forward for ``method`` on ``x``'s device (an instance's ``forward_chunk`` wins)."""
-    if method.forward_chunk:
-        return max(1, int(method.forward_chunk))
-    return FORWARD_CHUNK_CUDA if x.is_cuda else max(1, int(FORWARD_CHUNK))
+def forward_chunk_size(method: Explainer, x: Tensor, context: Mapping[str, Any] | None = None) -> int:
+    """Images per no-grad forward for ``method`` on ``x``'s device: a call's ``chunk`` context caps it, an
+    instance's ``forward_chunk`` sets it, else the module default for the device."""
+    size = int(method.forward_chunk) if method.forward_chunk else (
+        FORWARD_CHUNK_CUDA if x.is_cuda else int(FORWARD_CHUNK))
+    cap = (context or {}).get("chunk")
+    return max(1, min(size, int(cap)) if cap else size)
+
+
+def backward_chunk_size(method: Explainer, context: Mapping[str, Any] | None = None) -> int:
+    """Images per forward+backward (SmoothGrad samples, IG steps), capped by a call's ``chunk`` context."""
+    size = int(method.backward_chunk or BACKWARD_CHUNK)
+    cap = (context or {}).get("chunk")
+    return max(1, min(size, int(cap)) if cap else size)
 
 
 def prepare_inputs(inputs: Tensor) -> Tensor:

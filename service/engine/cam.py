@@ -338,7 +338,7 @@ class ScoreCAM(_CAMFamily):
 
     def run(self, model: nn.Module, inputs: Tensor, requests: Sequence[TargetRequest], *, layer: str | None,
             task: str, **params: Any) -> Steps[Explained]:
-        p, _ = self._bind(params)
+        p, ctx = self._bind(params)
         x = inputs
         top = p["channels"]
         leaf, logits, rows, _ = layer_pass(model, x, requests, layer, task, grad=top > 0)
@@ -372,7 +372,7 @@ class ScoreCAM(_CAMFamily):
                 sample_rows = rows_of_samples(rows, img)
                 weights[sample_rows.slot, ch[sample_rows.image]] = reported_scores(out, sample_rows, task)
 
-        yield from run_in_chunks(len(pairs), forward_chunk_size(self, x), score, "masked forwards")
+        yield from run_in_chunks(len(pairs), forward_chunk_size(self, x, ctx), score, "masked forwards")
         weights = weights * row_keep
         maps = torch.einsum("rk,rkhw->rhw", weights, act[rows.image].float()).relu()
         return Explained(rows, maps, reported_scores(logits, rows, task))

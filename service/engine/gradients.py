@@ -35,10 +35,10 @@ from torch.overrides import TorchFunctionMode
 
 from ..errors import FieldError, InvalidOption
 from .base import (
-    BACKWARD_CHUNK,
     Explained,
     Explainer,
     ParamSpec,
+    backward_chunk_size,
     grad_enabled,
     logits_of,
     probe_batch,
@@ -341,7 +341,7 @@ class SmoothGrad(Explainer):
 
     def run(self, model: nn.Module, inputs: Tensor, requests: Sequence[TargetRequest], *, layer: str | None,
             task: str, **params: Any) -> Steps[Explained]:
-        p, _ = self._bind(params)
+        p, ctx = self._bind(params)
         x, n = inputs, p["samples"]
         sigma = p["noise"] * (x.amax((1, 2, 3)) - x.amin((1, 2, 3)))
 
@@ -351,13 +351,15 @@ class SmoothGrad(Explainer):
             return x[image] + sigma[image].view(-1, 1, 1, 1) * eps
 
         total, logits, rows = yield from copies_pass(self, model, x, requests, task, copies=n, make=noisy,
-                                                     contribution=lambda grad, _: _grey(grad), unit="samples")
+                                                     contribution=lambda grad, _: _grey(grad), unit="samples",
+                                                     context=ctx)
         maps = total / n if total is not None else x.new_zeros((0, *x.shape[-2:]), dtype=torch.float32)
         return Explained(rows, maps, reported_scores(logits, rows, task))
 
 
 def copies_pass(method: Explainer, model: nn.Module, x: Tensor, requests: Sequence[TargetRequest], task: str, *,
-                copies: int, make: Any, contribution: Any, unit: str) -> Steps[tuple[Tensor, Tensor, Rows]]:
+                copies: int, make: Any, contribution: Any, unit: str, context: dict[str, Any] | None = None
+                ) -> Steps[tuple[Tensor, Tensor, Rows]]:
     """Sum, per row, ``contribution(grad, copy)`` over ``copies`` copies of its image (SmoothGrad's noisy inputs,
     IG's path points), where ``grad`` is the input gradient of the row's target at the copy.
 
@@ -367,7 +369,7 @@ def copies_pass(method: Explainer, model: nn.Module, x: Tensor, requests: Sequen
     chunk; nothing is held across a yield but tensors."""
     n = x.shape[0]
     total_samples = n + n * copies
-    chunk = max(1, int(method.backward_chunk or BACKWARD_CHUNK))
+    chunk = backward_chunk_size(method, context)
     state: dict[str, Any] = {"rows": None, "total": None, "logits": None}
 
     def work(start: int, stop: int) -> None:
@@ -486,7 +488,7 @@ class IntegratedGradients(Explainer):
             return grad.float() * weights[step].view(-1, 1, 1, 1)
 
         total, logits, rows = yield from copies_pass(self, model, x, requests, task, copies=len(alphas_l),
-                                                     make=point, contribution=weighted, unit="steps")
+                                                     make=point, contribution=weighted, unit="steps", context=ctx)
         if total is None:
             return Explained(rows, x.new_zeros((0, *x.shape[-2:]), dtype=torch.float32), reported_scores(logits, rows,
                                                                                                           task))

@@ -90,7 +90,7 @@ class Occlusion(Explainer):
                 f"(limit {MAX_OCCLUSION_WINDOWS}); increase stride or window",
                 errors=[FieldError("stride", "too many windows")])
         base = make_baseline(x, p["baseline"], blur_sigma=p["blur_sigma"], input_range=ctx.get("input_range"))
-        chunk = forward_chunk_size(self, x)
+        chunk = forward_chunk_size(self, x, ctx)
         with torch.no_grad():
             logits = torch.cat([logits_of(model(x[s:e]), e - s) for s, e in _spans(b, chunk)])
             rows = plan_rows(logits, requests, task)
@@ -184,12 +184,12 @@ class RISE(Explainer):
 
     def run(self, model: nn.Module, inputs: Tensor, requests: Sequence[TargetRequest], *, layer: str | None,
             task: str, **params: Any) -> Steps[Explained]:
-        p, _ = self._bind(params)
+        p, ctx = self._bind(params)
         x = inputs
         b, c, h, w = x.shape
         n = p["masks"]
         grids, shifts = rise_masks(p["seed"], n, p["cells"], p["p"], (h, w), device=x.device)
-        chunk = forward_chunk_size(self, x)
+        chunk = forward_chunk_size(self, x, ctx)
         # The clean images ride in the first chunk's forward when they are few: their logits give the scores and the
         # top-k targets. A large batch of clean images gets its own no-grad forward instead of shrinking every chunk.
         rides_along = b <= max(1, chunk // 8)

@@ -8,13 +8,13 @@ bad request is refused before its image is decoded; :func:`run` decodes and queu
 from __future__ import annotations
 
 import base64
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ..api.schemas import ExplainOptions, ExplainResponse, Explanation, ImageInfo, ImageOptions
+from ..api.schemas import ExplainOptions, ExplainResponse, Explanation, ImageInfo, ImageOptions, JobAccepted
 from ..engine import Explainer, get_method, validate_params
-from ..errors import XaasError
+from ..errors import DeadlineExceeded, XaasError
 from ..imaging import DecodedImage, rgb8
 from ..inference import TargetMap
 from ..registry import LoadedModel
@@ -22,7 +22,8 @@ from ..rendering import encode_raw, map_stats, render_heatmap, render_overlay, v
 from ..runtime import Runtime
 from . import CallInfo
 
-__all__ = ["ExplanationPlan", "ExplanationRun", "explain", "method_param_names", "plan", "run"]
+__all__ = ["ExplanationPlan", "ExplanationRun", "explain", "explain_async", "method_param_names", "plan",
+           "render_response", "run", "submit"]
 
 
 def method_param_names(method: str | None) -> frozenset[str]:
@@ -78,27 +79,65 @@ def plan(runtime: Runtime, explainer: Explainer, opts: ImageOptions, extras: Map
                            min_probability if all_likely else None, runtime.timeout(opts.timeout))
 
 
+ASYNC_HINT = "resend it with the header 'Prefer: respond-async' to run it as a job (202, then poll GET /jobs/{id})"
+
+
 async def run(runtime: Runtime, plan: ExplanationPlan, data: bytes, *, frame: int | None, call: CallInfo
               ) -> ExplanationRun:
-    """Decode the image and queue the explanation on the model's worker."""
+    """Decode the image and queue the explanation on the model's worker. Past its deadline, the 504 says how to
+    run it as an asynchronous job instead."""
     image, tensor = await runtime.load_image(plan.model, data, frame=frame)
-    maps = await runtime.explain(plan.model, tensor, method=plan.explainer.name, params=plan.params, layer=plan.layer,
-                                 targets=plan.targets, top_k=plan.top_k, min_probability=plan.min_probability,
-                                 timeout=plan.timeout)
+    try:
+        maps = await runtime.explain(plan.model, tensor, method=plan.explainer.name, params=plan.params,
+                                     layer=plan.layer, targets=plan.targets, top_k=plan.top_k,
+                                     min_probability=plan.min_probability, timeout=plan.timeout)
+    except DeadlineExceeded as exc:
+        raise DeadlineExceeded(f"{exc.detail}; {ASYNC_HINT}") from None
     call.rows = len(maps)
     return ExplanationRun(plan, image, maps)
 
 
-async def explain(runtime: Runtime, method: str, data: bytes, opts: ExplainOptions, extras: Mapping[str, Any],
-                  call: CallInfo) -> ExplainResponse:
+async def submit(runtime: Runtime, plan: ExplanationPlan, data: bytes, *, frame: int | None, kind: str,
+                 render: Callable[[ExplanationRun], dict[str, Any]]) -> JobAccepted:
+    """Decode now (a broken image is refused at once), then queue the explanation as a job whose result is
+    ``render(run)`` — exactly the body of the synchronous call."""
+    image, tensor = await runtime.load_image(plan.model, data, frame=frame)
+    job = runtime.submit_explanation(
+        plan.model, tensor, method=plan.explainer.name, params=plan.params, layer=plan.layer, targets=plan.targets,
+        top_k=plan.top_k, min_probability=plan.min_probability, kind=kind, meta={"method": plan.explainer.name},
+        finish=lambda maps: render(ExplanationRun(plan, image, maps)))
+    return JobAccepted(id=job.id, status=job.status)
+
+
+def _validated(runtime: Runtime, method: str, opts: ExplainOptions, extras: Mapping[str, Any], call: CallInfo
+               ) -> ExplanationPlan:
     explainer = get_method(method)
     if "overlay" in opts.outputs:
         validate_overlay_options(opts.colormap, opts.alpha)
-    result = await run(runtime, plan(runtime, explainer, opts, extras, call), data, frame=opts.frame, call=call)
-    explanations = await runtime.in_thread(_render_all, result, opts)
-    return ExplainResponse(model=result.plan.model.name, method=explainer.name, layer=result.plan.explained_layer,
+    return plan(runtime, explainer, opts, extras, call)
+
+
+async def explain(runtime: Runtime, method: str, data: bytes, opts: ExplainOptions, extras: Mapping[str, Any],
+                  call: CallInfo) -> ExplainResponse:
+    result = await run(runtime, _validated(runtime, method, opts, extras, call), data, frame=opts.frame, call=call)
+    return await runtime.in_thread(render_response, result, opts)
+
+
+async def explain_async(runtime: Runtime, method: str, data: bytes, opts: ExplainOptions, extras: Mapping[str, Any],
+                        call: CallInfo) -> JobAccepted:
+    """``/explain/{method}`` with ``Prefer: respond-async``: the same validation, then a job."""
+    validated = _validated(runtime, method, opts, extras, call)
+    return await submit(runtime, validated, data, frame=opts.frame, kind="explanation",
+                        render=lambda result: render_response(result, opts).model_dump(mode="json",
+                                                                                      exclude_unset=True))
+
+
+def render_response(result: ExplanationRun, opts: ExplainOptions) -> ExplainResponse:
+    """The response body; runs in the thread pool (PNG encoding never blocks the event loop or the worker)."""
+    return ExplainResponse(model=result.plan.model.name, method=result.plan.explainer.name,
+                           layer=result.plan.explained_layer,
                            image=ImageInfo(width=result.image.width, height=result.image.height),
-                           explanations=explanations)
+                           explanations=_render_all(result, opts))
 
 
 def _b64(data: bytes) -> str:

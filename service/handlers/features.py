@@ -30,12 +30,14 @@ from ..engine.features import (
     layer_activations,
     top_channels,
 )
+from ..engine.passes import Progress
 from ..errors import FieldError, InvalidOption
+from ..jobs import JobWork
 from ..rendering import encode_png
 from ..runtime import Runtime
 from . import CallInfo
 
-__all__ = ["activations", "filters", "start_class_impression"]
+__all__ = ["ImpressionWork", "activations", "filters", "start_class_impression"]
 
 
 def _png(array: np.ndarray) -> str:
@@ -106,10 +108,28 @@ def start_class_impression(runtime: Runtime, name: str, body: ClassImpressionReq
     runner = ClassImpression(model.module, target, model.input_shape, model.input_range, task=model.task,
                              params=params, device=model.device)
 
-    def finish(r: ClassImpression) -> dict[str, Any]:
-        pixels = r.pixels()
+    def finish(pixels: np.ndarray) -> dict[str, Any]:
         return {"image": _png(pixels[..., 0] if pixels.shape[2] == 1 else pixels)}
 
-    job = runtime.jobs.submit(batcher, runner, kind="class-impression", model=model.name, steps=body.steps,
+    job = runtime.jobs.submit(batcher, ImpressionWork(runner), kind="class-impression", model=model.name,
                               finish=finish, meta={"target": target, "label": model.labels[target]})
     return JobAccepted(id=job.id, status=job.status)
+
+
+class ImpressionWork(JobWork):
+    """A class impression as job work: one optimisation step per step; the probability shows while it runs."""
+
+    def __init__(self, runner: ClassImpression) -> None:
+        self.runner = runner
+        self.progress = Progress(0, runner.params.steps, "steps")
+
+    def advance(self) -> bool:
+        self.runner.run(1)
+        self.progress = Progress(self.runner.step, self.runner.params.steps, "steps")
+        return self.runner.done
+
+    def outcome(self) -> np.ndarray:
+        return self.runner.pixels()
+
+    def live(self) -> dict[str, Any]:
+        return {"probability": self.runner.probability} if self.runner.probability is not None else {}

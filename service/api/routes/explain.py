@@ -1,12 +1,13 @@
 from __future__ import annotations
 
-from fastapi import APIRouter, Path, Request
+from fastapi import APIRouter, Path, Request, Response
 
 from ...handlers import explain as explain_handler
 from ...handlers import models as models_handler
-from ..deps import CallDep, RuntimeDep, unless_disconnected
+from ..deps import AsyncDep, CallDep, RuntimeDep, accepted, unless_disconnected
 from ..inputs import read_image_request
 from ..schemas import (
+    ASYNC_ACCEPTED,
     IMAGE_PROBLEMS,
     ExplainOptions,
     ExplainResponse,
@@ -25,10 +26,13 @@ async def methods() -> MethodList:
 
 @router.post("/explain/{method}", response_model=ExplainResponse, response_model_exclude_unset=True,
              summary="Heatmaps explaining the model's score for each target",
-             responses=problem_responses(*IMAGE_PROBLEMS), openapi_extra=image_request_body(ExplainOptions))
-async def explain(request: Request, runtime: RuntimeDep, call: CallDep,
-                  method: str = Path(max_length=64, description="See GET /methods.")) -> ExplainResponse:
+             responses={**ASYNC_ACCEPTED, **problem_responses(*IMAGE_PROBLEMS)},
+             openapi_extra=image_request_body(ExplainOptions, prefer=True))
+async def explain(request: Request, runtime: RuntimeDep, call: CallDep, respond_async: AsyncDep,
+                  method: str = Path(max_length=64, description="See GET /methods.")) -> ExplainResponse | Response:
     data, opts, extras = await read_image_request(request, ExplainOptions,
                                                   max_image_bytes=runtime.settings.max_body_bytes,
                                                   extra_names=explain_handler.method_param_names(method))
+    if respond_async:
+        return accepted(await explain_handler.explain_async(runtime, method, data, opts, extras, call))
     return await unless_disconnected(request, explain_handler.explain(runtime, method, data, opts, extras, call))

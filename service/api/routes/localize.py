@@ -1,19 +1,30 @@
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Response
 
 from ...handlers import localize as localize_handler
-from ..deps import CallDep, RuntimeDep, unless_disconnected
+from ..deps import AsyncDep, CallDep, RuntimeDep, accepted, unless_disconnected
 from ..inputs import read_image_request
-from ..schemas import IMAGE_PROBLEMS, LocalizeOptions, LocalizeResponse, image_request_body, problem_responses
+from ..schemas import (
+    ASYNC_ACCEPTED,
+    IMAGE_PROBLEMS,
+    LocalizeOptions,
+    LocalizeResponse,
+    image_request_body,
+    problem_responses,
+)
 
 router = APIRouter(tags=["localize"])
 
 
 @router.post("/localize", response_model=LocalizeResponse, summary="Bounding boxes from heatmaps",
-             responses=problem_responses(*IMAGE_PROBLEMS), openapi_extra=image_request_body(LocalizeOptions))
-async def localize(request: Request, runtime: RuntimeDep, call: CallDep) -> LocalizeResponse:
+             responses={**ASYNC_ACCEPTED, **problem_responses(*IMAGE_PROBLEMS)},
+             openapi_extra=image_request_body(LocalizeOptions, prefer=True))
+async def localize(request: Request, runtime: RuntimeDep, call: CallDep, respond_async: AsyncDep
+                   ) -> LocalizeResponse | Response:
     data, opts, extras = await read_image_request(request, LocalizeOptions,
                                                   max_image_bytes=runtime.settings.max_body_bytes,
                                                   extra_names=localize_handler.param_names)
+    if respond_async:
+        return accepted(await localize_handler.localize_async(runtime, data, opts, extras, call))
     return await unless_disconnected(request, localize_handler.localize(runtime, data, opts, extras, call))

@@ -6,7 +6,7 @@
 ...     explanation.heatmap_image().save("cat.heatmap.png")
 """
 
-from .client import DEFAULT_URL, AsyncClient, Client, __version__
+from .client import DEFAULT_URL, AsyncClient, AsyncJobHandle, Client, JobHandle, __version__
 from .errors import (
     APIError,
     BadRequest,
@@ -55,6 +55,7 @@ from .types import (
 )
 
 __all__ = [
+    "AsyncJobHandle", "JobHandle",
     "ActivationResponse", "ChannelStats", "FilterResponse", "GridInfo", "Job", "JobCancelled", "JobError",
     "JobFailed", "JobProgress", "JobTimeout",
     "APIError", "AsyncClient", "BadRequest", "Box", "Client", "ClientError", "DEFAULT_URL", "ExplainResponse",

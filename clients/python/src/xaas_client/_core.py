@@ -62,14 +62,20 @@ class Call(Generic[T]):
     accept: frozenset[int] = frozenset({200})
     json: Any = None
     params: dict[str, str] = field(default_factory=dict)
+    headers: dict[str, str] = field(default_factory=dict)
+    #: For calls that start a job (``Prefer: respond-async``): how to read the job's result once it is done; the
+    #: clients then return a job handle instead of the bare :class:`Job`.
+    job_result: Callable[[Job], Any] | None = None
 
     def request(self, http: httpx.Client | httpx.AsyncClient) -> httpx.Request:
         """A fresh request per attempt: a multipart stream is not guaranteed to be re-readable."""
+        headers = self.headers or None
         if self.image is not None:
-            return http.build_request(self.method, self.path, data=self.fields, files={"image": self.image})
+            return http.build_request(self.method, self.path, data=self.fields, files={"image": self.image},
+                                      headers=headers)
         if self.json is not None:
-            return http.build_request(self.method, self.path, json=self.json)
-        return http.build_request(self.method, self.path, params=self.params or None)
+            return http.build_request(self.method, self.path, json=self.json, headers=headers)
+        return http.build_request(self.method, self.path, params=self.params or None, headers=headers)
 
     def result(self, response: httpx.Response) -> T:
         try:
@@ -164,6 +170,12 @@ def _image_call(path: str, parse: Callable[[Any], T], image: ImageInput, options
     return Call("POST", path, parse, form_fields(options), tuple(encode_image(image)))  # type: ignore[arg-type]
 
 
+def _job_call(path: str, image: ImageInput, options: dict[str, FormValue], result: Callable[[Job], Any]) -> Call[Job]:
+    """The same request with ``Prefer: respond-async``: the server answers 202 with a job at once."""
+    return Call("POST", path, Job.model_validate, form_fields(options), tuple(encode_image(image)),  # type: ignore[arg-type]
+                accept=frozenset({202}), headers={"Prefer": "respond-async"}, job_result=result)
+
+
 # --- endpoints: one function each, wrapped into methods by client.py -------------------------------------------------
 
 def health() -> Call[Health]:
@@ -202,34 +214,40 @@ def predict(image: ImageInput, *, model: str | None = None, target: Targets = No
 
 def explain(method: str, image: ImageInput, *, model: str | None = None, target: Targets = None,
             top_k: int | None = None, layer: str | None = None, outputs: str | Sequence[str] = ("heatmap",),
-            colormap: str | None = None, alpha: float | None = None, frame: int | None = None,
+            colormap: str | None = None, alpha: float | None = None, frame: int | None = None, wait: bool = True,
             **method_params: FormValue) -> Call[ExplainResponse]:
     """Heatmaps of ``method`` for each target (``POST /explain/{method}``); one explanation per target.
 
     ``outputs``: any of ``heatmap``, ``overlay`` (uses ``colormap``/``alpha``), ``raw``. ``layer`` selects the
     layer of CAM methods. Other keywords are the method's own parameters (see :meth:`methods`), e.g.
-    ``window=16, stride=8`` for occlusion.
+    ``window=16, stride=8`` for occlusion. ``wait=False`` runs it as a job on the server (``Prefer:
+    respond-async``, for slow methods such as Score-CAM or RISE on large models) and returns a :class:`JobHandle`
+    at once: ``.progress``, ``.refresh()``, ``.result(timeout)`` (the same :class:`ExplainResponse`), ``.cancel()``.
     """
     options: dict[str, FormValue] = {"model": model, "target": _targets(target), "top_k": top_k, "layer": layer,
                                      "outputs": [outputs] if isinstance(outputs, str) else list(outputs),
                                      "colormap": colormap, "alpha": alpha, "frame": frame}
-    return _image_call(f"/explain/{quote(method, safe='')}", ExplainResponse.model_validate, image,
-                       {**method_params, **options})
+    path = f"/explain/{quote(method, safe='')}"
+    if not wait:
+        return _job_call(path, image, {**method_params, **options}, Job.explanation)  # type: ignore[return-value]
+    return _image_call(path, ExplainResponse.model_validate, image, {**method_params, **options})
 
 
 def localize(image: ImageInput, *, method: str | None = None, threshold: float | None = None,
              all_components: bool | None = None, min_area: int | None = None, model: str | None = None,
              target: Targets = None, top_k: int | None = None, layer: str | None = None, frame: int | None = None,
-             **method_params: FormValue) -> Call[LocalizeResponse]:
+             wait: bool = True, **method_params: FormValue) -> Call[LocalizeResponse]:
     """Boxes derived from heatmaps (``POST /localize``), as ``(x0, y0, x1, y1)`` in original-image pixels.
 
     ``threshold`` is a fraction of the map's maximum; ``all_components`` boxes every connected region rather than
     the largest, keeping those of at least ``min_area`` pixels. For multi-label models without ``target``, every
-    class with probability >= 0.5 is boxed.
+    class with probability >= 0.5 is boxed. ``wait=False``: as a job, returning a :class:`JobHandle`.
     """
     options: dict[str, FormValue] = {"method": method, "threshold": threshold, "all_components": all_components,
                                      "min_area": min_area, "model": model, "target": _targets(target),
                                      "top_k": top_k, "layer": layer, "frame": frame}
+    if not wait:
+        return _job_call("/localize", image, {**method_params, **options}, Job.localization)  # type: ignore[return-value]
     return _image_call("/localize", LocalizeResponse.model_validate, image, {**method_params, **options})
 
 
@@ -280,29 +298,28 @@ def cancel_job(id: str) -> Call[None]:
     return Call("DELETE", f"/jobs/{quote(id, safe='')}", lambda _: None, accept=frozenset({200, 202, 204}))
 
 
-def class_impression(model: str | None, target: Target, *, poll_interval: float = 0.5, timeout: float = 120.0,
-                     on_progress: Callable[[Job], None] | None = None, **params: Any) -> Flow[Job]:
-    """Start a class-impression job and poll it until it ends; returns the done :class:`Job` (``image_png()``).
-
-    Raises :class:`JobFailed` / :class:`JobCancelled` when it ends otherwise, and :class:`JobTimeout` (after
-    cancelling the job) when it is not done within ``timeout`` seconds. ``on_progress(job)`` is called with each
-    polled state (a plain function, also with :class:`AsyncClient`). ``params`` as for :meth:`start_class_impression`.
-    """
-    deadline = time.monotonic() + timeout
-    current = yield from start_class_impression(model, target, **params)
+def wait_for_job(started: Job, *, timeout: float | None, poll_interval: float = 0.5,
+                 on_progress: Callable[[Job], None] | None = None, cancel_on_timeout: bool = False) -> Flow[Job]:
+    """Poll a job until it ends; returns it done. :class:`JobFailed` / :class:`JobCancelled` when it ends otherwise
+    (a job deleted meanwhile counts as cancelled), :class:`JobTimeout` after ``timeout`` seconds (``None``: wait
+    as long as it takes) — cancelling the job first when ``cancel_on_timeout``."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    current = started
     while True:
         if on_progress is not None:
             on_progress(current)
         if current.finished:
             break
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            try:
-                yield cancel_job(current.id)
-            except XaasError:
-                pass  # best effort: the job may have just ended or expired
-            raise JobTimeout(f"job {current.id} did not finish within {timeout:g} s (cancelled)", job=current)
-        yield Sleep(min(poll_interval, remaining))
+        remaining = None if deadline is None else deadline - time.monotonic()
+        if remaining is not None and remaining <= 0:
+            if cancel_on_timeout:
+                try:
+                    yield cancel_job(current.id)
+                except XaasError:
+                    pass  # best effort: the job may have just ended or expired
+            cancelled = " (cancelled)" if cancel_on_timeout else ""
+            raise JobTimeout(f"job {current.id} did not finish within {timeout:g} s{cancelled}", job=current)
+        yield Sleep(poll_interval if remaining is None else min(poll_interval, remaining))
         try:
             current = yield job(current.id)
         except NotFound:  # deleted (cancelled) by another client, or expired: it will never finish
@@ -312,6 +329,19 @@ def class_impression(model: str | None, target: Target, *, poll_interval: float 
     if current.status == "cancelled":
         raise JobCancelled(f"job {current.id} was cancelled", job=current)
     return current
+
+
+def class_impression(model: str | None, target: Target, *, poll_interval: float = 0.5, timeout: float = 120.0,
+                     on_progress: Callable[[Job], None] | None = None, **params: Any) -> Flow[Job]:
+    """Start a class-impression job and poll it until it ends; returns the done :class:`Job` (``image_png()``).
+
+    Raises :class:`JobFailed` / :class:`JobCancelled` when it ends otherwise, and :class:`JobTimeout` (after
+    cancelling the job) when it is not done within ``timeout`` seconds. ``on_progress(job)`` is called with each
+    polled state (a plain function, also with :class:`AsyncClient`). ``params`` as for :meth:`start_class_impression`.
+    """
+    current = yield from start_class_impression(model, target, **params)
+    return (yield from wait_for_job(current, timeout=timeout, poll_interval=poll_interval, on_progress=on_progress,
+                                    cancel_on_timeout=True))
 
 
 def _model_name(model: str | None) -> Flow[str]:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from .client import DEFAULT_URL, Client
-from .errors import XaasConnectionError, XaasError
+from .errors import JobTimeout, XaasConnectionError, XaasError
 
 __all__ = ["COMMANDS", "CommandError", "build_parser", "format_table", "main"]
 
@@ -87,12 +87,14 @@ def build_parser(prog: str = "xaas-client") -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, help="write the first explanation's heatmap PNG here; for a folder input, "
                                             "a folder receiving <name>.heatmap.png files")
     p.add_argument("--overlay", action="store_true", help="with --out: write the overlay (heatmap over the image)")
+    _async_options(p)
 
     p = add("localize", images, _localize)
     p.add_argument("--method", help="heatmap method (default: the server's, gradcam)")
     p.add_argument("--threshold", type=float, help="fraction of the map's maximum (default: the server's)")
     p.add_argument("--all-components", action="store_true", default=None, help="box every region, not the largest")
     p.add_argument("--min-area", type=int, help="with --all-components: smallest region kept, in pixels")
+    _async_options(p)
     _param_option(p, "a method parameter; repeatable")
 
     p = add("activations", [shared], _activations)
@@ -139,6 +141,14 @@ def _image_options() -> argparse.ArgumentParser:
     return images
 
 
+def _async_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--async", dest="run_async", action="store_true",
+                        help="run it as a job on the server (slow methods: Score-CAM, RISE, large occlusions); "
+                             "progress on stderr, Ctrl-C cancels the job")
+    parser.add_argument("--wait", type=float, default=600.0,
+                        help="with --async: seconds to wait for the job (default 600); then it is cancelled")
+
+
 def _param_option(parser: argparse.ArgumentParser, help: str) -> None:
     parser.add_argument("--param", action="append", default=[], type=_param, metavar="NAME=VALUE", help=help)
 
@@ -171,6 +181,9 @@ def _explain(args: argparse.Namespace) -> int:
     outputs = ["heatmap", "overlay"] if args.overlay else ["heatmap"]
 
     def ask(client: Client, path: Path) -> Any:
+        if args.run_async:
+            started = client.explain(args.method, path, outputs=outputs, wait=False, **_classes(args), **_params(args))
+            return _await_job(client, started, args.wait, f"{args.method} {path.name}")
         return client.explain(args.method, path, outputs=outputs, **_classes(args), **_params(args))
 
     def save(result: Any, path: Path) -> None:
@@ -183,8 +196,11 @@ def _explain(args: argparse.Namespace) -> int:
 
 def _localize(args: argparse.Namespace) -> int:
     def ask(client: Client, path: Path) -> Any:
-        return client.localize(path, method=args.method, threshold=args.threshold, all_components=args.all_components,
-                               min_area=args.min_area, **_classes(args), **_params(args))
+        options = dict(method=args.method, threshold=args.threshold, all_components=args.all_components,
+                       min_area=args.min_area, **_classes(args), **_params(args))
+        if args.run_async:
+            return _await_job(client, client.localize(path, wait=False, **options), args.wait, f"localize {path.name}")
+        return client.localize(path, **options)
 
     return _each_image(args, _image_files(args.image), ask, _localize_table)
 
@@ -276,21 +292,44 @@ def _show(args: argparse.Namespace, result: Any, render: Callable[[Any], str], p
     return EXIT_OK
 
 
+def _job_printer(label: str) -> Callable[[Any], None]:
+    """Print each new state of a job on stderr: ``<label> <id>: running 120/1280 masked forwards p=0.93``."""
+    shown: list[tuple[str, int]] = []
+
+    def show(job: Any) -> None:
+        p = job.progress
+        done, total, unit = (p.done or p.step, p.total or p.steps, p.unit) if p else (0, 0, "")
+        state = (job.status, done)
+        if shown and shown[-1] == state:
+            return
+        shown.append(state)
+        where = f" {done}/{total} {unit}" if total else ""
+        prob = f" p={job.probability:.3f}" if job.probability is not None else ""
+        print(f"{label} {job.id}: {job.status}{where}{prob}", file=sys.stderr, flush=True)
+
+    return show
+
+
+def _await_job(client: Client, handle: Any, wait: float, label: str) -> Any:
+    """Wait for a started job, showing its progress; on timeout or Ctrl-C the job is cancelled on the server."""
+    try:
+        return handle.result(timeout=wait, poll_interval=0.25, on_progress=_job_printer(label))
+    except (KeyboardInterrupt, JobTimeout):
+        with contextlib.suppress(Exception):  # best effort on the way out
+            handle.cancel()
+            _say(f"cancelled job {handle.id}")
+        raise
+
+
 def _run_impression(client: Client, args: argparse.Namespace) -> Any:
     """Start the job and poll it, printing each new state on stderr; Ctrl-C cancels the job on the server."""
-    shown: list[tuple[str, int]] = []
     started: list[str] = []
+    show = _job_printer("impression")
 
     def track(job: Any) -> None:
         if not started:
             started.append(job.id)
-        state = (job.status, job.progress.step if job.progress else 0)
-        if shown and shown[-1] == state:
-            return
-        shown.append(state)
-        where = f" {job.progress.step}/{job.progress.steps}" if job.progress else ""
-        prob = f" p={job.probability:.3f}" if job.probability is not None else ""
-        print(f"impression {job.id}: {job.status}{where}{prob}", file=sys.stderr, flush=True)
+        show(job)
 
     try:
         return client.class_impression(args.model, args.target, steps=args.steps, seed=args.seed, lr=args.lr,

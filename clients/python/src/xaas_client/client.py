@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Coroutine, Mapping
 from importlib.metadata import PackageNotFoundError, version
 from types import TracebackType
-from typing import Any, Concatenate, ParamSpec, Self, TypeVar
+from typing import Any, Concatenate, Generic, ParamSpec, Self, TypeVar
 
 import httpx
 
@@ -22,8 +22,9 @@ from . import _core
 from ._core import Call, Flow, Sleep
 from .errors import XaasError
 from .retry import RetryPolicy
+from .types import Job
 
-__all__ = ["AsyncClient", "Client", "DEFAULT_URL"]
+__all__ = ["AsyncClient", "AsyncJobHandle", "Client", "DEFAULT_URL", "JobHandle"]
 
 try:
     __version__ = version("xaas-client")
@@ -88,7 +89,10 @@ def _blocking(endpoint: Callable[P, Call[T] | Flow[T]]) -> Callable[Concatenate[
     """A ``Client`` method that sends ``endpoint``'s call (or drives its flow) and returns its result."""
     def method(self: Client, /, *args: P.args, **kwargs: P.kwargs) -> T:
         work = endpoint(*args, **kwargs)
-        return self._run(work) if isinstance(work, Call) else self._drive(work)
+        if not isinstance(work, Call):
+            return self._drive(work)
+        result = self._run(work)
+        return JobHandle(self, result, work.job_result) if work.job_result else result  # type: ignore[return-value]
 
     _adopt(method, endpoint, "Client")
     return method
@@ -100,10 +104,73 @@ def _awaitable(endpoint: Callable[P, Call[T] | Flow[T]]) -> Callable[Concatenate
     result."""
     async def method(self: AsyncClient, /, *args: P.args, **kwargs: P.kwargs) -> T:
         work = endpoint(*args, **kwargs)
-        return await (self._run(work) if isinstance(work, Call) else self._drive(work))
+        if not isinstance(work, Call):
+            return await self._drive(work)
+        result = await self._run(work)
+        return AsyncJobHandle(self, result, work.job_result) if work.job_result else result  # type: ignore
 
     _adopt(method, endpoint, "AsyncClient")
     return method
+
+
+class JobHandle(Generic[T]):
+    """A job started by ``explain(..., wait=False)`` or ``localize(..., wait=False)``: poll it, wait for it, cancel
+    it. ``job`` is the last state seen (``job.progress``: done / total / unit)."""
+
+    def __init__(self, client: Client, job: Job, read: Callable[[Job], T]) -> None:
+        self._client, self.job, self._read = client, job, read
+
+    @property
+    def id(self) -> str:
+        return self.job.id
+
+    def refresh(self) -> Job:
+        """Ask the server for the job's current state (``NotFound`` once deleted or expired)."""
+        self.job = self._client.job(self.id)
+        return self.job
+
+    def result(self, timeout: float | None = 600.0, *, poll_interval: float = 0.5,
+               on_progress: Callable[[Job], None] | None = None) -> T:
+        """Wait for the job and return its result — the same object the synchronous call returns. Raises
+        :class:`JobFailed` / :class:`JobCancelled`, or :class:`JobTimeout` after ``timeout`` seconds (the job keeps
+        running: call ``result`` again, or ``cancel``)."""
+        self.job = self._client._drive(_core.wait_for_job(self.job, timeout=timeout, poll_interval=poll_interval,
+                                                          on_progress=on_progress))
+        return self._read(self.job)
+
+    def cancel(self) -> None:
+        """Cancel the job (or delete it, when it has finished); it is gone from the server afterwards."""
+        self._client.cancel_job(self.id)
+
+    def __repr__(self) -> str:
+        return f"JobHandle({self.id!r}, status={self.job.status!r})"
+
+
+class AsyncJobHandle(Generic[T]):
+    """:class:`JobHandle` for :class:`AsyncClient`: the same methods, as coroutines."""
+
+    def __init__(self, client: AsyncClient, job: Job, read: Callable[[Job], T]) -> None:
+        self._client, self.job, self._read = client, job, read
+
+    @property
+    def id(self) -> str:
+        return self.job.id
+
+    async def refresh(self) -> Job:
+        self.job = await self._client.job(self.id)
+        return self.job
+
+    async def result(self, timeout: float | None = 600.0, *, poll_interval: float = 0.5,
+                     on_progress: Callable[[Job], None] | None = None) -> T:
+        self.job = await self._client._drive(_core.wait_for_job(self.job, timeout=timeout,
+                                                                poll_interval=poll_interval, on_progress=on_progress))
+        return self._read(self.job)
+
+    async def cancel(self) -> None:
+        await self._client.cancel_job(self.id)
+
+    def __repr__(self) -> str:
+        return f"AsyncJobHandle({self.id!r}, status={self.job.status!r})"
 
 
 class Client(_BaseClient):

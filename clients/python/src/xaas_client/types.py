@@ -287,27 +287,37 @@ class FilterResponse(_Result):
 
 
 class JobProgress(_Result):
-    step: int
-    steps: int
+    """How far a job is: ``done`` of ``total`` ``unit`` (masked forwards, masks, windows, steps...)."""
+
+    done: int = 0
+    total: int = 0
+    unit: str = "steps"
+    step: int = 0   # the first job API's names for done / total (class impressions)
+    steps: int = 0
 
     @property
     def fraction(self) -> float:
-        return self.step / self.steps if self.steps else 0.0
+        done, total = (self.done, self.total) if self.total else (self.step, self.steps)
+        return done / total if total else 0.0
 
 
 class Job(_Result):
-    """A background job (``GET /jobs/{id}``); ``status`` is queued, running, done, failed or cancelled. A freshly
-    started job carries only ``id`` and ``status``."""
+    """An asynchronous job (``GET /jobs/{id}``); ``status`` is queued, running, done, failed or cancelled. A freshly
+    started job carries only ``id`` and ``status``. When done, ``result`` is exactly the body the synchronous call
+    returns: read it typed with :meth:`explanation` / :meth:`localization`, or :meth:`image_png` for a class
+    impression."""
 
     id: str
     status: str
     kind: str | None = None
     model: str | None = None
     progress: JobProgress | None = None
+    method: str | None = None
     target: int | None = None
     label: str | None = None
     probability: float | None = None
-    image: str | None = None
+    result: dict[str, Any] | None = None
+    image: str | None = None   # class impressions of servers before the unified job API
     error: str | None = None
 
     @property
@@ -315,13 +325,27 @@ class Job(_Result):
         """True once the job ended (done, failed or cancelled)."""
         return self.status in ("done", "failed", "cancelled")
 
+    def explanation(self) -> ExplainResponse:
+        """The result of a done ``/explain`` job."""
+        return ExplainResponse.model_validate(self._result("explanation"))
+
+    def localization(self) -> LocalizeResponse:
+        """The result of a done ``/localize`` job."""
+        return LocalizeResponse.model_validate(self._result("localization"))
+
     def image_png(self) -> bytes:
         """The result PNG file (RGB, or grey for one-channel models) at the model's input size; when done."""
-        return _decode_b64(self.image, f"no image: the job is {self.status}")
+        image = self.image or (self.result or {}).get("image")
+        return _decode_b64(image, f"no image: the job is {self.status}")
 
     def image_image(self) -> PILImage.Image:
         """The result as a PIL image (mode as stored: ``RGB`` or ``L``)."""
         return _open_png(self.image_png(), None)
+
+    def _result(self, what: str) -> dict[str, Any]:
+        if self.status != "done" or self.result is None:
+            raise ValueError(f"no {what} yet: the job is {self.status}")
+        return self.result
 
 
 def _decode_b64(value: str | None, output: str) -> bytes:
