@@ -92,7 +92,8 @@ def run_explain(model: LoadedModel, items: Sequence[ExplainWork]) -> list[list[T
         targets = list(work.targets)
         if not targets:
             top = probs[i].topk(min(work.top_k, probs.shape[1]))
-            keep = top.values >= work.min_probability if work.min_probability is not None else torch.ones_like(top.values, dtype=torch.bool)
+            keep = (top.values >= work.min_probability if work.min_probability is not None
+                    else torch.ones_like(top.values, dtype=torch.bool))
             targets = top.indices[keep].tolist()
         row_image += [i] * len(targets)
         row_target += targets

@@ -158,7 +158,8 @@ class JobManager:
             log.exception("job %s failed", job.id)
             with self._lock:
                 if job.status in ACTIVE:
-                    job.status, job.error, job.finished, job.runner = "failed", f"{exc.__class__.__name__}: {exc}", time.monotonic(), None
+                    job.status, job.error, job.finished, job.runner = ("failed", f"{exc.__class__.__name__}: {exc}",
+                                                                       time.monotonic(), None)
             return
         with self._lock:
             job.slices += 1

@@ -39,8 +39,10 @@ class Runtime:
         self._loader: threading.Thread | None = None
         from .jobs import JobManager
 
-        self.jobs = JobManager(max_running=settings.max_jobs, ttl=settings.job_ttl, slice_steps=settings.job_slice_steps)
-        self.rendered_filters: dict[tuple[str, str], Any] = {}  # (model, conv layer) -> FilterResponse (weights are frozen)
+        self.jobs = JobManager(max_running=settings.max_jobs, ttl=settings.job_ttl,
+                               slice_steps=settings.job_slice_steps)
+        # (model, conv layer) -> FilterResponse (weights are frozen)
+        self.rendered_filters: dict[tuple[str, str], Any] = {}
 
     # -- lifecycle -------------------------------------------------------------------------------------------------
     def start(self, on_failure: Callable[[str], None] | None = None) -> None:
@@ -131,13 +133,15 @@ class Runtime:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self.executor, functools.partial(fn, *args, **kwargs))
 
-    async def load_image(self, model: LoadedModel, data: bytes, *, frame: int | None = None) -> tuple[DecodedImage, Any]:
+    async def load_image(self, model: LoadedModel, data: bytes, *,
+                         frame: int | None = None) -> tuple[DecodedImage, Any]:
         """Decode and preprocess in the thread pool; returns the decoded image and the model input tensor."""
 
         def work() -> tuple[DecodedImage, Any]:
             image = decode_image(data, self.limits, frame=frame)
             spec = model.spec
-            tensor = to_model_input(image, input_size=spec.input_size, channels=spec.channels, mean=spec.mean, std=spec.std)
+            tensor = to_model_input(image, input_size=spec.input_size, channels=spec.channels, mean=spec.mean,
+                                    std=spec.std)
             return image, tensor
 
         self._count_decoding(model.name, +1)

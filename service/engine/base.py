@@ -114,7 +114,8 @@ _FALSE = {"0", "false", "no", "off"}
 # ASCII only: Python's int()/float() also read other scripts' digits ("١٢", "¹" is refused only by int()), and a
 # number that only some parsers understand is a malformed option, not a value.
 _INTEGER = re.compile(r"[+-]?[0-9]+", re.ASCII)
-_NUMBER = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?|[+-]?(?:inf|infinity|nan)", re.ASCII | re.I)
+_NUMBER = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?|[+-]?(?:inf|infinity|nan)",
+                     re.ASCII | re.I)
 
 
 def _quoted(value: Any, limit: int = 40) -> str:
@@ -269,8 +270,8 @@ class Explainer(ABC):
         """Approximate number of model evaluations per row (forward+backward counts 2), for batch sizing."""
         return 1
 
-    def check_model(self, model: nn.Module, input_shape: Sequence[int], *, layer: str | None = None,
-                    task: str = "multiclass") -> None:
+    def check_model(self, model: nn.Module, input_shape: Sequence[int], *,  # noqa: B027 - a no-op default, not abstract
+                    layer: str | None = None, task: str = "multiclass") -> None:
         """Raise :class:`InvalidOption` when this method cannot explain ``model`` (e.g. CAM without a GAP→linear
         head). The default runs nothing: most methods apply to any differentiable classifier."""
 
@@ -343,7 +344,8 @@ def prepare_batch(model: nn.Module, inputs: Tensor, targets: Tensor, task: str) 
 
 
 def logits_of(output: Any, batch: int | None = None) -> Tensor:
-    """The ``[B, K]`` logits in a model's output (a tensor, the first element of a tuple, or ``.logits``/``["logits"]``)."""
+    """The ``[B, K]`` logits in a model's output (a tensor, the first element of a tuple, or
+    ``.logits``/``["logits"]``)."""
     out = output
     if isinstance(out, Mapping):
         out = out.get("logits", out.get("out"))

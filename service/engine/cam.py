@@ -323,7 +323,8 @@ class GradCAMPlusPlus(_GradientCAM):
 
     name = "gradcam-pp"
     sanity = ("fails the model-parameter randomisation check (Adebayo et al., 2018) on the demo model: rank "
-              "correlation with the maps of a re-initialised model 0.60 (all layers re-initialised) / 0.66 (logit layer only) (bench/quality.py)")
+              "correlation with the maps of a re-initialised model 0.60 (all layers re-initialised) / 0.66 "
+              "(logit layer only) (bench/quality.py)")
     description = "Grad-CAM++: pixel-wise weighted positive gradients (closed-form alpha), ReLU'd."
 
     def combine(self, act: Tensor, grad: Tensor) -> Tensor:
@@ -348,7 +349,8 @@ class LayerCAM(_GradientCAM):
 
     name = "layercam"
     sanity = ("fails the model-parameter randomisation check (Adebayo et al., 2018) on the demo model: rank "
-              "correlation with the maps of a re-initialised model 0.59 (all layers re-initialised) / 0.65 (logit layer only) (bench/quality.py)")
+              "correlation with the maps of a re-initialised model 0.59 (all layers re-initialised) / 0.65 "
+              "(logit layer only) (bench/quality.py)")
     description = "LayerCAM: activations weighted element-wise by their positive gradients; works on early layers."
 
     def combine(self, act: Tensor, grad: Tensor) -> Tensor:
@@ -376,7 +378,8 @@ class ScoreCAM(_CAMFamily):
 
     name = "scorecam"
     sanity = ("fails the model-parameter randomisation check (Adebayo et al., 2018) on the demo model: rank "
-              "correlation with the maps of a re-initialised model 0.66 (all layers re-initialised) / 0.74 (logit layer only) (bench/quality.py)")
+              "correlation with the maps of a re-initialised model 0.66 (all layers re-initialised) / 0.74 "
+              "(logit layer only) (bench/quality.py)")
     description = ("Score-CAM: each feature map, upsampled and min-max normalised, masks the input; the class "
                    "probability of the masked input weights the map. One forward pass per channel.")
 

@@ -56,7 +56,8 @@ def test_openapi_document_is_in_sync():
     from service.openapi import export_openapi
 
     committed = (ROOT / "openapi" / "openapi.json").read_text()
-    assert json.loads(committed) == json.loads(export_openapi()), "openapi/openapi.json drifted: run `xaas export-openapi`"
+    assert json.loads(committed) == json.loads(export_openapi()), \
+        "openapi/openapi.json drifted: run `xaas export-openapi`"
 
 
 def test_one_structured_access_line_per_request(client, demo_sample, caplog):
