@@ -35,31 +35,31 @@ def running_server(models: Path | None = None, env: dict[str, str] | None = None
     cmd = [sys.executable, "-m", "service.cli", "serve", "--host", "127.0.0.1", "--port", str(port)]
     if models is not None:
         cmd += ["--models", str(models)]
-    full_env = {**os.environ, "XAAS_DEVICE": os.environ.get("XAAS_DEVICE", "auto"), "XAAS_LOG_LEVEL": "warning", **(env or {})}
-    out = open(log, "wb") if log else subprocess.DEVNULL
-    proc = subprocess.Popen(cmd, env=full_env, stdout=out, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + ready_timeout
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"xaas serve exited with {proc.returncode}")
-            try:
-                if httpx.get(url + "/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError("server not ready in time")
-            time.sleep(0.2)
-        yield Server(url, proc)
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
+    full_env = {**os.environ, "XAAS_DEVICE": os.environ.get("XAAS_DEVICE", "auto"), "XAAS_LOG_LEVEL": "warning",
+                **(env or {})}
+    with contextlib.ExitStack() as stack:  # the log is closed only after the server has stopped
+        out = stack.enter_context(open(log, "wb")) if log else subprocess.DEVNULL
+        proc = subprocess.Popen(cmd, env=full_env, stdout=out, stderr=subprocess.STDOUT)
+        url = f"http://127.0.0.1:{port}"
         try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        if log:
-            out.close()
+            deadline = time.monotonic() + ready_timeout
+            while True:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"xaas serve exited with {proc.returncode}")
+                try:
+                    if httpx.get(url + "/readyz", timeout=1).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise TimeoutError("server not ready in time")
+                time.sleep(0.2)
+            yield Server(url, proc)
+        finally:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()

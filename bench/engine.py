@@ -134,7 +134,7 @@ def bench_model(name: str, args: argparse.Namespace) -> list[dict]:
             classes = model(x[:1]).shape[1]
         t = torch.randint(0, classes, (batch,), generator=gen)
 
-        def forward():
+        def forward(x=x):
             with torch.inference_mode():
                 model(x)
 
@@ -145,11 +145,11 @@ def bench_model(name: str, args: argparse.Namespace) -> list[dict]:
             explainer = METHODS[method]
             params = method_params(method, args, size)
             impls: dict[str, Callable[[], object]] = {
-                "xaas": lambda e=explainer, p=params: e.explain(model, x, t, layer=layer, task=task, **p)}
+                "xaas": lambda e=explainer, p=params, x=x, t=t: e.explain(model, x, t, layer=layer, task=task, **p)}
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 for lib, fn in references(method, model, trainable, layer, params, batch).items():
-                    impls[lib] = lambda fn=fn: fn(x, t)
+                    impls[lib] = lambda fn=fn, x=x, t=t: fn(x, t)
                 times: dict[str, list[float]] = {"forward": []}
                 failed: dict[str, str] = {}
                 for key, fn in impls.items():  # warm-up (allocator, oneDNN primitives)

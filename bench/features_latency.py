@@ -39,7 +39,8 @@ def main() -> None:
     with running_server(env={"XAAS_DEVICE": "cpu", "XAAS_JOB_MAX_STEPS": "100000"}) as server:
         asyncio.run(closed_loop(server.url, "predict", image, args.concurrency, 2.0))  # warm-up
         idle = asyncio.run(closed_loop(server.url, "predict", image, args.concurrency, args.seconds))
-        r = httpx.post(server.url + "/models/demo/class-impressions", json={"target": "circle", "steps": 100000}, timeout=10)
+        r = httpx.post(server.url + "/models/demo/class-impressions", json={"target": "circle", "steps": 100000},
+                       timeout=10)
         r.raise_for_status()
         job = r.json()["id"]
         busy = asyncio.run(closed_loop(server.url, "predict", image, args.concurrency, args.seconds))

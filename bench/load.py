@@ -147,13 +147,15 @@ def main() -> None:
             asyncio.run(closed_loop(url, args.endpoint, image, 4, 2.0))  # warm-up
             for c in args.concurrency:
                 results.append((label, c, asyncio.run(closed_loop(url, args.endpoint, image, c, args.seconds))))
-    ceiling = in_process_ceiling(models, None if args.model == "resnet18" else args.model, args.endpoint, args.batch, args.seconds)
+    ceiling = in_process_ceiling(models, None if args.model == "resnet18" else args.model, args.endpoint, args.batch,
+                                 args.seconds)
 
     print(f"\n{args.model} /{args.endpoint}, {args.seconds:g} s per row, max_batch_size {args.batch} vs 1\n")
     print("| config | concurrency | req/s | p50 ms | p95 ms | p99 ms | mean rows/pass | errors |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for label, c, r in results:
-        print(f"| {label} | {c} | {r['throughput']:.1f} | {r['p50']:.0f} | {r['p95']:.0f} | {r['p99']:.0f} | {r['mean_batch']:.1f} | {r['errors']} |")
+        print(f"| {label} | {c} | {r['throughput']:.1f} | {r['p50']:.0f} | {r['p95']:.0f} | {r['p99']:.0f} | "
+              f"{r['mean_batch']:.1f} | {r['errors']} |")
     print(f"| in-process ceiling (batch {args.batch}) | – | {ceiling:.1f} | | | | {args.batch} | |")
     on = {c: r for label, c, r in results if label == "batching on"}
     off = {c: r for label, c, r in results if label == "batching off"}

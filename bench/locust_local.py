@@ -32,7 +32,8 @@ def main() -> None:
                         "--headless", "-u", str(args.users), "-r", str(args.users), "-t", f"{args.seconds}s",
                         "--csv", str(out), "--only-summary"], check=True, timeout=args.seconds + 120,
                        stdout=subprocess.DEVNULL)
-    rows = list(csv.DictReader(open(f"{out}_stats.csv")))
+    with open(f"{out}_stats.csv") as fh:
+        rows = list(csv.DictReader(fh))
     print(f"\nlocust, {args.users} users, {args.seconds} s against xaas serve on 127.0.0.1\n")
     print("| endpoint | requests | failures | error rate | req/s | median ms | p95 ms | p99 ms |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")

@@ -14,6 +14,7 @@ import os
 import random
 import struct
 import zlib
+from pathlib import Path
 
 from locust import HttpUser, between, task
 
@@ -33,11 +34,12 @@ def _synthetic_png(size: int = 224) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
     header = struct.pack(">IIBBBBB", size, size, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"".join(rows))) + chunk(b"IEND", b"")
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"".join(rows)))
+            + chunk(b"IEND", b""))
 
 
 IMAGE_PATH = os.environ.get("XAAS_LOCUST_IMAGE")
-IMAGE = open(IMAGE_PATH, "rb").read() if IMAGE_PATH else _synthetic_png()
+IMAGE = Path(IMAGE_PATH).read_bytes() if IMAGE_PATH else _synthetic_png()
 MODEL = os.environ.get("XAAS_LOCUST_MODEL")
 API_KEY = os.environ.get("XAAS_API_KEY")
 

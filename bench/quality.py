@@ -216,8 +216,9 @@ def map_metrics(units: np.ndarray, data: BenchData, rows: Sequence[int], thresho
 
 
 def run_benchmark(model: torch.nn.Module, methods: Sequence[str], *, n: int = 500, seed: int = 2024,
-                  thresholds: str | Sequence[float] | None = BENCH_THRESHOLDS, expensive_images: int = 100, di_images: int = 100,
-                  sanity_images: int = 40, steps: int = 16, blur_sigma: float = 5.0, tolerance: int = POINTING_TOLERANCE,
+                  thresholds: str | Sequence[float] | None = BENCH_THRESHOLDS, expensive_images: int = 100,
+                  di_images: int = 100, sanity_images: int = 40, steps: int = 16, blur_sigma: float = 5.0,
+                  tolerance: int = POINTING_TOLERANCE,
                   batch: int = 64, random_seed: int = 1,
                   baselines: Sequence[str] = (BASELINE_RANDOM, BASELINE_CENTRE), baseline_maps_metrics: bool = True,
                   data: BenchData | None = None,
@@ -304,7 +305,8 @@ def run_benchmark(model: torch.nn.Module, methods: Sequence[str], *, n: int = 50
         say(f"{name:>28s}: pairs {len(rows):4d}  MaxBoxAcc {res['max_box_acc']:.3f}@{res['best_threshold']:g}  "
             f"pointing {res['pointing']:.3f}  corr2 {res['two_class_corr']:.3f}  "
             f"del {res.get('deletion_auc', float('nan')):.3f} ins {res.get('insertion_auc', float('nan')):.3f}  "
-            f"sanity {res.get('sanity_rank_corr', float('nan')):.3f}/{res.get('sanity_rank_corr_head', float('nan')):.3f}  "
+            f"sanity {res.get('sanity_rank_corr', float('nan')):.3f}/"
+            f"{res.get('sanity_rank_corr_head', float('nan')):.3f}  "
             f"{res['seconds']:.1f}s")
     return {
         "config": {"n": n, "seed": data.seed, "pairs": len(data.pairs), "thresholds": list(thresholds),

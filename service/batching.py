@@ -166,7 +166,8 @@ class DynamicBatcher:
                 future.set_exception(exc)
             except Exception as exc:
                 log.exception("exclusive call failed on worker %s", self.name)
-                future.set_exception(ModelExecutionError(f"the model failed on this request ({exc.__class__.__name__})"))
+                future.set_exception(
+                    ModelExecutionError(f"the model failed on this request ({exc.__class__.__name__})"))
 
         self.call_exclusive(task)
         return await _await_with_deadline(future, timeout)
@@ -295,7 +296,8 @@ class DynamicBatcher:
         except Exception as exc:
             if len(items) > 1:
                 self.stats.splits += 1
-                log.warning("batch of %d items on %s failed (%s); splitting", len(items), self.name, exc.__class__.__name__)
+                log.warning("batch of %d items on %s failed (%s); splitting", len(items), self.name,
+                            exc.__class__.__name__)
                 half = len(items) // 2
                 self._run(items[:half])
                 self._run(items[half:])
@@ -373,7 +375,8 @@ def _fail(item: QueuedWork, exc: BaseException) -> None:
 def _is_oom(exc: BaseException) -> bool:
     import torch
 
-    return isinstance(exc, torch.cuda.OutOfMemoryError) or (isinstance(exc, RuntimeError) and "out of memory" in str(exc))
+    return (isinstance(exc, torch.cuda.OutOfMemoryError)
+            or (isinstance(exc, RuntimeError) and "out of memory" in str(exc)))
 
 
 def _free_cuda_cache() -> None:

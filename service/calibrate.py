@@ -380,7 +380,7 @@ def update_registry_entry(path: str | Path, name: str, updates: dict[str, Any]) 
         first_key = entry.value[0][0]
         indent = " " * first_key.start_mark.column
         anchor = None
-        for k, v in reversed(entry.value):
+        for _key, v in reversed(entry.value):
             if isinstance(v, ScalarNode) and v.start_mark.line == v.end_mark.line and v.style in (None, "'", '"'):
                 anchor = v
                 break
@@ -398,7 +398,8 @@ def update_registry_entry(path: str | Path, name: str, updates: dict[str, Any]) 
     try:
         after = yaml.safe_load(new_text)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{p}: the edit would break the YAML ({' '.join(str(exc).split())}); nothing written") from None
+        reason = " ".join(str(exc).split())
+        raise ConfigError(f"{p}: the edit would break the YAML ({reason}); nothing written") from None
     expected = json.loads(json.dumps(before))
     expected["models"][index].update(updates)
     if json.loads(json.dumps(after)) != expected:

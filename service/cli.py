@@ -37,7 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("train-demo", help="train the demo CNN on synthetic data (CPU, a few minutes)")
     p.add_argument("--out", type=Path, default=None, help="weights file (default: the shipped file)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--presentations", type=int, default=None, help="training images shown (default: the shipped recipe)")
+    p.add_argument("--presentations", type=int, default=None,
+                   help="training images shown (default: the shipped recipe)")
     p.set_defaults(func=_train_demo)
 
     p = sub.add_parser("eval-demo", help="held-out mAP and exact-match of the demo model")
@@ -48,11 +49,13 @@ def main(argv: list[str] | None = None) -> int:
 
     p = sub.add_parser("calibrate", help="measure /localize on a labelled folder and pick its threshold (MaxBoxAcc)",
                        description="Sweep thresholds x methods on a folder in the demo-data format (labels.json with "
-                                   "boxes), report box accuracy (IoU >= 0.5, largest component) per threshold, MaxBoxAcc "
-                                   "and the best threshold; --write stores the winner in the model's registry entry.")
+                                   "boxes), report box accuracy (IoU >= 0.5, largest component) per threshold, "
+                                   "MaxBoxAcc and the best threshold; --write stores the winner in the model's "
+                                   "registry entry.")
     p.add_argument("data_dir", type=Path, help="folder with labels.json and its images (see `xaas demo-data`)")
     p.add_argument("--model", default=None, help="registry name (default: the registry's default model)")
-    p.add_argument("--models", type=Path, default=None, help="models.yaml (default XAAS_MODELS or the shipped registry)")
+    p.add_argument("--models", type=Path, default=None,
+                   help="models.yaml (default XAAS_MODELS or the shipped registry)")
     p.add_argument("--methods", default="gradcam",
                    help="comma-separated methods; 'name@layer' overrides the layer, 'name:key=value' a parameter "
                         "(default gradcam)")
@@ -90,7 +93,8 @@ def _serve(args: argparse.Namespace) -> int:
     from .logs import setup_logging
     from .registry import read_registry_file
 
-    overrides = {k: v for k, v in {"host": args.host, "port": args.port, "models": args.models, "device": args.device}.items() if v is not None}
+    given = {"host": args.host, "port": args.port, "models": args.models, "device": args.device}
+    overrides = {k: v for k, v in given.items() if v is not None}
     settings = Settings(**overrides)
     setup_logging(settings.log_level)
     read_registry_file(Path(settings.models))  # fail fast, in one line, before binding the port
@@ -104,7 +108,8 @@ def _serve(args: argparse.Namespace) -> int:
             server.should_exit = True
 
     app = create_app(settings, on_load_failure=on_load_failure)
-    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_config=None, timeout_graceful_shutdown=int(settings.shutdown_grace) + 5)
+    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_config=None,
+                            timeout_graceful_shutdown=int(settings.shutdown_grace) + 5)
     server = uvicorn.Server(config)
     server.run()
     if failure:

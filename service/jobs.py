@@ -315,7 +315,7 @@ class JobScheduler:
         except XaasError as exc:
             self._end(task, "failed", error=exc.detail)
             return
-        except Exception as exc:  # noqa: BLE001 - a failing job fails alone; the worker serves on
+        except Exception as exc:
             log.exception("job %s failed", task.job_id)
             self._end(task, "failed", error=f"the job failed ({exc.__class__.__name__})")
             return
@@ -336,7 +336,7 @@ class JobScheduler:
             except XaasError as exc:
                 self._end(task, "failed", error=exc.detail)
                 return
-            except Exception as exc:  # noqa: BLE001 - a failing job fails alone
+            except Exception as exc:
                 log.exception("job %s failed while finishing", task.job_id)
                 self._end(task, "failed", error=f"the job failed ({exc.__class__.__name__})")
                 return

@@ -35,11 +35,13 @@ def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def build_module(source: str, weights: str | None, args: dict[str, Any], *, num_classes: int | None, base_dir: Path) -> nn.Module:
+def build_module(source: str, weights: str | None, args: dict[str, Any], *, num_classes: int | None,
+                 base_dir: Path) -> nn.Module:
     """Instantiate the module named by ``source``. Raises ``ConfigError`` with the field at fault."""
     kind, _, rest = source.partition(":")
     if not rest:
-        raise ConfigError(f"field 'source': expected 'torchvision:<arch>', 'torchscript:<path>' or 'python:<module>:<factory>', got {source!r}")
+        raise ConfigError("field 'source': expected 'torchvision:<arch>', 'torchscript:<path>' or "
+                          f"'python:<module>:<factory>', got {source!r}")
     if kind == "torchvision":
         return _torchvision(rest, weights, args, num_classes=num_classes, base_dir=base_dir)
     if kind == "torchscript":
@@ -63,7 +65,8 @@ def build_module(source: str, weights: str | None, args: dict[str, Any], *, num_
         except Exception as exc:  # noqa: BLE001
             raise ConfigError(f"field 'args': {module_name}:{factory_name}(**args) failed: {exc}") from None
         if not isinstance(module, nn.Module):
-            raise ConfigError(f"field 'source': {module_name}:{factory_name} returned {type(module).__name__}, not an nn.Module")
+            raise ConfigError(f"field 'source': {module_name}:{factory_name} returned {type(module).__name__}, "
+                              "not an nn.Module")
         if weights:
             _load_weights(module, resolve_path(weights, base_dir, "weights"))
         return module
@@ -79,7 +82,8 @@ def resolve_path(value: str, base_dir: Path, field: str) -> Path:
     return path
 
 
-def _torchvision(arch: str, weights: str | None, args: dict[str, Any], *, num_classes: int | None, base_dir: Path) -> nn.Module:
+def _torchvision(arch: str, weights: str | None, args: dict[str, Any], *, num_classes: int | None,
+                 base_dir: Path) -> nn.Module:
     import torchvision.models as tvm
 
     if arch not in tvm.list_models():
@@ -89,7 +93,8 @@ def _torchvision(arch: str, weights: str | None, args: dict[str, Any], *, num_cl
             enum = tvm.get_model_weights(arch)
             weight = enum[weights.split(".")[-1]] if weights != "DEFAULT" else enum.DEFAULT
         except (KeyError, ValueError):
-            raise ConfigError(f"field 'weights': {weights!r} is neither a file nor a weight of {arch} ({', '.join(w.name for w in tvm.get_model_weights(arch))})") from None
+            raise ConfigError(f"field 'weights': {weights!r} is neither a file nor a weight of {arch} "
+                              f"({', '.join(w.name for w in tvm.get_model_weights(arch))})") from None
         try:
             return tvm.get_model(arch, weights=weight, **args)
         except Exception as exc:  # noqa: BLE001 - typically no network access and an empty cache
@@ -122,4 +127,5 @@ def _load_weights(module: nn.Module, path: Path) -> None:
         module.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()
-        raise ConfigError(f"field 'weights': {path.name} does not fit the architecture: {' '.join(first[:3])[:400]}") from None
+        raise ConfigError(f"field 'weights': {path.name} does not fit the architecture: "
+                          f"{' '.join(first[:3])[:400]}") from None

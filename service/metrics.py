@@ -13,13 +13,19 @@ class Metrics(BatchObserver):
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.requests = Counter("xaas_requests_total", "HTTP requests by route and status", ["route", "method", "status"], registry=r)
-        self.latency = Histogram("xaas_request_seconds", "HTTP request latency by route", ["route"], buckets=LATENCY_BUCKETS, registry=r)
+        self.requests = Counter("xaas_requests_total", "HTTP requests by route and status",
+                                ["route", "method", "status"], registry=r)
+        self.latency = Histogram("xaas_request_seconds", "HTTP request latency by route", ["route"],
+                                 buckets=LATENCY_BUCKETS, registry=r)
         self.queue = Gauge("xaas_queue_rows", "Rows waiting in a model's queue", ["model"], registry=r)
-        self.queue_wait_s = Histogram("xaas_queue_wait_seconds", "Time a job waited before its batch ran", ["model"], buckets=LATENCY_BUCKETS, registry=r)
-        self.batch_rows = Histogram("xaas_batch_rows", "Rows per model pass", ["model"], buckets=(1, 2, 4, 8, 16, 32, 64, 128), registry=r)
-        self.model_s = Histogram("xaas_model_seconds", "Model time per batch", ["model"], buckets=LATENCY_BUCKETS, registry=r)
-        self.rejections = Counter("xaas_rejections_total", "Jobs refused because the queue was full", ["model"], registry=r)
+        self.queue_wait_s = Histogram("xaas_queue_wait_seconds", "Time a job waited before its batch ran", ["model"],
+                                      buckets=LATENCY_BUCKETS, registry=r)
+        self.batch_rows = Histogram("xaas_batch_rows", "Rows per model pass", ["model"],
+                                    buckets=(1, 2, 4, 8, 16, 32, 64, 128), registry=r)
+        self.model_s = Histogram("xaas_model_seconds", "Model time per batch", ["model"], buckets=LATENCY_BUCKETS,
+                                 registry=r)
+        self.rejections = Counter("xaas_rejections_total", "Jobs refused because the queue was full", ["model"],
+                                  registry=r)
         self.model_ready = Gauge("xaas_model_ready", "1 when the model is loaded and warm", ["model"], registry=r)
 
     def queue_depth(self, model: str, rows: int) -> None:

@@ -54,7 +54,8 @@ class ModelSpec(BaseModel):
     device: str = "auto"
     default: bool = False
     enabled: bool = True
-    localize_threshold: float | None = Field(None, gt=0, le=1, description="Calibrated /localize threshold (xaas calibrate).")
+    localize_threshold: float | None = Field(None, gt=0, le=1,
+                                             description="Calibrated /localize threshold (xaas calibrate).")
     localize_method: str | None = Field(None, description="Default /localize method (gradcam when absent).")
     batching: BatchingSpec = Field(default_factory=BatchingSpec)
 
@@ -150,7 +151,8 @@ class LoadedModel:
                 raise InvalidOption(f"target {shown} is not a label of model '{self.name}' (labels: {hint})",
                                     errors=[FieldError("target", "unknown label")]) from None
         if not 0 <= idx < self.num_classes:
-            raise InvalidOption(f"target {idx} is out of range: model '{self.name}' has classes 0..{self.num_classes - 1}",
+            raise InvalidOption(f"target {idx} is out of range: model '{self.name}' has classes "
+                                f"0..{self.num_classes - 1}",
                                 errors=[FieldError("target", "class index out of range")])
         return idx
 
@@ -170,7 +172,8 @@ def read_registry_file(path: Path) -> list[ModelSpec]:
         raise ConfigError(f"{path}: expected a top-level 'models:' list")
     specs: list[ModelSpec] = []
     for i, entry in enumerate(raw["models"]):
-        label = f"{path}: models[{i}]" + (f" ({entry.get('name')!r})" if isinstance(entry, dict) and entry.get("name") else "")
+        label = f"{path}: models[{i}]" + (f" ({entry.get('name')!r})" if isinstance(entry, dict) and entry.get("name")
+                                          else "")
         if not isinstance(entry, dict):
             raise ConfigError(f"{label}: expected a mapping")
         try:
@@ -235,7 +238,8 @@ def load_model(spec: ModelSpec, *, base_dir: Path, device_policy: str = "auto") 
         module.to(device)
         out_classes, forward_seconds = _warm_up(module, spec, device)
         if num_classes is not None and out_classes != num_classes:
-            raise ConfigError(f"field 'num_classes': the model outputs {out_classes} classes, the entry says {num_classes}")
+            raise ConfigError(f"field 'num_classes': the model outputs {out_classes} classes, "
+                              f"the entry says {num_classes}")
         if labels is None:
             labels = [str(i) for i in range(out_classes)]
         target_layer = _target_layer(module, spec)
@@ -283,7 +287,8 @@ def _target_layer(module: nn.Module, spec: ModelSpec) -> str | None:
         return find_target_layer(module, (spec.channels, *spec.input_size))
     valid = spatial_layers(module, (spec.channels, *spec.input_size))
     if spec.target_layer not in valid:
-        raise ConfigError(f"field 'target_layer': {spec.target_layer!r} is not a layer with a spatial output (e.g. {', '.join(valid[-5:])})")
+        raise ConfigError(f"field 'target_layer': {spec.target_layer!r} is not a layer with a spatial output "
+                          f"(e.g. {', '.join(valid[-5:])})")
     return spec.target_layer
 
 
@@ -311,7 +316,8 @@ class ModelRegistry:
             for spec in self.specs:
                 model = load_model(spec, base_dir=self.base_dir, device_policy=self.device_policy)
                 self._models[spec.name] = model
-                log.info("model loaded", extra={"model": spec.name, "device": str(model.device), "seconds": round(model.load_seconds, 3)})
+                log.info("model loaded", extra={"model": spec.name, "device": str(model.device),
+                                                "seconds": round(model.load_seconds, 3)})
         except ConfigError as exc:
             self.state, self.error = "failed", str(exc)
             raise

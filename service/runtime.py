@@ -15,8 +15,8 @@ from .batching import DynamicBatcher
 from .config import Settings
 from .errors import ConfigError, ModelNotReady, ShuttingDown, TooManyTargets
 from .imaging import DecodedImage, ImageLimits, decode_image, to_model_input
-from .jobs import Job, JobScheduler, StepsWork
 from .inference import ExplainWork, PredictResult, PredictWork, TargetMap, explain_steps, run_work, split_results
+from .jobs import Job, JobScheduler, StepsWork
 from .metrics import Metrics
 from .registry import LoadedModel, ModelRegistry
 
@@ -38,10 +38,11 @@ class Runtime:
         self._decoding: dict[str, int] = {}  # per model: requests decoding now, i.e. jobs about to be submitted
         self._decoding_lock = threading.Lock()
         self._loader: threading.Thread | None = None
-        self.jobs = JobScheduler(max_active=settings.max_jobs, ttl=settings.job_ttl, slice_steps=settings.job_slice_steps,
-                                 slice_seconds=settings.job_slice_ms / 1000, max_seconds=settings.job_max_seconds,
-                                 executor=self.executor)
-        self.rendered_filters: dict[tuple[str, str], Any] = {}  # (model, conv layer) -> FilterResponse (weights are frozen)
+        self.jobs = JobScheduler(max_active=settings.max_jobs, ttl=settings.job_ttl,
+                                 slice_steps=settings.job_slice_steps, slice_seconds=settings.job_slice_ms / 1000,
+                                 max_seconds=settings.job_max_seconds, executor=self.executor)
+        # (model, conv layer) -> FilterResponse; the weights are frozen, so a grid never changes
+        self.rendered_filters: dict[tuple[str, str], Any] = {}
 
     # -- lifecycle -------------------------------------------------------------------------------------------------
     def start(self, on_failure: Callable[[str], None] | None = None) -> None:
@@ -138,13 +139,15 @@ class Runtime:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self.executor, functools.partial(fn, *args, **kwargs))
 
-    async def load_image(self, model: LoadedModel, data: bytes, *, frame: int | None = None) -> tuple[DecodedImage, Any]:
+    async def load_image(self, model: LoadedModel, data: bytes, *, frame: int | None = None
+                         ) -> tuple[DecodedImage, Any]:
         """Decode and preprocess in the thread pool; returns the decoded image and the model input tensor."""
 
         def work() -> tuple[DecodedImage, Any]:
             image = decode_image(data, self.limits, frame=frame)
             spec = model.spec
-            tensor = to_model_input(image, input_size=spec.input_size, channels=spec.channels, mean=spec.mean, std=spec.std)
+            tensor = to_model_input(image, input_size=spec.input_size, channels=spec.channels, mean=spec.mean,
+                                    std=spec.std)
             return image, tensor
 
         self._count_decoding(model.name, +1)

@@ -54,7 +54,7 @@ def test_report_structure(tmp_path, random_weights, tiny_data):
     assert report["pairs"] == sum(len({o["class"] for o in im["objects"]}) for im in labels["images"])
     assert report["thresholds"] == [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
     assert list(report["methods"]) == ["gradcam", "layercam@features.block2", "occlusion:window=64:stride=64"]
-    for name, r in report["methods"].items():
+    for r in report["methods"].values():
         assert len(r["box_accuracy"]) == 9 and all(0.0 <= v <= 1.0 for v in r["box_accuracy"])
         assert r["max_box_acc"] == max(r["box_accuracy"])
         assert r["best_threshold"] in report["thresholds"]

@@ -178,7 +178,7 @@ def test_rank_and_linear_correlation():
     assert math.isnan(rank_correlation(a, np.zeros((8, 8))))
 
 
-# --------------------------------------------------------------------------------------------------- deletion / insertion
+# ------------------------------------------------------------------------------------------------ deletion / insertion
 
 
 def test_auc_of_known_curves():

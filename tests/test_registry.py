@@ -52,7 +52,8 @@ def test_shipped_registry_serves_the_demo_by_default():
         ("models:\n  - name: 'bad name!'\n    source: torchvision:resnet18\n", "field 'name'"),
         ("models:\n  - name: x\n    source: torchvision:resnet18\n    input_size: [2, 2]\n", "field 'input_size'"),
         ("models:\n  - name: x\n    source: torchvision:resnet18\n    mean: [0.1, 0.2]\n", "mean needs 1 or 3"),
-        ("models:\n  - name: x\n    source: torchvision:resnet18\n  - name: x\n    source: torchvision:resnet18\n", "duplicate"),
+        ("models:\n  - name: x\n    source: torchvision:resnet18\n  - name: x\n    source: torchvision:resnet18\n",
+         "duplicate"),
         ("models: [\n", "not valid YAML"),
     ],
 )
@@ -87,7 +88,9 @@ def test_load_errors_name_the_model_and_field(tmp_path, extra, needle):
 
 
 def test_weights_that_do_not_fit_are_reported(tmp_path):
-    path = write(tmp_path, "models:" + DEMO_ENTRY.format(name="d", weights=WEIGHTS).replace("create_demo_model", "create_demo_model\n    args: {num_classes: 3}").replace("labels: [circle, square, triangle, cross, ring, star]", "labels: [a, b, c]"))
+    path = write(tmp_path, "models:" + DEMO_ENTRY.format(name="d", weights=WEIGHTS)
+                 .replace("create_demo_model", "create_demo_model\n    args: {num_classes: 3}")
+                 .replace("labels: [circle, square, triangle, cross, ring, star]", "labels: [a, b, c]"))
     with pytest.raises(ConfigError, match="does not fit the architecture"):
         ModelRegistry.from_file(path, device_policy="cpu").load_all()
 

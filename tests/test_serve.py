@@ -27,7 +27,7 @@ def test_broken_registry_fails_fast_in_one_line(tmp_path):
     bad.write_text("models:\n  - name: m\n    source: torchvision:resnet18\n    task: regression\n")
     proc = _serve("--models", str(bad))
     assert proc.returncode == 2
-    lines = [l for l in proc.stderr.splitlines() if l.strip()]
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert lines[-1].startswith("xaas: configuration error:") and "field 'task'" in lines[-1]
     assert "Traceback" not in proc.stderr
 

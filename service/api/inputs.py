@@ -42,9 +42,11 @@ async def read_image_request(request: Request, options_model: type[M], *, max_im
     elif ctype == "application/json" or ctype.endswith("+json"):
         data, raw = await _read_json(request)
     elif not ctype:
-        raise UnsupportedMediaType("missing Content-Type: send multipart/form-data (field 'image') or application/json ('image': base64)")
+        raise UnsupportedMediaType("missing Content-Type: send multipart/form-data (field 'image') or "
+                                   "application/json ('image': base64)")
     else:
-        raise UnsupportedMediaType(f"Content-Type {ctype!r} is not supported: send multipart/form-data (field 'image') or application/json ('image': base64)")
+        raise UnsupportedMediaType(f"Content-Type {ctype!r} is not supported: send multipart/form-data "
+                                   "(field 'image') or application/json ('image': base64)")
     if len(data) > max_image_bytes:
         raise PayloadTooLarge(f"image of {len(data)} bytes exceeds the limit of {max_image_bytes} bytes")
     extras_allowed = extra_names(raw) if callable(extra_names) else extra_names

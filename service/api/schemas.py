@@ -102,7 +102,8 @@ class ExplainOptions(ImageOptions):
 
     layer: str | None = Field(None, max_length=200, description="Target layer for CAM methods (default: the model's).")
     outputs: list[Output] = Field(default_factory=lambda: ["heatmap"], max_length=3,
-                                  description="Any of heatmap (grey PNG), overlay (colour PNG over the image), raw (float32).")
+                                  description="Any of heatmap (grey PNG), overlay (colour PNG over the image), "
+                                              "raw (float32).")
     colormap: str = Field("jet", max_length=64, description="Matplotlib colour map of the overlay.")
     alpha: Number = Field(0.5, ge=0, le=1, description="Overlay opacity of the heatmap.")
 
@@ -134,10 +135,12 @@ class Explanation(BaseModel):
     index: int
     label: str
     score: float = Field(description="The class's probability (softmax or sigmoid).")
-    heatmap: str | None = Field(None, description="8-bit grey PNG (base64) at the original image size; 255 = the map's max.")
+    heatmap: str | None = Field(None, description="8-bit grey PNG (base64) at the original image size; "
+                                                  "255 = the map's max.")
     overlay: str | None = Field(None, description="RGB PNG (base64): colour-mapped heatmap blended over the image.")
     raw: RawMap | None = None
-    empty: bool = Field(description="True when the map has no positive value (an all-black heatmap, reported honestly).")
+    empty: bool = Field(description="True when the map has no positive value "
+                                    "(an all-black heatmap, reported honestly).")
     nonfinite: bool = Field(description="True when the map held NaN/inf values (rendered as 0).")
     min: float = Field(description="Smallest finite value of the raw map.")
     max: float = Field(description="Largest finite value of the raw map.")
@@ -302,7 +305,8 @@ def image_request_body(options_model: type[BaseModel], *, prefer: bool = False) 
     multipart_props = {"image": {"type": "string", "format": "binary", "description": "The image file."}}
     for name, prop in props.items():
         multipart_props[name] = prop
-    json_props = {"image": {"type": "string", "contentEncoding": "base64", "description": "Base64 of the image file bytes."}}
+    json_props = {"image": {"type": "string", "contentEncoding": "base64",
+                            "description": "Base64 of the image file bytes."}}
     json_props.update(props)
     extra: dict[str, Any] = {}
     if prefer:
@@ -314,7 +318,8 @@ def image_request_body(options_model: type[BaseModel], *, prefer: bool = False) 
         "requestBody": {
             "required": True,
             "content": {
-                "multipart/form-data": {"schema": {"type": "object", "required": ["image"], "properties": multipart_props}},
+                "multipart/form-data": {"schema": {"type": "object", "required": ["image"],
+                                                   "properties": multipart_props}},
                 "application/json": {"schema": {"type": "object", "required": ["image"], "properties": json_props,
                                                 "additionalProperties": False}},
             },
@@ -329,7 +334,8 @@ class ActivationOptions(RequestOptions):
     """Options of ``POST /activations``."""
 
     model: str | None = Field(None, description="Registry name; the default model when absent.", max_length=64)
-    layer: str | None = Field(None, max_length=200, description="Layer with a spatial output (default: the model's target layer).")
+    layer: str | None = Field(None, max_length=200,
+                              description="Layer with a spatial output (default: the model's target layer).")
     top: Int = Field(16, ge=1, le=64, description="Channels shown in the grid: the highest by mean activation.")
     channel: Int | None = Field(None, ge=0, le=1_000_000,
                                 description="Return this one channel at native resolution instead of the grid.")
@@ -359,10 +365,13 @@ class ActivationResponse(BaseModel):
     layer: str
     shape: Triple = Field(description="[channels, height, width] of the layer's activation.")
     image: ImageInfo
-    channels: list[ChannelStats] = Field(description="The grid's channels (highest mean first), or the one channel asked for.")
-    grid: str | None = Field(None, description="8-bit grey PNG (base64): one tile per channel, each min-max normalised.")
+    channels: list[ChannelStats] = Field(description="The grid's channels (highest mean first), "
+                                                     "or the one channel asked for.")
+    grid: str | None = Field(None,
+                             description="8-bit grey PNG (base64): one tile per channel, each min-max normalised.")
     grid_info: GridInfo | None = None
-    channel: str | None = Field(None, description="8-bit grey PNG (base64) of the requested channel at native resolution.")
+    channel: str | None = Field(None, description="8-bit grey PNG (base64) of the requested channel "
+                                                  "at native resolution.")
 
 
 class FilterResponse(BaseModel):
@@ -373,7 +382,8 @@ class FilterResponse(BaseModel):
     count: int = Field(description="Number of filters (output channels), one tile each, row-major.")
     in_channels: int
     kernel_size: Pair = Field(description="[height, width] of the kernels.")
-    mode: Literal["rgb", "grey-mean"] = Field(description="rgb when in_channels == 3, else the mean over input channels.")
+    mode: Literal["rgb", "grey-mean"] = Field(description="rgb when in_channels == 3, "
+                                                          "else the mean over input channels.")
     grid: str = Field(description="PNG (base64): each filter min-max normalised on its own.")
     grid_info: GridInfo
     conv_layers: list[str]

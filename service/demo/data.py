@@ -111,7 +111,8 @@ def _stripes(rng: np.random.Generator, size: int) -> np.ndarray:
     period = rng.uniform(5.0, 18.0)
     coords = np.arange(size, dtype=np.float32) * np.float32(2.0 * math.pi / period)
     offset = np.float32(rng.uniform(0.0, 2.0 * math.pi))
-    wave = np.sin(np.float32(math.cos(angle)) * coords[None, :] + np.float32(math.sin(angle)) * coords[:, None] + offset)
+    wave = np.sin(np.float32(math.cos(angle)) * coords[None, :] + np.float32(math.sin(angle)) * coords[:, None]
+                  + offset)
     tint = rng.uniform(0.4, 1.0, size=3).astype(np.float32)
     return wave[:, :, None] * tint[None, None, :]
 
@@ -389,7 +390,8 @@ def load_dataset(directory: str | Path) -> tuple[list[str], list[tuple[Path, lis
     entries: list[tuple[Path, list[dict[str, Any]]]] = []
     for k, item in enumerate(payload["images"]):
         where = f"{labels_path}: images[{k}]"
-        if not isinstance(item, dict) or not isinstance(item.get("file"), str) or not isinstance(item.get("objects"), list):
+        if (not isinstance(item, dict) or not isinstance(item.get("file"), str)
+                or not isinstance(item.get("objects"), list)):
             raise DatasetFormatError(f"{where}: must be {{'file': str, 'objects': list}}")
         name = item["file"]
         if Path(name).name != name:

@@ -130,7 +130,8 @@ _FALSE = {"0", "false", "no", "off"}
 # ASCII only: Python's int()/float() also read other scripts' digits ("١٢", "¹" is refused only by int()), and a
 # number that only some parsers understand is a malformed option, not a value.
 _INTEGER = re.compile(r"[+-]?[0-9]+", re.ASCII)
-_NUMBER = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?|[+-]?(?:inf|infinity|nan)", re.ASCII | re.I)
+_NUMBER = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?|[+-]?(?:inf|infinity|nan)",
+                     re.ASCII | re.I)
 
 
 def _quoted(value: Any, limit: int = 40) -> str:
@@ -309,8 +310,8 @@ class Explainer(ABC):
                  task: str = "multiclass", **params: Any) -> Tensor:
         return self.explain(model, inputs, targets, layer=layer, task=task, **params)
 
-    def check_model(self, model: nn.Module, input_shape: Sequence[int], *, layer: str | None = None,
-                    task: str = "multiclass") -> None:
+    def check_model(self, model: nn.Module, input_shape: Sequence[int], *,  # noqa: B027 - a no-op default, not abstract
+                    layer: str | None = None, task: str = "multiclass") -> None:
         """Raise :class:`InvalidOption` when this method cannot explain ``model`` (e.g. CAM without a GAP→linear
         head). The default runs nothing: most methods apply to any differentiable classifier."""
 
@@ -329,8 +330,8 @@ class Explainer(ABC):
     # helpers for subclasses -------------------------------------------------------------------------------------
 
     def _bind(self, params: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-        """Split engine context (``input_range``, ``chunk``) from method parameters and validate the latter (idempotent on
-        already validated values, so direct callers may pass partial or raw parameters)."""
+        """Split engine context (``input_range``, ``chunk``) from method parameters and validate the latter
+        (idempotent on already validated values, so direct callers may pass partial or raw parameters)."""
         context = {k: params[k] for k in CONTEXT_KEYS if k in params}
         rest = {k: v for k, v in params.items() if k not in CONTEXT_KEYS}
         return coerce_params(self, rest), context
@@ -392,7 +393,8 @@ def prepare_batch(model: nn.Module, inputs: Tensor, targets: Tensor, task: str) 
 
 
 def logits_of(output: Any, batch: int | None = None) -> Tensor:
-    """The ``[B, K]`` logits in a model's output (a tensor, the first element of a tuple, or ``.logits``/``["logits"]``)."""
+    """The ``[B, K]`` logits in a model's output (a tensor, the first element of a tuple, or ``.logits`` /
+    ``["logits"]``)."""
     out = output
     if isinstance(out, Mapping):
         out = out.get("logits", out.get("out"))

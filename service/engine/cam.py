@@ -60,9 +60,9 @@ def layer_pass(model: nn.Module, x: Tensor, requests: Sequence[TargetRequest], l
     ``grad``), the logits, and the rows its requests resolve to."""
     name, _ = resolve_layer(model, layer, x.shape[1:])
     ctx = grad_enabled() if grad else torch.no_grad()
-    with ctx:
-        with capture(model, [name], input_shape=x.shape[1:], leaf=name if grad else None, watch_head=watch_head) as cap:
-            logits = logits_of(model(x), x.shape[0])
+    leaf = name if grad else None
+    with ctx, capture(model, [name], input_shape=x.shape[1:], leaf=leaf, watch_head=watch_head) as cap:
+        logits = logits_of(model(x), x.shape[0])
     act = cap.activation(name)
     if grad and not logits.requires_grad:
         raise InvalidOption(f"the model's logits do not depend on layer {name!r}",
@@ -266,7 +266,8 @@ class GradCAMPlusPlus(_GradientCAM):
 
     name = "gradcam-pp"
     sanity = ("fails the model-parameter randomisation check (Adebayo et al., 2018) on the demo model: rank "
-              "correlation with the maps of a re-initialised model 0.60 (all layers re-initialised) / 0.66 (logit layer only) (bench/quality.py)")
+              "correlation with the maps of a re-initialised model 0.60 (all layers re-initialised) / 0.66 (logit "
+              "layer only) (bench/quality.py)")
     description = "Grad-CAM++: pixel-wise weighted positive gradients (closed-form alpha), ReLU'd."
 
     def combine(self, act: Tensor, grad: Tensor) -> Tensor:
@@ -291,7 +292,8 @@ class LayerCAM(_GradientCAM):
 
     name = "layercam"
     sanity = ("fails the model-parameter randomisation check (Adebayo et al., 2018) on the demo model: rank "
-              "correlation with the maps of a re-initialised model 0.59 (all layers re-initialised) / 0.65 (logit layer only) (bench/quality.py)")
+              "correlation with the maps of a re-initialised model 0.59 (all layers re-initialised) / 0.65 (logit "
+              "layer only) (bench/quality.py)")
     description = "LayerCAM: activations weighted element-wise by their positive gradients; works on early layers."
 
     def combine(self, act: Tensor, grad: Tensor) -> Tensor:

@@ -263,7 +263,8 @@ class ClassImpression:
         if p.jitter > 0:
             dy, dx = (int(v) for v in torch.randint(-p.jitter, p.jitter + 1, (2,), generator=g))
             x = torch.roll(x, shifts=(dy, dx), dims=(2, 3))
-        angle = math.radians(float(torch.empty(1).uniform_(-p.rotation, p.rotation, generator=g))) if p.rotation else 0.0
+        angle = (math.radians(float(torch.empty(1).uniform_(-p.rotation, p.rotation, generator=g))) if p.rotation
+                 else 0.0)
         s0, s1 = p.scale
         s = float(torch.empty(1).uniform_(s0, s1, generator=g)) if s1 > s0 else float(s0)
         if angle or s != 1.0:

@@ -57,8 +57,8 @@ def auto_fine_layer(model: nn.Module, coarse: str | None, input_shape: Sequence[
 
     The level is the smallest map size at least twice the coarse map's height and width (pooling outputs excluded).
     Within it, the first top-most container in execution order (a block such as the demo's ``features.block2``;
-    ResNet's whole ``layer3``), else the first ReLU (VGG), else the first module. Early layers of a level have the sharpest
-    features; the coarse class-discriminative map supplies the class selectivity. On the demo model this picks
+    ResNet's whole ``layer3``), else the first ReLU (VGG), else the first module. Early layers of a level have the
+    sharpest features; the coarse class-discriminative map supplies the class selectivity. On the demo model this picks
     ``features.block2`` (fused MaxBoxAcc 0.756 on 100 held-out images vs 0.617 for ``features.block3`` and 0.617
     for ``features.block1``).
     """

@@ -34,8 +34,8 @@ from .base import Hooks
 from .layers import resolve_layer
 from .targets import Rows, target_scores
 
-__all__ = ["FIRST", "Capture", "Progress", "Steps", "capture", "complete", "row_gradients", "rows_of_samples", "run_in_chunks",
-           "single_pass",
+__all__ = ["FIRST", "Capture", "Progress", "Steps", "capture", "complete", "row_gradients", "rows_of_samples",
+           "run_in_chunks", "single_pass",
            "slot_gradients"]
 
 T = TypeVar("T")
@@ -238,7 +238,7 @@ def row_gradients(output: Tensor, rows: Rows, wrt: Sequence[Tensor], task: str, 
     """``[R, ...]`` per row: the gradient of the row's target with respect to its own image's slice of each ``wrt``
     tensor (``wrt[k]`` is batched like ``output``: one entry per image)."""
     out: list[Tensor | None] = [None] * len(wrt)
-    for j, mask, grads in slot_gradients(output, rows, wrt, task, retain=retain):
+    for j, _samples, grads in slot_gradients(output, rows, wrt, task, retain=retain):
         in_slot = torch.nonzero(rows.slot == j).flatten()
         for k, g in enumerate(grads):
             if g is None:

@@ -56,7 +56,7 @@ class Target(ABC):
     def reported(cls, output: Tensor, image: Tensor, targets: Sequence[Target], task: str) -> Tensor:
         """``[R]`` the score a client is shown (e.g. the class probability), without gradients."""
 
-    def check(self, output: Tensor) -> None:
+    def check(self, output: Tensor) -> None:  # noqa: B027 - a no-op default, not abstract
         """Refuse (``InvalidOption``) a target this output cannot have, e.g. a class index beyond the logits."""
 
 

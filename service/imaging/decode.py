@@ -54,7 +54,7 @@ def decode_image(data: bytes, limits: ImageLimits = ImageLimits(), *, frame: int
         raise
     except MemoryError:
         raise PayloadTooLarge("image needs more memory to decode than is available") from None
-    except Exception as exc:  # last line of defence: never leak a library exception (or its message) to a client
+    except Exception as exc:  # noqa: BLE001 - last line of defence: never leak a library error (or its message)
         raise InvalidImage(f"image could not be decoded ({type(exc).__name__})") from None
 
 

@@ -45,7 +45,7 @@ def read_dicom(data: bytes) -> Any:
 
     try:
         return pydicom.dcmread(io.BytesIO(data))
-    except Exception:
+    except Exception:  # noqa: BLE001 - pydicom raises many kinds for a corrupt header: all are the client's problem
         raise InvalidImage("DICOM file is corrupt: its header could not be parsed") from None
 
 
@@ -71,7 +71,7 @@ def read_dicom_without_preamble(data: bytes) -> Any | None:
         dataset = pydicom.dcmread(io.BytesIO(data), force=True)
         if any(keyword in dataset for keyword in _PIXEL_DATA_KEYWORDS) or "SOPClassUID" in dataset:
             return dataset
-    except Exception:
+    except Exception:  # noqa: BLE001 - sniffing only: anything pydicom cannot parse is simply not DICOM
         return None
     return None
 
@@ -103,7 +103,7 @@ def decode_dicom(ds: Any, limits: ImageLimits, frame: int | None) -> DecodedImag
 def _int_attribute(ds: Any, keyword: str, default: int | None = None) -> int | None:
     try:
         value = ds.get(keyword, None)
-    except Exception:
+    except Exception:  # noqa: BLE001 - a malformed attribute of any kind is the client's problem
         raise InvalidImage(f"DICOM attribute {keyword} is malformed") from None
     if value is None or value == "":
         return default
@@ -167,7 +167,7 @@ def _transfer_syntax_name(ds: Any) -> str:
         uid = ds.file_meta.TransferSyntaxUID
         if uid.is_transfer_syntax and uid.name != str(uid):
             return uid.name
-    except Exception:
+    except Exception:  # noqa: BLE001 - only a name for a message: a malformed UID falls back to "unknown"
         pass
     return "an unknown transfer syntax"
 
@@ -179,7 +179,7 @@ def _decode_dicom_frame(ds: Any, geometry: _DicomGeometry, index: int) -> np.nda
     if geometry.pixel_keyword == "PixelData":
         try:
             decoder = get_decoder(ds.file_meta.TransferSyntaxUID)
-        except Exception:
+        except Exception:  # noqa: BLE001 - no decoder of any kind for this transfer syntax
             raise UnsupportedMediaType(
                 f"DICOM pixel data in {_transfer_syntax_name(ds)} cannot be decoded by this service"
             ) from None
@@ -191,7 +191,7 @@ def _decode_dicom_frame(ds: Any, geometry: _DicomGeometry, index: int) -> np.nda
         arr = pixel_array(ds, index=index if geometry.frames > 1 else None)
     except MemoryError:
         raise
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - never leak a decoder exception (or its message) to a client
         raise InvalidImage(_dicom_decode_failure(exc, ds)) from None
     expected = (geometry.rows, geometry.columns) + ((3,) if geometry.samples == 3 else ())
     if arr.shape != expected:
@@ -218,7 +218,7 @@ def _dicom_to_unit(stored: np.ndarray, ds: Any, geometry: _DicomGeometry, index:
             grey = _grey_to_unit(stored, _frame_view(ds, index))
     except (InvalidImage, UnsupportedMediaType):
         raise
-    except Exception:
+    except Exception:  # noqa: BLE001 - a malformed LUT or pixel module of any kind is the client's problem
         raise InvalidImage("DICOM pixel values could not be converted (malformed LUT or pixel module)") from None
     if geometry.photometric == "MONOCHROME1":
         grey = np.float32(1.0) - grey
@@ -328,7 +328,7 @@ def _apply_voi(values: np.ndarray, view: Any) -> tuple[np.ndarray, float, float]
             low, high = float(lut.min()), float(lut.max())
             if high > low:
                 return out, low, high
-        except Exception:
+        except Exception:  # noqa: BLE001 - an unusable VOI LUT of any kind: try the window
             pass
     if "WindowCenter" in view and "WindowWidth" in view:
         try:
@@ -338,7 +338,7 @@ def _apply_voi(values: np.ndarray, view: Any) -> tuple[np.ndarray, float, float]
             low, high = float(ends[0]), float(ends[1])
             if math.isfinite(low) and math.isfinite(high) and high != low:
                 return out, low, high
-        except Exception:
+        except Exception:  # noqa: BLE001 - an unusable window of any kind: fall back to min-max
             pass
     return None
 

@@ -154,7 +154,7 @@ def _apply_exif_orientation(im: Image.Image) -> Image.Image:
     try:
         # parses and caches the EXIF block, so the parse cannot fail again inside exif_transpose
         im.getexif().get(ExifTags.Base.Orientation)
-    except Exception:
+    except Exception:  # noqa: BLE001 - EXIF it cannot parse is ignored (the pixels are still good)
         return im
     pixels_before = im.im
     try:

@@ -1,4 +1,5 @@
-"""HTTP tests of /activations, /models/{name}/filters, class-impression jobs (/models/{name}/class-impressions, /jobs)."""
+"""HTTP tests of /activations, /models/{name}/filters, class-impression jobs
+(/models/{name}/class-impressions, /jobs)."""
 
 from __future__ import annotations
 

@@ -56,7 +56,8 @@ def test_openapi_document_is_in_sync():
     from service.openapi import export_openapi
 
     committed = (ROOT / "openapi" / "openapi.json").read_text()
-    assert json.loads(committed) == json.loads(export_openapi()), "openapi/openapi.json drifted: run `xaas export-openapi`"
+    assert json.loads(committed) == json.loads(export_openapi()), \
+        "openapi/openapi.json drifted: run `xaas export-openapi`"
 
 
 def test_openapi_document_is_valid_openapi_3_1_and_says_problem_json():
@@ -96,9 +97,8 @@ def test_one_structured_access_line_per_request(client, demo_sample, caplog):
 def test_versions_come_from_the_installed_distributions(client):
     from importlib.metadata import version
 
-    import xaas_client
-
     import service
+    import xaas_client
 
     assert service.__version__ == version("xaas") == client.get("/openapi.json").json()["info"]["version"]
     assert xaas_client.__version__ == version("xaas-client")

@@ -37,7 +37,8 @@ def test_dicom_patient_data_appears_in_no_response_and_no_log(client, caplog):
         r = client.post("/predict", json={"image": base64.b64encode(data).decode()})
         bodies.append(r.text)
     assert any('"predictions"' in b for b in bodies)  # the good file was really served
-    everything = "\n".join(bodies) + "\n".join(rec.getMessage() + json.dumps(rec.__dict__, default=str) for rec in caplog.records)
+    everything = "\n".join(bodies) + "\n".join(rec.getMessage() + json.dumps(rec.__dict__, default=str)
+                                               for rec in caplog.records)
     for secret in ("ZQXSECRET", SECRET_ID):
         assert secret not in everything
 
@@ -54,7 +55,8 @@ def test_dicom_patient_data_appears_in_no_response_and_no_log(client, caplog):
         ({"json": {"image": "AAAA", "model": "../../etc/passwd"}}, 404),
         ({"json": {"image": "AAAA", "model": {"$ne": 1}}}, 422),
         ({"json": {"image": ["AAAA"]}}, 400),
-        ({"content": b'{"image": "AAAA", "x": ' + b"[" * 5000 + b"]" * 5000 + b"}", "headers": {"content-type": "application/json"}}, 400),
+        ({"content": b'{"image": "AAAA", "x": ' + b"[" * 5000 + b"]" * 5000 + b"}",
+          "headers": {"content-type": "application/json"}}, 400),
         ({"content": b"\xff\xfe\x00garbage", "headers": {"content-type": "application/json"}}, 400),
         ({"content": b"--x\r\nbroken multipart", "headers": {"content-type": "multipart/form-data; boundary=x"}}, 400),
         ({"content": b"abc", "headers": {"content-type": "multipart/form-data"}}, 400),

@@ -96,13 +96,13 @@ def test_json_option_with_hostile_values(fuzz_client, path, option):
 
 
 def test_json_member_given_twice_is_malformed(fuzz_client):
-    body = '{"image": "%s", "top_k": 1, "top_k": 2}' % IMAGE_B64
+    body = f'{{"image": "{IMAGE_B64}", "top_k": 1, "top_k": 2}}'
     r = fuzz_client.post("/predict", content=body, headers={"content-type": "application/json"})
     assert r.status_code == 400 and r.json()["errors"] == [{"field": "top_k", "message": "repeated"}]
 
 
 def test_json_nan_literal_is_malformed(fuzz_client):
-    r = fuzz_client.post("/explain/gradcam", content='{"image": "%s", "alpha": NaN}' % IMAGE_B64,
+    r = fuzz_client.post("/explain/gradcam", content=f'{{"image": "{IMAGE_B64}", "alpha": NaN}}',
                          headers={"content-type": "application/json"})
     assert r.status_code == 400
 

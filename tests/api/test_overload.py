@@ -56,6 +56,8 @@ def test_request_timeout_option_cannot_exceed_the_server_limit(demo_sample):
         wait_ready(c)
         assert c.app.state.runtime.timeout(3600) == 5
         assert c.app.state.runtime.timeout(0.5) == 0.5
-        assert c.post("/predict", files={"image": ("x.png", demo_sample[0])}, data={"timeout": "7200"}).status_code == 422
+        assert c.post("/predict", files={"image": ("x.png", demo_sample[0])},
+                      data={"timeout": "7200"}).status_code == 422
         # Below one second a deadline cannot cover decoding, batching and rendering: refused, not a certain 504.
-        assert c.post("/predict", files={"image": ("x.png", demo_sample[0])}, data={"timeout": "0.5"}).status_code == 422
+        assert c.post("/predict", files={"image": ("x.png", demo_sample[0])},
+                      data={"timeout": "0.5"}).status_code == 422

@@ -7,6 +7,7 @@ import io
 import os
 import struct
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -34,12 +35,17 @@ def _encode(image: Image.Image, fmt: str, **kw) -> bytes:
     return buf.getvalue()
 
 
+def _testdata(name: str) -> bytes:
+    return Path(get_testdata_file(name)).read_bytes()
+
+
 def _png_claiming(width: int, height: int) -> bytes:
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b"")
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64))
+            + chunk(b"IEND", b""))
 
 
 def test_predict_multipart_returns_the_demo_classes(client, demo_sample):
@@ -78,7 +84,8 @@ def test_scores_match_the_model_run_directly(client, demo_sample):
     data, _ = demo_sample
     runtime = client.app.state.runtime
     model = runtime.registry.get("demo")
-    x = to_model_input(decode_image(data), input_size=model.spec.input_size, channels=3, mean=model.spec.mean, std=model.spec.std)
+    x = to_model_input(decode_image(data), input_size=model.spec.input_size, channels=3, mean=model.spec.mean,
+                       std=model.spec.std)
     with torch.no_grad():
         expected = torch.sigmoid(model.module(x[None]))[0]
     preds = client.post("/predict", files={"image": ("x.png", data)}, data={"top_k": "6"}).json()["predictions"]
@@ -99,10 +106,10 @@ GOOD_INPUTS = {
     "webp": lambda: _encode(Image.new("RGB", (20, 20), (1, 2, 3)), "WEBP"),
     "bmp": lambda: _encode(Image.new("RGB", (20, 20), (1, 2, 3)), "BMP"),
     "tiff": lambda: _encode(Image.new("L", (20, 20), 9), "TIFF"),
-    "dicom-ct": lambda: open(get_testdata_file("CT_small.dcm"), "rb").read(),
-    "dicom-mr": lambda: open(get_testdata_file("MR_small.dcm"), "rb").read(),
-    "dicom-jpeg-extended": lambda: open(get_testdata_file("JPGExtended.dcm"), "rb").read(),
-    "dicom-jpeg2000": lambda: open(get_testdata_file("JPEG2000.dcm"), "rb").read(),
+    "dicom-ct": lambda: _testdata("CT_small.dcm"),
+    "dicom-mr": lambda: _testdata("MR_small.dcm"),
+    "dicom-jpeg-extended": lambda: _testdata("JPGExtended.dcm"),
+    "dicom-jpeg2000": lambda: _testdata("JPEG2000.dcm"),
 }
 
 
@@ -122,12 +129,13 @@ BAD_INPUTS = {
     "empty": (lambda: b"", 422, "empty"),
     "random-bytes": (lambda: os.urandom(4096), 422, ""),
     "text-file": (lambda: b"hello, this is not an image\n" * 20, 422, ""),
-    "truncated-jpeg": (lambda: _truncated(_encode(Image.effect_noise((256, 256), 60).convert("RGB"), "JPEG")), 422, "truncated"),
+    "truncated-jpeg": (lambda: _truncated(_encode(Image.effect_noise((256, 256), 60).convert("RGB"), "JPEG")), 422,
+                       "truncated"),
     "truncated-png": (lambda: _truncated(_encode(Image.effect_noise((256, 256), 60), "PNG")), 422, ""),
     "png-bomb-header": (lambda: _png_claiming(50000, 50000), 413, "pixels"),
-    "truncated-dicom": (lambda: _truncated(open(get_testdata_file("CT_small.dcm"), "rb").read()), 422, ""),
+    "truncated-dicom": (lambda: _truncated(_testdata("CT_small.dcm")), 422, ""),
     # pydicom's JPEG-lossy.dcm has a misplaced SOS marker (JPGExtended.dcm is its fixed version): a clean 422
-    "broken-dicom-jpeg": (lambda: open(get_testdata_file("JPEG-lossy.dcm"), "rb").read(), 422, ""),
+    "broken-dicom-jpeg": (lambda: _testdata("JPEG-lossy.dcm"), 422, ""),
 }
 
 

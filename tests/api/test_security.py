@@ -45,7 +45,8 @@ def test_wrong_keys_are_refused(secured, headers):
 
 
 def test_cors_preflight_and_exposed_headers(secured):
-    pre = secured.options("/predict", headers={"Origin": "https://review.example", "Access-Control-Request-Method": "POST",
+    pre = secured.options("/predict", headers={"Origin": "https://review.example",
+                                               "Access-Control-Request-Method": "POST",
                                                "Access-Control-Request-Headers": "authorization"})
     assert pre.status_code == 200
     assert pre.headers["access-control-allow-origin"] == "https://review.example"

@@ -58,8 +58,9 @@ def _explanation(values: np.ndarray) -> Explanation:
     Image.fromarray((values / values.max() * 255).astype(np.uint8)).save(heat, format="PNG")
     raw = {"dtype": "float32", "shape": list(values.shape),
            "data": base64.b64encode(values.astype("<f4").tobytes()).decode()}
-    return Explanation.model_validate({"index": 0, "label": "a", "score": 0.5, "heatmap": base64.b64encode(heat.getvalue()).decode(),
-                                       "raw": raw, "empty": False, "nonfinite": False, "min": 0.0, "max": float(values.max())})
+    return Explanation.model_validate({"index": 0, "label": "a", "score": 0.5,
+                                       "heatmap": base64.b64encode(heat.getvalue()).decode(), "raw": raw,
+                                       "empty": False, "nonfinite": False, "min": 0.0, "max": float(values.max())})
 
 
 def test_explanation_decoders():

@@ -41,7 +41,8 @@ def test_metadata_endpoints(xaas: Client):
     assert methods["occlusion"].family == "perturbation" and "window" in methods["occlusion"].params
 
 
-@pytest.mark.parametrize("kind", ["str", "path", "bytes", "bytearray", "file", "pil", "uint8-rgb", "uint8-grey", "float"])
+@pytest.mark.parametrize("kind", ["str", "path", "bytes", "bytearray", "file", "pil", "uint8-rgb", "uint8-grey",
+                                  "float"])
 def test_every_image_kind(xaas: Client, kind: str, sample_image, sample_path):
     image = sample_image[0]
     rgb = np.asarray(image)

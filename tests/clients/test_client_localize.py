@@ -22,7 +22,8 @@ def _check_boxes(result: LocalizeResponse) -> None:
 def test_localize_defaults_and_options(server: str, sample_path):
     with Client(server, retries=0) as xaas:
         default = xaas.localize(sample_path)
-        assert default.method == "guided-gradcam" and default.threshold == pytest.approx(0.05)  # the demo entry's calibrated defaults
+        # the demo entry's calibrated defaults
+        assert default.method == "guided-gradcam" and default.threshold == pytest.approx(0.05)
         assert default.image.size == (128, 128)
         _check_boxes(default)
         chosen = xaas.localize(sample_path, method="gradcam-pp", threshold=0.3, all_components=True, min_area=4,

@@ -59,7 +59,8 @@ def test_readme_example_runs_as_written(server: str, tmp_path, sample_png: bytes
     assert len(example.read_text().splitlines()) == 5
     assert example.read_text() in (ROOT / "clients" / "python" / "README.md").read_text()
     env = {**os.environ, "XAAS_URL": server, "PYTHONPATH": str(CLIENT_SRC)}
-    done = subprocess.run([sys.executable, str(example)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    done = subprocess.run([sys.executable, str(example)], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=60)
     assert done.returncode == 0, done.stderr
     assert "Prediction(index=" in done.stdout
     assert (tmp_path / "heatmap.png").read_bytes().startswith(b"\x89PNG")

@@ -141,7 +141,8 @@ def test_retries_disabled_raise_rate_limited_with_retry_after():
     assert script.attempts == 1 and info.value.retry_after == 2.0
 
 
-@pytest.mark.parametrize(("status", "error"), [(400, BadRequest), (404, NotFound), (422, InvalidInput), (500, ServerError)])
+@pytest.mark.parametrize(("status", "error"),
+                         [(400, BadRequest), (404, NotFound), (422, InvalidInput), (500, ServerError)])
 def test_other_errors_are_not_retried(status, error):
     script = Script(problem(status, "0"))
     with client(script, retries=5) as c, pytest.raises(error) as info:
@@ -153,7 +154,8 @@ def test_other_errors_are_not_retried(status, error):
 
 def test_connect_errors_are_retried_and_then_raised():
     script = Script(httpx.ConnectError("refused"))
-    with client(script, retry_policy=RetryPolicy(retries=2, backoff=0.01)) as c, pytest.raises(XaasConnectionError) as info:
+    with (client(script, retry_policy=RetryPolicy(retries=2, backoff=0.01)) as c,
+          pytest.raises(XaasConnectionError) as info):
         c.health()
     assert script.attempts == 3
     assert isinstance(info.value.__cause__, httpx.ConnectError) and info.value.status is None

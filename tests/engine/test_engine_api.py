@@ -34,7 +34,8 @@ def test_registry_holds_every_required_method_with_its_metadata():
         assert all(isinstance(p, ParamSpec) for p in method.params)
     assert METHODS["gradcam"].uses_layer and METHODS["guided-gradcam"].uses_layer
     assert not METHODS["saliency"].uses_layer and not METHODS["occlusion"].uses_layer
-    # flags follow the measured randomisation check of bench/quality.py (guided Grad-CAM passes it, unlike guided backprop)
+    # flags follow the measured randomisation check of bench/quality.py
+    # (guided Grad-CAM passes it, unlike guided backprop)
     flagged = {name for name, m in METHODS.items() if m.sanity}
     assert flagged == {"guided-backprop", "saliency", "gradcam-pp", "layercam", "scorecam"}
 

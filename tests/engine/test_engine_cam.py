@@ -28,7 +28,7 @@ def reference_acts_grads(model: nn.Module, x: torch.Tensor, targets: list[int], 
     for i, t in enumerate(targets):
         store = {}
 
-        def hook(mod, args, out):
+        def hook(mod, args, out, store=store):
             out.retain_grad()
             store["a"] = out
 

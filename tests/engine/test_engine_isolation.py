@@ -171,6 +171,7 @@ def test_torchvision_model_with_inplace_relus_is_untouched(name):
     before = snapshot(model)
     METHODS[name].explain(model, x, torch.tensor([3, 9]), layer=None, task="multiclass")
     assert_unchanged(model, before)
-    assert all(isinstance(m, torch.nn.ReLU) and m.inplace for m in model.modules() if "relu" in type(m).__name__.lower())
+    assert all(isinstance(m, torch.nn.ReLU) and m.inplace for m in model.modules()
+               if "relu" in type(m).__name__.lower())
     with torch.no_grad():
         assert torch.equal(model(x), before_out)

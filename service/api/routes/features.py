@@ -27,7 +27,8 @@ router = APIRouter(tags=["features"])
              summary="A layer's activations for an image: top channels as a grid, or one channel",
              responses=problem_responses(*IMAGE_PROBLEMS), openapi_extra=image_request_body(ActivationOptions))
 async def activations(request: Request, runtime: RuntimeDep, call: CallDep) -> ActivationResponse:
-    data, opts, _ = await read_image_request(request, ActivationOptions, max_image_bytes=runtime.settings.max_body_bytes)
+    data, opts, _ = await read_image_request(request, ActivationOptions,
+                                             max_image_bytes=runtime.settings.max_body_bytes)
     return await unless_disconnected(request, features_handler.activations(runtime, data, opts, call))
 
 

@@ -20,7 +20,8 @@ async def healthz() -> Health:
             responses={503: {"model": Readiness, "description": "Loading, failed or shutting down"}})
 async def readyz(runtime: Runtime = Depends(get_runtime)) -> Response:
     reg = runtime.registry
-    per_model = {name: ("loaded" if name in runtime.batchers else ("failed" if reg.state == "failed" else "loading")) for name in reg.names()}
+    per_model = {name: ("loaded" if name in runtime.batchers else ("failed" if reg.state == "failed" else "loading"))
+                 for name in reg.names()}
     if runtime.shutting_down:
         status, detail = "shutting-down", "the service is draining"
     elif runtime.ready:
