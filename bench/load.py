@@ -52,7 +52,8 @@ def batch_rows(metrics_text: str) -> tuple[float, float]:
     return total, count
 
 
-async def closed_loop(url: str, endpoint: str, image: bytes, concurrency: int, seconds: float) -> dict:
+async def closed_loop(url: str, endpoint: str, image: bytes, concurrency: int, seconds: float,
+                      data: dict[str, str] | None = None) -> dict:
     latencies: list[float] = []
     errors: dict[int, int] = {}
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
@@ -63,7 +64,7 @@ async def closed_loop(url: str, endpoint: str, image: bytes, concurrency: int, s
         async def worker() -> None:
             while time.perf_counter() < stop_at:
                 t0 = time.perf_counter()
-                r = await client.post("/" + endpoint, files={"image": ("x.jpg", image, "image/jpeg")})
+                r = await client.post("/" + endpoint, files={"image": ("x.jpg", image, "image/jpeg")}, data=data)
                 if r.status_code == 200:
                     latencies.append(time.perf_counter() - t0)
                 else:
@@ -101,9 +102,7 @@ def in_process_ceiling(models: Path | None, model_name: str | None, endpoint: st
         params = validate_params(method, {})
         layer = model.target_layer if method.uses_layer else None
 
-        def step() -> None:
-            with torch.inference_mode():
-                model.module(x)  # the service scores every batch once before explaining it
+        def step() -> None:  # one pass: the method's own forward also scores the images
             method.explain(model.module, x, targets, layer=layer, task=model.task, **params)
     else:
         def step() -> None:
