@@ -57,7 +57,8 @@ __all__ = [
 def layer_pass(model: nn.Module, x: Tensor, requests: Sequence[TargetRequest], layer: str | None, task: str, *,
                grad: bool, watch_head: bool = False) -> tuple[Tensor, Tensor, Rows, Capture]:
     """``(A, logits, rows, capture)``: one forward with the target layer hooked (a leaf that requires grad when
-    ``grad``), the logits, and the rows its requests resolve to."""
+    ``grad``), the logits, and the rows its requests resolve to. ``A`` is the output in its own layout; the
+    capture's ``spatial`` views it (and gradients with respect to it) as ``[B, C, h, w]``."""
     name, _ = resolve_layer(model, layer, x.shape[1:])
     ctx = grad_enabled() if grad else torch.no_grad()
     leaf = name if grad else None
@@ -119,7 +120,7 @@ class CAM(_CAMFamily):
             task: str, **params: Any) -> Explained:
         self._bind(params)
         act, logits, rows, cap = layer_pass(model, inputs, requests, layer, task, grad=False, watch_head=True)
-        weight, pooled = _gap_linear_head(act, logits, cap)
+        weight, pooled = _gap_linear_head(cap.spatial(next(iter(cap.layers)), act), logits, cap)
         classes = class_indices(rows, self.name)
         cam = torch.einsum("bk,bkhw->bhw", weight[classes].float(), pooled[rows.image].float())
         return Explained(rows, cam.relu(), reported_scores(logits, rows, task))
@@ -128,6 +129,15 @@ class CAM(_CAMFamily):
                     task: str = "multiclass") -> None:
         x, t = probe_batch(model, input_shape)
         self.explain(model, x, t, layer=layer, task=task)
+
+
+def _require_nonnegative(method: str, layer: str, act: Tensor) -> None:
+    low = float(act.min()) if act.numel() else 0.0
+    if low < 0:
+        raise InvalidOption(
+            f"{method} assumes non-negative (ReLU'd) activations, but layer {layer!r} has negative values (min "
+            f"{low:.3g}: a normalisation or pre-activation layer); its weights then point at the wrong regions. Use "
+            "gradcam, or a layer after a ReLU", errors=[FieldError("layer", "negative activations")])
 
 
 def _gap_linear_head(act: Tensor, logits: Tensor, cap: Capture) -> tuple[Tensor, Tensor]:
@@ -156,15 +166,29 @@ def _gap_linear_head(act: Tensor, logits: Tensor, cap: Capture) -> tuple[Tensor,
 
 class _GradientCAM(_CAMFamily):
     negate_gradients = False
+    #: The weighting assumes ReLU'd (non-negative) activations; a layer with negative values is refused.
+    needs_nonnegative = False
+
+    def check_model(self, model: nn.Module, input_shape: Sequence[int], *, layer: str | None = None,
+                    task: str = "multiclass") -> None:
+        if not self.needs_nonnegative:
+            return super().check_model(model, input_shape, layer=layer, task=task)
+        x, t = probe_batch(model, input_shape)   # run it: whether activations go negative needs a forward
+        self.explain(model, x, t, layer=layer, task=task)
+        return None
 
     @single_pass
     def run(self, model: nn.Module, inputs: Tensor, requests: Sequence[TargetRequest], *, layer: str | None,
             task: str, **params: Any) -> Explained:
         self._bind(params)
-        act, logits, rows, _ = layer_pass(model, inputs, requests, layer, task, grad=True)
+        act, logits, rows, cap = layer_pass(model, inputs, requests, layer, task, grad=True)
+        name = next(iter(cap.layers))
         (grad,) = row_gradients(logits, rows, [act], task)
-        grad = -grad.float() if self.negate_gradients else grad.float()
-        maps = self.combine(act.detach()[rows.image].float(), grad)
+        grad = cap.spatial(name, -grad.float() if self.negate_gradients else grad.float())
+        spatial = cap.spatial(name, act.detach()).float()
+        if self.needs_nonnegative:
+            _require_nonnegative(self.name, name, spatial)
+        maps = self.combine(spatial[rows.image], grad)
         return Explained(rows, maps, reported_scores(logits, rows, task))
 
     def combine(self, act: Tensor, grad: Tensor) -> Tensor:  # pragma: no cover - abstract
@@ -238,6 +262,7 @@ class XGradCAM(_GradientCAM):
     """
 
     name = "xgradcam"
+    needs_nonnegative = True
     description = "XGrad-CAM: channel weights = activation-weighted average gradient, ReLU'd."
 
     def combine(self, act: Tensor, grad: Tensor) -> Tensor:
@@ -265,6 +290,7 @@ class GradCAMPlusPlus(_GradientCAM):
     """
 
     name = "gradcam-pp"
+    needs_nonnegative = True
     sanity = ("fails the model-parameter randomisation check (Adebayo et al., 2018) on the demo model: rank "
               "correlation with the maps of a re-initialised model 0.60 (all layers re-initialised) / 0.66 (logit "
               "layer only) (bench/quality.py)")
@@ -343,15 +369,15 @@ class ScoreCAM(_CAMFamily):
         p, ctx = self._bind(params)
         x = inputs
         top = p["channels"]
-        leaf, logits, rows, _ = layer_pass(model, x, requests, layer, task, grad=top > 0)
-        n, k = leaf.shape[:2]
-        act = leaf.detach()
+        leaf, logits, rows, cap = layer_pass(model, x, requests, layer, task, grad=top > 0)
+        act = cap.spatial(next(iter(cap.layers)), leaf.detach())
+        n, k = act.shape[:2]
         flat = act.flatten(2)
         varying = flat.amax(2) > flat.amin(2)                                   # [N, K]: a mask is defined
         wanted = varying.clone()
         if top > 0 and len(rows):
             (grad,) = row_gradients(logits, rows, [leaf], task)
-            alpha = grad.float().mean((2, 3))                                   # Grad-CAM weights [R, K]
+            alpha = cap.spatial(next(iter(cap.layers)), grad).float().mean((2, 3))                                   # Grad-CAM weights [R, K]
             alpha = alpha.masked_fill(~varying[rows.image], float("-inf"))
             keep = torch.zeros_like(alpha, dtype=torch.bool)
             keep.scatter_(1, alpha.topk(min(top, k), dim=1).indices, True)

@@ -138,8 +138,10 @@ class FusedCAM(Explainer):
             d_coarse, d_fine = row_gradients(logits, rows, [coarse_act, fine_act], task)
         img = rows.image
         coarse_cam = GradCAM if p["coarse"] == "gradcam" else LayerCAM
-        coarse = _unit(coarse_cam().combine(coarse_act.detach()[img].float(), d_coarse.float()))
-        fine = _unit(LayerCAM().combine(fine_act.detach()[img].float(), d_fine.float()))
+        coarse = _unit(coarse_cam().combine(cap.spatial(coarse_name, coarse_act.detach())[img].float(),
+                                            cap.spatial(coarse_name, d_coarse).float()))
+        fine = _unit(LayerCAM().combine(cap.spatial(fine_name, fine_act.detach())[img].float(),
+                                        cap.spatial(fine_name, d_fine).float()))
         up = F.interpolate(coarse[:, None], size=fine.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
         if p["fusion"] == "product":
             maps = up * fine

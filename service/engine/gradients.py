@@ -73,56 +73,107 @@ class GuideSwitch:
     guided: bool = True
 
 
-def _relu_backward(grad: Tensor, out: Tensor, switch: GuideSwitch) -> Tensor:
-    # threshold_backward is ReLU's own backward kernel (grad where out > 0, else 0); clamping its fresh result in
-    # place adds the guided condition with one extra pass and no extra allocation.
-    plain = torch.ops.aten.threshold_backward(grad, out, 0)
-    return plain.clamp_min_(0) if switch.guided else plain
+@dataclass(frozen=True)
+class _Rule:
+    """A ReLU-family activation: ``min(max(x, 0), high)`` for x >= 0 and ``slope * x`` below (ReLU: high inf, slope 0;
+    ReLU6: high 6; LeakyReLU: slope > 0)."""
+
+    high: float = float("inf")
+    slope: float = 0.0
+
+    def forward(self, x: Tensor, *, inplace: bool = False) -> Tensor:
+        if self.slope:
+            y = torch.where(x > 0, x, x * self.slope)
+            return x.copy_(y) if inplace else y
+        return x.clamp_(0, self.high) if inplace else x.clamp(0, self.high)
+
+    def derivative(self, out: Tensor) -> Tensor:
+        """The activation's own derivative, read from its output (valid for in-place calls too)."""
+        inside = (out > 0) & (out < self.high) if self.high != float("inf") else out > 0
+        if self.slope:
+            return torch.where(inside, 1.0, self.slope).to(out.dtype)
+        return inside.to(out.dtype)
+
+
+def _activation_backward(grad: Tensor, out: Tensor, rule: _Rule, switch: GuideSwitch) -> Tensor:
+    if rule == _RELU_RULE:
+        # threshold_backward is ReLU's own backward kernel (grad where out > 0, else 0); clamping its fresh result
+        # in place adds the guided condition with one extra pass and no extra allocation.
+        plain = torch.ops.aten.threshold_backward(grad, out, 0)
+        return plain.clamp_min_(0) if switch.guided else plain
+    # Guided rule for the rest of the family: the activation's derivative times the positive part of the gradient.
+    return rule.derivative(out) * (grad.clamp_min(0) if switch.guided else grad)
 
 
 class _GuidedReLU(torch.autograd.Function):
-    """ReLU forward; backward ``R_l = 1[f_l > 0] · 1[R_{l+1} > 0] · R_{l+1}`` (Springenberg et al., 2015), or the
-    plain ``1[f_l > 0] · R_{l+1}`` while its switch is off."""
+    """A ReLU-family activation forward; backward ``R_l = f'(x_l) · 1[R_{l+1} > 0] · R_{l+1}`` (Springenberg et
+    al., 2015, for ReLU: ``1[f_l > 0] · 1[R_{l+1} > 0] · R_{l+1}``), or the plain ``f'(x_l) · R_{l+1}`` while its
+    switch is off."""
 
     @staticmethod
-    def forward(ctx: Any, x: Tensor, switch: GuideSwitch) -> Tensor:
-        out = x.clamp_min(0)
+    def forward(ctx: Any, x: Tensor, rule: _Rule, switch: GuideSwitch) -> Tensor:
+        out = rule.forward(x)
         ctx.save_for_backward(out)
-        ctx.switch = switch
+        ctx.rule, ctx.switch = rule, switch
         return out
 
     @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None]:
         (out,) = ctx.saved_tensors
-        return _relu_backward(grad, out, ctx.switch), None
+        return _activation_backward(grad, out, ctx.rule, ctx.switch), None, None
 
 
 class _GuidedReLUInplace(torch.autograd.Function):
-    """In-place twin of :class:`_GuidedReLU`, so ``relu_`` keeps its aliasing semantics (callers may ignore the
-    return value and keep using the input tensor)."""
+    """In-place twin of :class:`_GuidedReLU`, so ``relu_`` and ``inplace=True`` keep their aliasing semantics
+    (callers may ignore the return value and keep using the input tensor)."""
 
     @staticmethod
-    def forward(ctx: Any, x: Tensor, switch: GuideSwitch) -> Tensor:
+    def forward(ctx: Any, x: Tensor, rule: _Rule, switch: GuideSwitch) -> Tensor:
         ctx.mark_dirty(x)
-        x.clamp_min_(0)
+        rule.forward(x, inplace=True)
         ctx.save_for_backward(x)
-        ctx.switch = switch
+        ctx.rule, ctx.switch = rule, switch
         return x
 
     @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None]:
         (out,) = ctx.saved_tensors
-        return _relu_backward(grad, out, ctx.switch), None
+        return _activation_backward(grad, out, ctx.rule, ctx.switch), None, None
 
 
+_RELU_RULE = _Rule()
 _RELU = frozenset({F.relu, torch.relu, Tensor.relu})
 _RELU_INPLACE = frozenset({torch.relu_, Tensor.relu_, F.relu_})
 
 
+def _arg(args: tuple, kwargs: dict, index: int, name: str, default: Any) -> Any:
+    return args[index] if len(args) > index else kwargs.get(name, default)
+
+
+def _rule_of(func: Any, args: tuple, kwargs: dict) -> tuple[_Rule, bool] | None:
+    """``(rule, inplace)`` when ``func(*args, **kwargs)`` is a ReLU-family activation, else None."""
+    if func in _RELU_INPLACE:
+        return _RELU_RULE, True
+    if func in _RELU:
+        return _RELU_RULE, func is F.relu and bool(_arg(args, kwargs, 1, "inplace", False))
+    if func is F.relu6:
+        return _Rule(high=6.0), bool(_arg(args, kwargs, 1, "inplace", False))
+    if func is F.hardtanh:  # nn.ReLU6 is hardtanh(0, 6); other clips are not ReLUs
+        low, high = float(_arg(args, kwargs, 1, "min_val", -1.0)), float(_arg(args, kwargs, 2, "max_val", 1.0))
+        if low == 0.0 and high > 0:
+            return _Rule(high=high), bool(_arg(args, kwargs, 3, "inplace", False))
+        return None
+    if func is F.leaky_relu:
+        slope = float(_arg(args, kwargs, 1, "negative_slope", 0.01))
+        return (_Rule(slope=slope), bool(_arg(args, kwargs, 2, "inplace", False))) if slope > 0 else None
+    return None
+
+
 class GuidedReLUMode(TorchFunctionMode):
-    """While active (in this thread only: torch-function modes are thread-local), every ReLU that takes part in
-    autograd uses the guided backward rule (as long as ``switch.guided``). ``count`` says how many ReLU calls were
-    guided. Active for one forward only: never across a ``yield`` of a method.
+    """While active (in this thread only: torch-function modes are thread-local), every ReLU-family activation that
+    takes part in autograd — ReLU, ReLU6, LeakyReLU, as modules or functions, in-place or not — uses the guided
+    backward rule (as long as ``switch.guided``). ``count`` says how many calls were guided. Active for one forward
+    only: never across a ``yield`` of a method.
 
     Example::
 
@@ -138,19 +189,19 @@ class GuidedReLUMode(TorchFunctionMode):
 
     def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
         kwargs = kwargs or {}
-        if func in _RELU or func in _RELU_INPLACE:
+        found = _rule_of(func, args, kwargs)
+        if found is not None:
             x = args[0] if args else kwargs.get("input")
-            inplace = func in _RELU_INPLACE or (
-                func is F.relu and bool(kwargs.get("inplace", args[1] if len(args) > 1 else False)))
             if isinstance(x, Tensor) and x.requires_grad and torch.is_grad_enabled():
+                rule, inplace = found
                 self.count += 1
-                return (_GuidedReLUInplace if inplace else _GuidedReLU).apply(x, self.switch)
+                return (_GuidedReLUInplace if inplace else _GuidedReLU).apply(x, rule, self.switch)
         return func(*args, **kwargs)
 
 
-_NO_RELU = ("guided backpropagation needs ReLU activations called through torch (nn.ReLU, F.relu, torch.relu); this "
-            "model has none that could be intercepted (e.g. SiLU/GELU networks or TorchScript); use saliency or "
-            "gradcam")
+_NO_RELU = ("guided backpropagation needs ReLU-family activations called through torch (nn.ReLU, ReLU6, LeakyReLU, "
+            "F.relu ...); this model has none that could be intercepted (e.g. SiLU/GELU networks or TorchScript); "
+            "use saliency or gradcam")
 
 
 # --------------------------------------------------------------------------------------------------- helpers
@@ -288,8 +339,9 @@ class GuidedGradCAM(GuidedBackprop):
             if mode.count == 0:
                 raise InvalidOption(_NO_RELU, errors=[FieldError("method", "no ReLU")])
             act = cap.activation(name)
+            spatial = cap.spatial(name, act.detach()).float()
             rows = plan_rows(logits, requests, task)
-            cam = torch.empty((len(rows), *act.shape[-2:]), device=x.device, dtype=torch.float32)
+            cam = torch.empty((len(rows), *spatial.shape[-2:]), device=x.device, dtype=torch.float32)
             guided = torch.empty((len(rows), *x.shape[1:]), device=x.device, dtype=x.dtype)
             for j in range(rows.slots):
                 in_slot = torch.nonzero(rows.slot == j).flatten()
@@ -299,8 +351,8 @@ class GuidedGradCAM(GuidedBackprop):
                 switch.guided = True    # guided backpropagation to the input, on the same graph
                 (d_x,) = torch.autograd.grad(score, x, retain_graph=j < rows.slots - 1)
                 img = rows.image[in_slot]
-                alpha = d_act[img].float().mean((2, 3))
-                cam[in_slot] = torch.einsum("bk,bkhw->bhw", alpha, act.detach()[img].float()).relu()
+                alpha = cap.spatial(name, d_act[img]).float().mean((2, 3))
+                cam[in_slot] = torch.einsum("bk,bkhw->bhw", alpha, spatial[img]).relu()
                 guided[in_slot] = d_x[img]
         up = F.interpolate(cam[:, None], size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
         return Explained(rows, up * _grey(guided), reported_scores(logits, rows, task))

@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from ..errors import FieldError, InvalidOption
 from .base import Hooks
-from .layers import resolve_layer
+from .layers import Layout, layer_layout, resolve_layer, trace_layers
 from .targets import Rows, target_scores
 
 __all__ = ["FIRST", "Capture", "Progress", "Steps", "capture", "complete", "row_gradients", "rows_of_samples",
@@ -71,6 +71,7 @@ class _Layer:
     name: str
     module: nn.Module
     leaf: bool
+    layout: Layout
     activation: Tensor | None = None
     calls: int = 0
 
@@ -96,6 +97,14 @@ class Capture:
                                 errors=[FieldError("layer", "runs more than once")])
         return layer.activation
 
+    def layout(self, name: str) -> Layout:
+        """How the layer's output (and its gradient) maps onto ``[B, C, h, w]``."""
+        return self.layers[name].layout
+
+    def spatial(self, name: str, t: Tensor | None = None) -> Tensor:
+        """``t`` (default: the captured activation) viewed as ``[B, C, h, w]`` in the layer's layout."""
+        return self.layers[name].layout.spatial(self.activation(name) if t is None else t)
+
 
 FIRST = "<first>"
 """``capture(..., leaf=FIRST)``: the earliest captured layer (in execution order) becomes the leaf."""
@@ -112,16 +121,18 @@ def capture(model: nn.Module, layers: Sequence[str | None], *, input_shape: Sequ
     the order given.
     """
     resolved = [resolve_layer(model, name, input_shape) for name in layers]
-    cap = Capture({name: _Layer(name, module, leaf=(name == leaf)) for name, module in resolved})
+    cap = Capture({name: _Layer(name, module, leaf=(name == leaf), layout=_layout_of(model, name, input_shape))
+                   for name, module in resolved})
     if leaf is not None and leaf != FIRST and leaf not in cap.layers:
         raise ValueError(f"leaf {leaf!r} is not among the captured layers {list(cap.layers)}")
 
     def recorder(entry: _Layer) -> Any:
         def on_layer(mod: nn.Module, args: tuple, out: Any) -> Tensor:
-            if not isinstance(out, Tensor) or out.dim() != 4:
+            want = 3 if entry.layout.kind == "tokens" else 4
+            if not isinstance(out, Tensor) or out.dim() != want:
                 shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
-                raise InvalidOption(f"layer {entry.name!r} outputs {shape}, not a [B, C, h, w] spatial map",
-                                    errors=[FieldError("layer", "not spatial")])
+                raise InvalidOption(f"layer {entry.name!r} outputs {shape}, not a map in its {entry.layout.kind} "
+                                    "layout", errors=[FieldError("layer", "not spatial")])
             if leaf == FIRST and cap._last is None:
                 entry.leaf = True
             entry.calls += 1
@@ -151,6 +162,19 @@ def capture(model: nn.Module, layers: Sequence[str | None], *, input_shape: Sequ
                 if id(mod) not in captured and not any(True for _ in mod.children()):
                     hooks.forward(mod, on_leaf)
         yield cap
+
+
+def _layout_of(model: nn.Module, name: str, input_shape: Sequence[int]) -> Layout:
+    layout = layer_layout(model, name, input_shape)
+    if layout is None:
+        info = next((i for i in trace_layers(model, input_shape) if i.name == name), None)
+        if info is None:
+            raise InvalidOption(f"layer {name!r} did not run in the model's forward pass",
+                                errors=[FieldError("layer", "not executed")])
+        shape = info.shape
+        raise InvalidOption(f"layer {name!r} outputs {shape}, not a [B, C, h, w] spatial map (nor a channels-last map "
+                            "or a token grid [B, prefix + h*w, C])", errors=[FieldError("layer", "not spatial")])
+    return layout
 
 
 # --------------------------------------------------------------------------------------------------- gradients

@@ -122,14 +122,17 @@ ARCHS = {
     "efficientnet_b0": "features",
     "convnext_tiny": "features",
 }
+# XGrad-CAM and Grad-CAM++ assume ReLU'd activations: refused where the default layer is a norm (DenseNet's norm5,
+# ConvNeXt) or ends in SiLU/Hardswish (EfficientNet, MobileNetV3), which go negative.
+NON_NEGATIVE = {"xgradcam", "gradcam-pp"}
 NOT_USABLE = {
     "resnet18": set(),
     "resnet50": set(),
     "vgg11": {"cam"},
-    "densenet121": set(),
-    "mobilenet_v3_small": {"cam"},
-    "efficientnet_b0": {"guided-backprop", "guided-gradcam"},
-    "convnext_tiny": {"cam", "guided-backprop", "guided-gradcam"},
+    "densenet121": NON_NEGATIVE,
+    "mobilenet_v3_small": {"cam"} | NON_NEGATIVE,
+    "efficientnet_b0": {"guided-backprop", "guided-gradcam"} | NON_NEGATIVE,
+    "convnext_tiny": {"cam", "guided-backprop", "guided-gradcam"} | NON_NEGATIVE,
 }
 
 

@@ -13,6 +13,7 @@ from torch import nn
 
 from service.engine import METHODS, get_method, validate_params
 from service.engine.base import FORWARD_CHUNK
+from service.engine.layers import trace_layers
 from service.engine.passes import Progress, complete
 from service.engine.targets import ClassLogit, TargetRequest
 from service.inference import ExplainWork, run_explain
@@ -38,7 +39,10 @@ class Counted(nn.Module):
 
 @pytest.fixture()
 def counted():
-    return frozen(Counted())
+    model = frozen(Counted())
+    trace_layers(model, (3, 16, 16))  # what the registry does at load: later forwards are the requests' own
+    model.forwards = 0
+    return model
 
 
 class _Loaded:
