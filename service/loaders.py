@@ -11,7 +11,9 @@ Sources:
 
 from __future__ import annotations
 
+import hashlib
 import importlib
+import io
 from pathlib import Path
 from typing import Any
 
@@ -35,11 +37,55 @@ def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def build_module(source: str, weights: str | None, args: dict[str, Any], *, num_classes: int | None, base_dir: Path) -> nn.Module:
+def weights_digest(source: str, module: nn.Module, base_dir: Path) -> str:
+    """The identity of a model's weights, computed once at load: the TorchScript file's bytes, else the state dict."""
+    kind, _, rest = source.partition(":")
+    if kind == "torchscript":
+        return file_digest(resolve_path(rest, base_dir, "source"))
+    return state_dict_digest(module)
+
+
+def state_dict_digest(module: nn.Module) -> str:
+    """sha256 over the module's state dict in key order: each tensor's name, dtype, shape and bytes.
+
+    Names, dtypes and shapes go in too, so two layouts with equal bytes differ; buffers (BatchNorm statistics) count,
+    since they change the outputs. Cost: one pass over the weights at load time, at hashlib's speed (about 0.1 s for
+    resnet50's 100 MB on one core), before the module moves to its device (no device-to-host copies)."""
+    hasher = hashlib.sha256()
+    for name, tensor in module.state_dict().items():
+        data = tensor.detach()
+        hasher.update(f"{name}\0{data.dtype}\0{tuple(data.shape)}\0".encode())
+        hasher.update(_tensor_bytes(data))
+    return hasher.hexdigest()
+
+
+def file_digest(path: Path) -> str:
+    """sha256 of a file's bytes (a TorchScript archive carries code and weights: both are the model)."""
+    hasher = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            hasher.update(block)
+    return hasher.hexdigest()
+
+
+def _tensor_bytes(tensor: torch.Tensor) -> bytes | memoryview:
+    """A tensor's raw bytes, whatever its dtype (bfloat16 has no NumPy type: reinterpreted as uint8)."""
+    try:
+        flat = tensor.cpu().contiguous().reshape(-1)
+        return memoryview(flat.view(torch.uint8).numpy())
+    except (RuntimeError, TypeError):  # quantized, sparse or otherwise unviewable: its serialised form
+        buffer = io.BytesIO()
+        torch.save(tensor.cpu(), buffer)
+        return buffer.getvalue()
+
+
+def build_module(source: str, weights: str | None, args: dict[str, Any], *, num_classes: int | None,
+                 base_dir: Path) -> nn.Module:
     """Instantiate the module named by ``source``. Raises ``ConfigError`` with the field at fault."""
     kind, _, rest = source.partition(":")
     if not rest:
-        raise ConfigError(f"field 'source': expected 'torchvision:<arch>', 'torchscript:<path>' or 'python:<module>:<factory>', got {source!r}")
+        raise ConfigError("field 'source': expected 'torchvision:<arch>', 'torchscript:<path>' or "
+                          f"'python:<module>:<factory>', got {source!r}")
     if kind == "torchvision":
         return _torchvision(rest, weights, args, num_classes=num_classes, base_dir=base_dir)
     if kind == "torchscript":
@@ -63,7 +109,8 @@ def build_module(source: str, weights: str | None, args: dict[str, Any], *, num_
         except Exception as exc:  # noqa: BLE001
             raise ConfigError(f"field 'args': {module_name}:{factory_name}(**args) failed: {exc}") from None
         if not isinstance(module, nn.Module):
-            raise ConfigError(f"field 'source': {module_name}:{factory_name} returned {type(module).__name__}, not an nn.Module")
+            raise ConfigError(f"field 'source': {module_name}:{factory_name} returned {type(module).__name__}, "
+                              "not an nn.Module")
         if weights:
             _load_weights(module, resolve_path(weights, base_dir, "weights"))
         return module
@@ -79,7 +126,8 @@ def resolve_path(value: str, base_dir: Path, field: str) -> Path:
     return path
 
 
-def _torchvision(arch: str, weights: str | None, args: dict[str, Any], *, num_classes: int | None, base_dir: Path) -> nn.Module:
+def _torchvision(arch: str, weights: str | None, args: dict[str, Any], *, num_classes: int | None,
+                 base_dir: Path) -> nn.Module:
     import torchvision.models as tvm
 
     if arch not in tvm.list_models():
@@ -89,7 +137,9 @@ def _torchvision(arch: str, weights: str | None, args: dict[str, Any], *, num_cl
             enum = tvm.get_model_weights(arch)
             weight = enum[weights.split(".")[-1]] if weights != "DEFAULT" else enum.DEFAULT
         except (KeyError, ValueError):
-            raise ConfigError(f"field 'weights': {weights!r} is neither a file nor a weight of {arch} ({', '.join(w.name for w in tvm.get_model_weights(arch))})") from None
+            known = ", ".join(w.name for w in tvm.get_model_weights(arch))
+            raise ConfigError(f"field 'weights': {weights!r} is neither a file nor a weight of {arch} "
+                              f"({known})") from None
         try:
             return tvm.get_model(arch, weights=weight, **args)
         except Exception as exc:  # noqa: BLE001 - typically no network access and an empty cache
@@ -122,4 +172,5 @@ def _load_weights(module: nn.Module, path: Path) -> None:
         module.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()
-        raise ConfigError(f"field 'weights': {path.name} does not fit the architecture: {' '.join(first[:3])[:400]}") from None
+        raise ConfigError(f"field 'weights': {path.name} does not fit the architecture: "
+                          f"{' '.join(first[:3])[:400]}") from None

@@ -5,11 +5,14 @@ A broken entry fails with one line naming the entry and the field (``ConfigError
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import re
 import threading
 import time
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
@@ -20,7 +23,7 @@ from torch import nn
 
 from .capabilities import Capabilities, probe
 from .errors import ConfigError, FieldError, InvalidOption, ModelNotReady, UnknownModel
-from .loaders import build_module, resolve_path
+from .loaders import build_module, resolve_path, weights_digest
 
 log = logging.getLogger("xaas.registry")
 
@@ -54,7 +57,8 @@ class ModelSpec(BaseModel):
     device: str = "auto"
     default: bool = False
     enabled: bool = True
-    localize_threshold: float | None = Field(None, gt=0, le=1, description="Calibrated /localize threshold (xaas calibrate).")
+    localize_threshold: float | None = Field(None, gt=0, le=1,
+                                             description="Calibrated /localize threshold (xaas calibrate).")
     localize_method: str | None = Field(None, description="Default /localize method (gradcam when absent).")
     batching: BatchingSpec = Field(default_factory=BatchingSpec)
 
@@ -105,11 +109,20 @@ class LoadedModel:
     labels: list[str]
     target_layer: str | None  # None for TorchScript models (no hooks, so no CAM methods)
     capabilities: Capabilities
+    weights_digest: str  # sha256 of the weights (loaders.weights_digest): part of every result-cache key and ETag
     load_seconds: float = 0.0
 
     @property
     def name(self) -> str:
         return self.spec.name
+
+    @cached_property
+    def config_digest(self) -> str:
+        """sha256 of the registry fields besides the weights that shape an answer (labels, task, preprocessing,
+        target layer), so a result cached or tagged under one models.yaml is never served under an edited one."""
+        s = self.spec
+        fields = [self.labels, s.task, list(s.input_size), s.mean, s.std, s.channels, self.target_layer]
+        return hashlib.sha256(json.dumps(fields, separators=(",", ":")).encode()).hexdigest()
 
     @property
     def task(self) -> str:
@@ -149,7 +162,8 @@ class LoadedModel:
                 raise InvalidOption(f"target {shown} is not a label of model '{self.name}' (labels: {hint})",
                                     errors=[FieldError("target", "unknown label")]) from None
         if not 0 <= idx < self.num_classes:
-            raise InvalidOption(f"target {idx} is out of range: model '{self.name}' has classes 0..{self.num_classes - 1}",
+            raise InvalidOption(f"target {idx} is out of range: model '{self.name}' has classes "
+                                f"0..{self.num_classes - 1}",
                                 errors=[FieldError("target", "class index out of range")])
         return idx
 
@@ -169,7 +183,8 @@ def read_registry_file(path: Path) -> list[ModelSpec]:
         raise ConfigError(f"{path}: expected a top-level 'models:' list")
     specs: list[ModelSpec] = []
     for i, entry in enumerate(raw["models"]):
-        label = f"{path}: models[{i}]" + (f" ({entry.get('name')!r})" if isinstance(entry, dict) and entry.get("name") else "")
+        named = isinstance(entry, dict) and entry.get("name")
+        label = f"{path}: models[{i}]" + (f" ({entry.get('name')!r})" if named else "")
         if not isinstance(entry, dict):
             raise ConfigError(f"{label}: expected a mapping")
         try:
@@ -231,10 +246,12 @@ def load_model(spec: ModelSpec, *, base_dir: Path, device_policy: str = "auto") 
         module.eval()
         for p in module.parameters():
             p.requires_grad_(False)
+        digest = weights_digest(spec.source, module, base_dir)  # on the CPU, before the move: no device copies
         module.to(device)
         out_classes = _warm_up(module, spec, device)
         if num_classes is not None and out_classes != num_classes:
-            raise ConfigError(f"field 'num_classes': the model outputs {out_classes} classes, the entry says {num_classes}")
+            raise ConfigError(f"field 'num_classes': the model outputs {out_classes} classes, the entry says "
+                              f"{num_classes}")
         if labels is None:
             labels = [str(i) for i in range(out_classes)]
         target_layer = _target_layer(module, spec)
@@ -242,7 +259,7 @@ def load_model(spec: ModelSpec, *, base_dir: Path, device_policy: str = "auto") 
                              target_layer=target_layer)
     except ConfigError as exc:
         raise ConfigError(f"model '{spec.name}': {exc}") from None
-    return LoadedModel(spec, module, device, labels, target_layer, capabilities,
+    return LoadedModel(spec, module, device, labels, target_layer, capabilities, digest,
                        load_seconds=time.perf_counter() - t0)
 
 
@@ -275,7 +292,8 @@ def _target_layer(module: nn.Module, spec: ModelSpec) -> str | None:
         return find_target_layer(module, (spec.channels, *spec.input_size))
     valid = spatial_layers(module, (spec.channels, *spec.input_size))
     if spec.target_layer not in valid:
-        raise ConfigError(f"field 'target_layer': {spec.target_layer!r} is not a layer with a spatial output (e.g. {', '.join(valid[-5:])})")
+        raise ConfigError(f"field 'target_layer': {spec.target_layer!r} is not a layer with a spatial output "
+                          f"(e.g. {', '.join(valid[-5:])})")
     return spec.target_layer
 
 
@@ -303,7 +321,8 @@ class ModelRegistry:
             for spec in self.specs:
                 model = load_model(spec, base_dir=self.base_dir, device_policy=self.device_policy)
                 self._models[spec.name] = model
-                log.info("model loaded", extra={"model": spec.name, "device": str(model.device), "seconds": round(model.load_seconds, 3)})
+                log.info("model loaded", extra={"model": spec.name, "device": str(model.device),
+                                                "seconds": round(model.load_seconds, 3)})
         except ConfigError as exc:
             self.state, self.error = "failed", str(exc)
             raise
