@@ -26,34 +26,47 @@ class Settings(BaseSettings):
 
     # Input limits: checked before any expensive work.
     max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024, description="Largest accepted request body (bytes).")
-    body_timeout: float = Field(30.0, gt=0, le=3600, description="Seconds a client may take to send its request body (408 past it).")
+    body_timeout: float = Field(30.0, gt=0, le=3600,
+                                description="Seconds a client may take to send its request body (408 past it).")
     max_pixels: int = Field(40_000_000, ge=1, le=89_000_000,
-                            description="Largest decoded image (width × height): decompression bombs. At most PIL's own 89 M guard.")
+                            description="Largest decoded image (width × height): decompression bombs. At most PIL's "
+                                        "own 89 M guard.")
     max_frames: int = Field(1000, ge=1, description="Most frames a DICOM/GIF/TIFF may declare.")
     max_targets: int = Field(20, ge=1, description="Most targets (explicit or top_k) in one request.")
 
     # Batching defaults (each model may override them in models.yaml).
     max_batch_size: int = Field(16, ge=1, le=1024, description="Most jobs run in one model pass.")
-    max_batch_delay_ms: float = Field(5.0, ge=0, le=10_000, description="How long the first job of a batch waits for company.")
+    max_batch_delay_ms: float = Field(5.0, ge=0, le=10_000,
+                                      description="How long the first job of a batch waits for company.")
     max_queue: int = Field(256, ge=1, description="Jobs waiting per model before new ones get 429.")
     request_timeout: float = Field(30.0, gt=0, description="Deadline of one request in seconds (504 past it).")
     shutdown_grace: float = Field(20.0, ge=0, description="Seconds to finish queued work on shutdown.")
 
     # Security: optional API keys (Authorization: Bearer <key> or X-API-Key), CORS for browser front-ends.
-    api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list, description="Accepted API keys, comma-separated; empty = no auth.")
+    api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list,
+                                                     description="Accepted API keys, comma-separated; empty = no auth.")
     api_keys_file: Path | None = Field(None, description="File with one API key per line (added to api_keys).")
-    metrics_public: bool = Field(True, description="Serve /metrics without an API key (for a scraper on a private network).")
-    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list, description="Origins allowed by CORS, comma-separated.")
+    metrics_public: bool = Field(True,
+                                 description="Serve /metrics without an API key (for a scraper on a private network).")
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list,
+                                                         description="Origins allowed by CORS, comma-separated.")
 
-    torch_threads: int | None = Field(None, ge=1, le=256, description="Intra-op threads of torch (default: torch's choice).")
+    # Result cache: computed explanation maps (not PNGs), LRU, bounded by bytes (see service/cache.py).
+    cache_bytes: int = Field(256 * 1024 * 1024, ge=0, description="Bytes of explanation maps kept for repeated "
+                             "requests (LRU); 0 turns the result cache off.")
+
+    torch_threads: int | None = Field(None, ge=1, le=256,
+                                      description="Intra-op threads of torch (default: torch's choice).")
     workers_threads: int = Field(4, ge=1, le=64, description="Thread pool for decoding and rendering.")
     log_level: str = Field("info", description="Logging level.")
 
     # Feature visualisation jobs (class impressions), run on the model's worker between request batches.
     max_jobs: int = Field(2, ge=1, le=64, description="Most class-impression jobs unfinished at once (more → 429).")
     job_ttl: float = Field(600.0, gt=0, description="Seconds a finished job's result is kept (then 404).")
-    job_max_steps: int = Field(1000, ge=1, le=100_000, description="Largest 'steps' a class-impression job may ask for.")
-    job_slice_steps: int = Field(10, ge=1, le=1000, description="Optimisation steps per worker slice between request batches.")
+    job_max_steps: int = Field(1000, ge=1, le=100_000,
+                               description="Largest 'steps' a class-impression job may ask for.")
+    job_slice_steps: int = Field(10, ge=1, le=1000,
+                                 description="Optimisation steps per worker slice between request batches.")
 
 
     @field_validator("api_keys", "cors_origins", mode="before")

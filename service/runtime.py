@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from .batching import DynamicBatcher
+from .cache import ResultCache
 from .config import Settings
 from .errors import ConfigError, ModelNotReady, ShuttingDown, TooManyTargets
 from .imaging import DecodedImage, ImageLimits, decode_image, to_model_input
@@ -39,8 +40,11 @@ class Runtime:
         self._loader: threading.Thread | None = None
         from .jobs import JobManager
 
-        self.jobs = JobManager(max_running=settings.max_jobs, ttl=settings.job_ttl, slice_steps=settings.job_slice_steps)
-        self.rendered_filters: dict[tuple[str, str], Any] = {}  # (model, conv layer) -> FilterResponse (weights are frozen)
+        self.jobs = JobManager(max_running=settings.max_jobs, ttl=settings.job_ttl,
+                               slice_steps=settings.job_slice_steps)
+        self.cache = ResultCache(settings.cache_bytes, observer=self.metrics)  # explanation maps, shared by endpoints
+        # (model, conv layer) -> FilterResponse (the weights are frozen)
+        self.rendered_filters: dict[tuple[str, str], Any] = {}
 
     # -- lifecycle -------------------------------------------------------------------------------------------------
     def start(self, on_failure: Callable[[str], None] | None = None) -> None:
@@ -131,13 +135,15 @@ class Runtime:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self.executor, functools.partial(fn, *args, **kwargs))
 
-    async def load_image(self, model: LoadedModel, data: bytes, *, frame: int | None = None) -> tuple[DecodedImage, Any]:
+    async def load_image(self, model: LoadedModel, data: bytes, *,
+                         frame: int | None = None) -> tuple[DecodedImage, Any]:
         """Decode and preprocess in the thread pool; returns the decoded image and the model input tensor."""
 
         def work() -> tuple[DecodedImage, Any]:
             image = decode_image(data, self.limits, frame=frame)
             spec = model.spec
-            tensor = to_model_input(image, input_size=spec.input_size, channels=spec.channels, mean=spec.mean, std=spec.std)
+            tensor = to_model_input(image, input_size=spec.input_size, channels=spec.channels, mean=spec.mean,
+                                    std=spec.std)
             return image, tensor
 
         self._count_decoding(model.name, +1)
@@ -145,6 +151,11 @@ class Runtime:
             return await self.in_thread(work)
         finally:
             self._count_decoding(model.name, -1)
+
+    async def decode(self, data: bytes, *, frame: int | None = None) -> DecodedImage:
+        """Decode only, in the thread pool: the pixels an overlay needs when the maps came from the cache. Not counted
+        as decoding for the batcher, since no model work follows."""
+        return await self.in_thread(decode_image, data, self.limits, frame=frame)
 
     def _count_decoding(self, name: str, delta: int) -> None:
         # No wake-up here on purpose: the worker re-checks on the next submit (which notifies it), so a request that
