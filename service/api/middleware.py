@@ -13,7 +13,7 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from ..metrics import Metrics
@@ -29,10 +29,12 @@ _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
 def _problem_bytes(status: int, title: str, detail: str, code: str) -> bytes:
-    return json.dumps({"type": f"https://xaas.dev/problems/{code}", "title": title, "status": status, "detail": detail}).encode()
+    problem = {"type": f"https://xaas.dev/problems/{code}", "title": title, "status": status, "detail": detail}
+    return json.dumps(problem).encode()
 
 
-async def _send_problem(send: Send, status: int, title: str, detail: str, code: str, extra: list[tuple[bytes, bytes]] = []) -> None:
+async def _send_problem(send: Send, status: int, title: str, detail: str, code: str,
+                        extra: Sequence[tuple[bytes, bytes]] = ()) -> None:
     body = _problem_bytes(status, title, detail, code)
     headers = [(b"content-type", b"application/problem+json"), (b"content-length", str(len(body)).encode()), *extra]
     await send({"type": "http.response.start", "status": status, "headers": headers})
@@ -66,7 +68,8 @@ class ApiKeyMiddleware:
             return await self.app(scope, receive, send)
         if not self._authorised(scope.get("headers", [])):
             return await _send_problem(send, 401, "Unauthorized",
-                                       "a valid API key is required (Authorization: Bearer <key> or X-API-Key)", "unauthorized",
+                                       "a valid API key is required (Authorization: Bearer <key> or X-API-Key)",
+                                       "unauthorized",
                                        [(b"www-authenticate", b'Bearer realm="xaas"')])
         return await self.app(scope, receive, send)
 
@@ -96,10 +99,11 @@ class BodyLimitMiddleware:
                 try:
                     declared = int(value)
                 except ValueError:
-                    return await _send_problem(send, 400, "Bad Request", "Content-Length is not an integer", "bad-request")
+                    return await _send_problem(send, 400, "Bad Request", "Content-Length is not an integer",
+                                               "bad-request")
                 if declared > self.max:
-                    return await _send_problem(send, 413, "Payload too large",
-                                               f"request body of {declared} bytes exceeds the limit of {self.max} bytes", "payload-too-large",
+                    detail = f"request body of {declared} bytes exceeds the limit of {self.max} bytes"
+                    return await _send_problem(send, 413, "Payload too large", detail, "payload-too-large",
                                                [(b"connection", b"close")])
         seen = 0
         started = False
@@ -131,13 +135,14 @@ class BodyLimitMiddleware:
             await self.app(scope, limited_receive, tracking_send)
         except BodyTooLarge:
             if not started:
-                await _send_problem(send, 413, "Payload too large", f"request body exceeds the limit of {self.max} bytes",
-                                    "payload-too-large", [(b"connection", b"close")])
+                await _send_problem(send, 413, "Payload too large",
+                                    f"request body exceeds the limit of {self.max} bytes", "payload-too-large",
+                                    [(b"connection", b"close")])
         except BodyTimeout:
             if not started:
                 await _send_problem(send, 408, "Request Timeout",
-                                    f"the request body did not arrive within {self.body_timeout:g} s", "request-timeout",
-                                    [(b"connection", b"close")])
+                                    f"the request body did not arrive within {self.body_timeout:g} s",
+                                    "request-timeout", [(b"connection", b"close")])
 
 
 class RequestContextMiddleware:
@@ -171,7 +176,8 @@ class RequestContextMiddleware:
             log.exception("unhandled error", extra={"request_id": request_id})
             if not started:
                 await _send_problem(send_with_id, 500, "Internal Server Error",
-                                    "an unexpected error occurred; quote the X-Request-ID when reporting it", "internal-error")
+                                    "an unexpected error occurred; quote the X-Request-ID when reporting it",
+                                    "internal-error")
         finally:
             elapsed = time.perf_counter() - t0
             route = _route_template(scope)
@@ -182,6 +188,7 @@ class RequestContextMiddleware:
                 "request_id": request_id, "route": route, "http_method": scope.get("method"), "status": status,
                 "latency_ms": round(elapsed * 1000, 2), "model": getattr(call, "model", None),
                 "method": getattr(call, "method", None), "batch_rows": getattr(call, "rows", None),
+                "cache": getattr(call, "cache", None),
             })
 
 

@@ -6,10 +6,12 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..api.schemas import ImageInfo, LocalizedBox, LocalizeOptions, LocalizeResponse
+from ..cache import entity_tag
 from ..engine import get_method
 from ..engine.localize import DEFAULT_THRESHOLD, boxes_from_map
+from ..registry import LoadedModel
 from ..runtime import Runtime
-from . import CallInfo
+from . import CallInfo, Conditional, HeldTags
 from . import explain as explaining
 
 __all__ = ["MULTILABEL_MIN_PROBABILITY", "localize", "param_names"]
@@ -27,27 +29,40 @@ def param_names(raw: Mapping[str, Any]) -> frozenset[str]:
 
 
 async def localize(runtime: Runtime, data: bytes, opts: LocalizeOptions, extras: Mapping[str, Any],
-                   call: CallInfo) -> LocalizeResponse:
+                   call: CallInfo, held: HeldTags | None = None) -> Conditional[LocalizeResponse]:
     """Without ``target``/``top_k``, a multi-label model gets a box for every class with p >= 0.5, a multi-class one
-    for its top class. Method and threshold default to the model's calibrated ones, else Grad-CAM at 0.15."""
+    for its top class. Method and threshold default to the model's calibrated ones, else Grad-CAM at 0.15.
+
+    The maps come from the result cache shared with ``/explain`` (same key: same image, method, parameters, layer and
+    targets); the box options only shape the response, so they are part of its entity tag, not of the map key."""
     model = runtime.model(opts.model)
     explainer = get_method(opts.method or model.spec.localize_method or DEFAULT_METHOD)
     threshold = opts.threshold or model.spec.localize_threshold or DEFAULT_THRESHOLD
     all_likely = model.task == "multilabel" and not opts.target and opts.top_k is None
     validated = explaining.plan(runtime, explainer, opts, extras, call, min_probability=MULTILABEL_MIN_PROBABILITY,
                                 all_likely=all_likely)
-    result = await explaining.run(runtime, validated, data, frame=opts.frame, call=call)
-    size = (result.image.width, result.image.height)
+    key = await explaining.map_key(runtime, validated, data, frame=opts.frame)
+    etag = entity_tag(key, {"endpoint": "localize", "threshold": float(threshold),
+                            "all_components": opts.all_components, "min_area": opts.min_area})
+    if held is not None and held.names(etag):
+        call.cache = "not-modified"
+        return Conditional(etag)
+    result = await explaining.run(runtime, validated, data, key, frame=opts.frame, call=call)
+    if held is not None and held.any:
+        return Conditional(etag, cache_hit=result.cache_hit)
+    boxes = await runtime.in_thread(_boxes, model, result, threshold, opts)
+    body = LocalizeResponse(model=model.name, method=explainer.name, layer=validated.explained_layer,
+                            threshold=threshold, image=ImageInfo(width=result.width, height=result.height), boxes=boxes)
+    return Conditional(etag, body, cache_hit=result.cache_hit)
 
-    def boxes() -> list[LocalizedBox]:
-        return [
-            LocalizedBox(index=item.index, label=model.labels[item.index], score=item.score, box=box.as_list(),
-                         area=box.area)
-            for item in result.maps
-            for box in boxes_from_map(item.heatmap, size, threshold=threshold, all_components=opts.all_components,
-                                      min_area=opts.min_area)
-        ]
 
-    return LocalizeResponse(model=model.name, method=explainer.name, layer=validated.explained_layer,
-                            threshold=threshold, image=ImageInfo(width=size[0], height=size[1]),
-                            boxes=await runtime.in_thread(boxes))
+def _boxes(model: LoadedModel, result: explaining.ExplanationRun, threshold: float,
+           opts: LocalizeOptions) -> list[LocalizedBox]:
+    """Runs in the thread pool: the box of every map, by the function calibration measures."""
+    return [
+        LocalizedBox(index=item.index, label=model.labels[item.index], score=item.score, box=box.as_list(),
+                     area=box.area)
+        for item in result.maps
+        for box in boxes_from_map(item.heatmap, result.size, threshold=threshold, all_components=opts.all_components,
+                                  min_area=opts.min_area)
+    ]
