@@ -14,7 +14,7 @@ from PIL import Image
 
 from service.engine import get_method, validate_params
 from service.imaging import decode_image, to_model_input
-from tests.support import decode_png, decode_raw, make_client, wait_ready
+from tests.support import decode_png, decode_raw, demo_png, make_client, wait_ready
 
 
 def _post(client, method, data, **options):
@@ -24,7 +24,8 @@ def _post(client, method, data, **options):
 def _engine_map(client, data, method, target, **params):
     """The same explanation computed by calling the engine directly on the same preprocessed tensor."""
     model = client.app.state.runtime.registry.get("demo")
-    x = to_model_input(decode_image(data), input_size=model.spec.input_size, channels=3, mean=model.spec.mean, std=model.spec.std)
+    x = to_model_input(decode_image(data), input_size=model.spec.input_size, channels=3, mean=model.spec.mean,
+                       std=model.spec.std)
     m = get_method(method)
     return m.explain(model.module, x[None], torch.tensor([target]), layer=model.target_layer if m.uses_layer else None,
                      task=model.task, input_range=model.input_range, **validate_params(m, params))[0].numpy()
@@ -45,7 +46,8 @@ def test_gradcam_heatmap_png_raw_and_overlay(client, demo_sample):
     assert overlay.shape == (128, 128, 3)
     raw = decode_raw(e["raw"])
     assert raw.shape == (16, 16)  # the demo's last conv map
-    np.testing.assert_allclose(raw, _engine_map(client, data, "gradcam", ["circle", "square", "triangle", "cross", "ring", "star"].index(cls)), rtol=1e-4, atol=1e-6)
+    index = ["circle", "square", "triangle", "cross", "ring", "star"].index(cls)
+    np.testing.assert_allclose(raw, _engine_map(client, data, "gradcam", index), rtol=1e-4, atol=1e-6)
     assert e["max"] == pytest.approx(float(raw.max()), rel=1e-6)
 
 
@@ -110,11 +112,13 @@ def test_explain_errors_before_any_model_work(client, demo_sample, method, optio
 
 def test_methods_catalogue(client):
     methods = {m["name"]: m for m in client.get("/methods").json()["methods"]}
-    required = {"cam", "gradcam", "gradcam-counterfactual", "guided-backprop", "guided-gradcam", "saliency", "smoothgrad",
+    required = {"cam", "gradcam", "gradcam-counterfactual", "guided-backprop", "guided-gradcam", "saliency",
+                "smoothgrad",
                 "occlusion", "gradcam-pp", "scorecam", "layercam", "integrated-gradients"}
     assert required <= set(methods)
     occ = methods["occlusion"]["params"]
-    assert {"window", "stride", "baseline"} <= set(occ) and occ["window"]["type"] == "integer" and occ["window"]["minimum"] >= 1
+    assert {"window", "stride", "baseline"} <= set(occ)
+    assert occ["window"]["type"] == "integer" and occ["window"]["minimum"] >= 1
     assert {"samples", "noise"} <= set(methods["smoothgrad"]["params"])
     assert methods["gradcam"]["family"] == "cam" and methods["saliency"]["family"] == "gradient"
     assert required <= set(client.get("/models/demo").json()["methods"])
@@ -168,7 +172,7 @@ def test_concurrent_mixed_requests_each_get_their_own_answer(demo_sample):
         images.append(buf.getvalue())
     cases = [(m, images[i % 4], t) for i, (m, t) in enumerate(
         [(m, t) for m in ("gradcam", "guided-backprop", "saliency", "layercam") for t in ("circle", "star", "ring")])]
-    with make_client(max_batch_delay_ms=100, max_batch_size=8) as c:
+    with make_client(max_batch_delay_ms=100, max_batch_size=8, cache_bytes=0) as c:  # repeats must reach the model
         wait_ready(c)
 
         def ask(case):
@@ -192,13 +196,16 @@ def test_localize_boxes_in_original_pixels(client, demo_sample):
     data, objects = demo_sample
     default = client.post("/localize", files={"image": ("x.png", data)}).json()
     assert (default["method"], default["threshold"]) == ("guided-gradcam", 0.05)  # the demo entry's calibrated defaults
-    small = client.post("/localize", files={"image": ("x.png", data)}, data={"threshold": "0.5", "method": "gradcam"}).json()
+    small = client.post("/localize", files={"image": ("x.png", data)},
+                        data={"threshold": "0.5", "method": "gradcam"}).json()
     assert small["method"] == "gradcam" and small["threshold"] == 0.5
-    assert {b["label"] for b in small["boxes"]} == {o["class"] for o in objects}  # multi-label: every class with p >= 0.5
+    # multi-label: every class with p >= 0.5
+    assert {b["label"] for b in small["boxes"]} == {o["class"] for o in objects}
     big = Image.open(io.BytesIO(data)).resize((384, 256))
     buf = io.BytesIO()
     big.save(buf, format="PNG")
-    large = client.post("/localize", files={"image": ("x.png", buf.getvalue())}, data={"threshold": "0.5", "method": "gradcam"}).json()
+    large = client.post("/localize", files={"image": ("x.png", buf.getvalue())},
+                        data={"threshold": "0.5", "method": "gradcam"}).json()
     assert large["image"] == {"width": 384, "height": 256}
     for a, b in zip(sorted(small["boxes"], key=lambda b: b["index"]), sorted(large["boxes"], key=lambda b: b["index"])):
         x0, y0, x1, y1 = a["box"]
@@ -207,13 +214,15 @@ def test_localize_boxes_in_original_pixels(client, demo_sample):
 
 
 @pytest.mark.parametrize("method", ["gradcam", "cam", "layercam", "saliency", "guided-backprop", "guided-gradcam"])
-def test_a_served_explanation_is_one_forward(client, demo_sample, method):
+def test_a_served_explanation_is_one_forward(client, method):
     """One pass: the method's own forward yields the scores and the top-k targets; nothing else runs the model."""
     module = client.app.state.runtime.registry.get("demo").module
     calls = []
     handle = module.register_forward_hook(lambda m, args, out: calls.append(args[0].shape[0]))
     try:
-        r = client.post(f"/explain/{method}", files={"image": ("x.png", demo_sample[0])}, data={"top_k": "2"})
+        # an image of this test's own, so that no earlier request of the session put its maps in the result cache
+        r = client.post(f"/explain/{method}", files={"image": ("x.png", demo_png(8102))}, data={"top_k": "2"})
+        assert r.headers["x-cache"] == "miss"
     finally:
         handle.remove()
     assert r.status_code == 200, r.text
