@@ -163,8 +163,10 @@ async def explain(runtime: Runtime, method: str, data: bytes, opts: ExplainOptio
     if held is not None and held.names(etag):
         call.cache = "not-modified"
         return Conditional(etag)
-    result = await run(runtime, validated, data, key, frame=opts.frame, call=call, pixels="overlay" in opts.outputs)
-    if held is not None and held.any:  # "*": the answer exists now (and its maps are cached)
+    any_answer = held is not None and held.any  # "*": not modified once the answer exists, known after the work
+    result = await run(runtime, validated, data, key, frame=opts.frame, call=call,
+                       pixels="overlay" in opts.outputs and not any_answer)
+    if any_answer:
         return Conditional(etag, cache_hit=result.cache_hit)
     explanations = await runtime.in_thread(_render_all, result, opts)
     body = ExplainResponse(model=validated.model.name, method=explainer.name, layer=validated.explained_layer,
