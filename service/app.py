@@ -51,7 +51,8 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
         app.add_middleware(ApiKeyMiddleware, keys=keys, exempt=frozenset(exempt))
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST", "DELETE"],
-                           allow_headers=["authorization", "x-api-key", "content-type", "x-request-id"],
-                           expose_headers=["x-request-id", "retry-after"], max_age=600)
+                           allow_headers=["authorization", "x-api-key", "content-type", "x-request-id",
+                                          "if-none-match"],
+                           expose_headers=["x-request-id", "retry-after", "etag", "x-cache"], max_age=600)
     app.add_middleware(RequestContextMiddleware, metrics=metrics)
     return app

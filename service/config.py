@@ -51,6 +51,10 @@ class Settings(BaseSettings):
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list,
                                                          description="Origins allowed by CORS, comma-separated.")
 
+    # Result cache: computed explanation maps (not PNGs), LRU, bounded by bytes (see service/cache.py).
+    cache_bytes: int = Field(256 * 1024 * 1024, ge=0, description="Bytes of explanation maps kept for repeated "
+                             "requests (LRU); 0 turns the result cache off.")
+
     torch_threads: int | None = Field(None, ge=1, le=256,
                                       description="Intra-op threads of torch (default: torch's choice).")
     workers_threads: int = Field(4, ge=1, le=64, description="Thread pool for decoding and rendering.")

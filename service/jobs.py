@@ -40,7 +40,8 @@ log = logging.getLogger("xaas.jobs")
 ACTIVE = ("queued", "running")
 FINISHED = ("done", "failed", "cancelled")
 
-__all__ = ["ACTIVE", "FINISHED", "Job", "JobScheduler", "JobStore", "JobWork", "MemoryJobStore", "StepsWork"]
+__all__ = ["ACTIVE", "FINISHED", "Job", "JobScheduler", "JobStore", "JobWork", "MemoryJobStore", "ReadyWork",
+           "StepsWork"]
 
 
 # --------------------------------------------------------------------------------------------------- work
@@ -85,6 +86,21 @@ class StepsWork(JobWork):
             self._steps = None
             return True
         return False
+
+    def outcome(self) -> Any:
+        return self._value
+
+
+class ReadyWork(JobWork):
+    """Work whose outcome is already known (a cached result): one step, no model work."""
+
+    def __init__(self, value: Any) -> None:
+        self._value = value
+        self.progress = Progress(0, 1, "steps")
+
+    def advance(self) -> bool:
+        self.progress = Progress(1, 1, "steps")
+        return True
 
     def outcome(self) -> Any:
         return self._value

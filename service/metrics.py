@@ -5,11 +5,12 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from .batching import BatchObserver
+from .cache import CacheObserver
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 
-class Metrics(BatchObserver):
+class Metrics(BatchObserver, CacheObserver):
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
@@ -27,6 +28,13 @@ class Metrics(BatchObserver):
         self.rejections = Counter("xaas_rejections_total", "Jobs refused because the queue was full", ["model"],
                                   registry=r)
         self.model_ready = Gauge("xaas_model_ready", "1 when the model is loaded and warm", ["model"], registry=r)
+        # The result cache (service/cache.py): lookups that found their maps, lookups that did not, entries dropped.
+        self.cache_hits = Counter("xaas_cache_hits_total", "Explanations answered from the result cache", registry=r)
+        self.cache_misses = Counter("xaas_cache_misses_total", "Explanations computed: not in the result cache",
+                                    registry=r)
+        self.cache_evictions = Counter("xaas_cache_evictions_total", "Result-cache entries evicted to stay in bound",
+                                       registry=r)
+        self.cache_bytes = Gauge("xaas_cache_bytes", "Bytes held by the result cache (maps + overhead)", registry=r)
 
     def queue_depth(self, model: str, rows: int) -> None:
         self.queue.labels(model).set(rows)
@@ -40,6 +48,18 @@ class Metrics(BatchObserver):
 
     def rejected(self, model: str) -> None:
         self.rejections.labels(model).inc()
+
+    def cache_hit(self) -> None:
+        self.cache_hits.inc()
+
+    def cache_miss(self) -> None:
+        self.cache_misses.inc()
+
+    def cache_evicted(self, entries: int) -> None:
+        self.cache_evictions.inc(entries)
+
+    def cache_size(self, nbytes: int) -> None:
+        self.cache_bytes.set(nbytes)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

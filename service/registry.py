@@ -5,11 +5,14 @@ A broken entry fails with one line naming the entry and the field (``ConfigError
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import re
 import threading
 import time
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
@@ -20,7 +23,7 @@ from torch import nn
 
 from .capabilities import Capabilities, probe
 from .errors import ConfigError, FieldError, InvalidOption, ModelNotReady, UnknownModel
-from .loaders import build_module, resolve_path
+from .loaders import build_module, resolve_path, weights_digest
 
 log = logging.getLogger("xaas.registry")
 
@@ -106,12 +109,21 @@ class LoadedModel:
     labels: list[str]
     target_layer: str | None  # None for TorchScript models (no hooks, so no CAM methods)
     capabilities: Capabilities
+    weights_digest: str  # sha256 of the weights (loaders.weights_digest): part of every result-cache key and ETag
     load_seconds: float = 0.0
     forward_seconds: float = 0.0  # one image's inference forward, measured at warm-up (sizes job steps)
 
     @property
     def name(self) -> str:
         return self.spec.name
+
+    @cached_property
+    def config_digest(self) -> str:
+        """sha256 of the registry fields besides the weights that shape an answer (labels, task, preprocessing,
+        target layer), so a result cached or tagged under one models.yaml is never served under an edited one."""
+        s = self.spec
+        fields = [self.labels, s.task, list(s.input_size), s.mean, s.std, s.channels, self.target_layer]
+        return hashlib.sha256(json.dumps(fields, separators=(",", ":")).encode()).hexdigest()
 
     @property
     def task(self) -> str:
@@ -235,6 +247,7 @@ def load_model(spec: ModelSpec, *, base_dir: Path, device_policy: str = "auto") 
         module.eval()
         for p in module.parameters():
             p.requires_grad_(False)
+        digest = weights_digest(spec.source, module, base_dir)  # on the CPU, before the move: no device copies
         module.to(device)
         out_classes, forward_seconds = _warm_up(module, spec, device)
         if num_classes is not None and out_classes != num_classes:
@@ -247,7 +260,7 @@ def load_model(spec: ModelSpec, *, base_dir: Path, device_policy: str = "auto") 
                              target_layer=target_layer)
     except ConfigError as exc:
         raise ConfigError(f"model '{spec.name}': {exc}") from None
-    return LoadedModel(spec, module, device, labels, target_layer, capabilities,
+    return LoadedModel(spec, module, device, labels, target_layer, capabilities, digest,
                        load_seconds=time.perf_counter() - t0, forward_seconds=forward_seconds)
 
 

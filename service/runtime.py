@@ -12,11 +12,12 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from .batching import DynamicBatcher
+from .cache import ResultCache
 from .config import Settings
 from .errors import ConfigError, ModelNotReady, ShuttingDown, TooManyTargets
 from .imaging import DecodedImage, ImageLimits, decode_image, to_model_input
 from .inference import ExplainWork, PredictResult, PredictWork, TargetMap, explain_steps, run_work, split_results
-from .jobs import Job, JobScheduler, StepsWork
+from .jobs import Job, JobScheduler, ReadyWork, StepsWork
 from .metrics import Metrics
 from .registry import LoadedModel, ModelRegistry
 
@@ -41,6 +42,7 @@ class Runtime:
         self.jobs = JobScheduler(max_active=settings.max_jobs, ttl=settings.job_ttl,
                                  slice_steps=settings.job_slice_steps, slice_seconds=settings.job_slice_ms / 1000,
                                  max_seconds=settings.job_max_seconds, executor=self.executor)
+        self.cache = ResultCache(settings.cache_bytes, observer=self.metrics)  # explanation maps, shared by endpoints
         # (model, conv layer) -> FilterResponse; the weights are frozen, so a grid never changes
         self.rendered_filters: dict[tuple[str, str], Any] = {}
 
@@ -156,6 +158,11 @@ class Runtime:
         finally:
             self._count_decoding(model.name, -1)
 
+    async def decode(self, data: bytes, *, frame: int | None = None) -> DecodedImage:
+        """Decode only, in the thread pool: the pixels an overlay needs when the maps came from the cache. Not counted
+        as decoding for the batcher, since no model work follows."""
+        return await self.in_thread(decode_image, data, self.limits, frame=frame)
+
     def _count_decoding(self, name: str, delta: int) -> None:
         # No wake-up here on purpose: the worker re-checks on the next submit (which notifies it), so a request that
         # has just finished decoding is never left out of the batch it was about to join.
@@ -171,9 +178,14 @@ class Runtime:
 
     def submit_explanation(self, model: LoadedModel, inputs: Any, *, method: str, params: dict[str, Any],
                            layer: str | None, targets: list[int], top_k: int, min_probability: float | None = None,
-                           kind: str, meta: dict[str, Any], finish: Callable[[list[TargetMap]], dict[str, Any]]) -> Job:
+                           kind: str, meta: dict[str, Any], finish: Callable[[list[TargetMap]], dict[str, Any]],
+                           ready: list[TargetMap] | None = None) -> Job:
         """Queue an explanation as an asynchronous job on the model's worker (in short steps between live batches);
-        ``finish(maps)`` renders its result in the I/O pool once the maps are computed."""
+        ``finish(maps)`` renders its result in the I/O pool once the maps are computed (``ready``: already known,
+        e.g. cached — the job is then done at its first slice)."""
+        if ready is not None:
+            return self.jobs.submit(self.batcher(model), ReadyWork(ready), kind=kind, model=model.name, meta=meta,
+                                    finish=finish)
         work = ExplainWork(inputs, method, tuple(sorted(params.items())), layer, tuple(targets), top_k, min_probability)
         chunk = self.job_chunk(model)
         steps = StepsWork(lambda: explain_steps(model, [work], chunk=chunk))

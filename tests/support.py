@@ -22,6 +22,15 @@ def png_bytes(array: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+def demo_png(seed: int, index: int = 0) -> bytes:
+    """A synthetic demo image as PNG bytes. Tests that must see model work (a result-cache miss) on the session's
+    shared client use a seed of their own, since an identical earlier request would be answered from the cache."""
+    from service.demo.data import generate_sample, sample_rng
+
+    image, _ = generate_sample(sample_rng(seed, index))
+    return png_bytes(np.asarray(image))
+
+
 def wait_ready(client: TestClient, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -190,6 +190,7 @@ class RequestContextMiddleware:
                 "request_id": request_id, "route": route, "http_method": scope.get("method"), "status": status,
                 "latency_ms": round(elapsed * 1000, 2), "model": getattr(call, "model", None),
                 "method": getattr(call, "method", None), "batch_rows": getattr(call, "rows", None),
+                "cache": getattr(call, "cache", None),
             })
 
 

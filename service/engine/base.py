@@ -485,6 +485,18 @@ class Hooks:
 
         self._handles.append(module.register_forward_hook(hook))
 
+    def forward_pre(self, module: nn.Module, fn: Callable[[nn.Module, tuple, dict], Any]) -> None:
+        """A pre-hook that sees (and may replace, returning ``(args, kwargs)``) the call's arguments, e.g. to ask
+        ``nn.MultiheadAttention`` for its weights for this one call."""
+        owner = self._owner
+
+        def hook(mod: nn.Module, args: tuple, kwargs: dict) -> Any:
+            if threading.get_ident() != owner:
+                return None
+            return fn(mod, args, kwargs)
+
+        self._handles.append(module.register_forward_pre_hook(hook, with_kwargs=True))
+
     def remove(self) -> None:
         while self._handles:
             self._handles.pop().remove()

@@ -377,7 +377,7 @@ class ScoreCAM(_CAMFamily):
         wanted = varying.clone()
         if top > 0 and len(rows):
             (grad,) = row_gradients(logits, rows, [leaf], task)
-            alpha = cap.spatial(next(iter(cap.layers)), grad).float().mean((2, 3))                                   # Grad-CAM weights [R, K]
+            alpha = cap.spatial(next(iter(cap.layers)), grad).float().mean((2, 3))  # Grad-CAM weights [R, K]
             alpha = alpha.masked_fill(~varying[rows.image], float("-inf"))
             keep = torch.zeros_like(alpha, dtype=torch.bool)
             keep.scatter_(1, alpha.topk(min(top, k), dim=1).indices, True)

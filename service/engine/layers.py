@@ -271,6 +271,11 @@ def _choose(model: nn.Module, input_shape: tuple[int, ...], num_classes: int | N
         if picked is not None:
             return picked, ("the last token layer whose patch tokens receive gradient from the logits (after it only "
                             "the class token reaches the head, so maps there vanish)")
+        picked = _input_of_last_attention(model, input_shape, tokens)
+        if picked is not None:
+            return picked, ("the input of the last attention (no gradient reached the patch tokens on the probe "
+                            "image — e.g. a zero-initialised head — so chosen by structure: after the last "
+                            "attention only the class token reaches the head)")
     for pick, why in (
         (lambda i: i.preferred, "the last spatial map in execution order that is not a pooling output"),
         (lambda i: i.spatial and i.calls == 1 and not i.pooled, "the last spatial map (1x1: no finer one exists)"),
@@ -300,6 +305,41 @@ def _output_classes(infos: list[LayerInfo]) -> int | None:
     """The model's class count, from the last 2-D output (the logits)."""
     last = next((i for i in reversed(infos) if len(i.shape) == 2), None)
     return int(last.shape[1]) if last is not None else None
+
+
+def _is_attention(module: nn.Module) -> bool:
+    return isinstance(module, nn.MultiheadAttention) or "attention" in type(module).__name__.lower() or \
+        type(module).__name__ == "Attention"
+
+
+def _input_of_last_attention(model: nn.Module, input_shape: tuple[int, ...], tokens: list[LayerInfo]) -> str | None:
+    """The last token layer completed before the last attention module completes, outside that module (ViT's
+    ``ln_1``, timm's ``norm1`` of the last block)."""
+    order: list[str] = []
+    names = {m: n for n, m in model.named_modules() if n}
+    attention = [m for m in names if _is_attention(m)]
+    if not attention:
+        return None
+
+    def record(mod: nn.Module, args: tuple, out: object) -> None:
+        order.append(names[mod])
+
+    device, dtype = model_device(model)
+    with Hooks() as hooks:
+        for mod in names:
+            hooks.forward(mod, record)
+        with torch.no_grad():
+            model(torch.zeros((1, *input_shape), device=device, dtype=dtype))
+    attention_names = {names[m] for m in attention}
+    last = max((k for k, n in enumerate(order) if n in attention_names), default=None)
+    if last is None:
+        return None
+    inside = order[last]
+    token_names = {t.name for t in tokens}
+    for name in reversed(order[:last]):
+        if name in token_names and not name.startswith(inside + "."):
+            return name
+    return None
 
 
 def _last_token_layer_with_patch_gradient(model: nn.Module, input_shape: tuple[int, ...],

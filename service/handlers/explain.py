@@ -1,18 +1,28 @@
-"""``/explain/{method}``: validate cheaply, decode, queue the explanation, render the maps.
+"""``/explain/{method}``: validate cheaply, answer from the result cache or queue the explanation, render the maps.
 
 :func:`plan` checks everything that needs no model work (method parameters, model, method/layer fit, targets) so a
-bad request is refused before its image is decoded; :func:`run` decodes and queues; :func:`explain` renders. The
-``/localize`` handler reuses :func:`plan` and :func:`run`.
+bad request is refused before its image is decoded; :func:`map_key` names the maps the plan asks for (the result
+cache's key, :mod:`service.cache`); :func:`run` answers from the cache or decodes and queues; :func:`explain`
+renders. The ``/localize`` handler reuses :func:`plan`, :func:`map_key` and :func:`run`, so both endpoints share
+cached maps.
+
+Rendering options (``outputs``, ``colormap``, ``alpha``) are not part of the map key: they only shape the response,
+so they are folded into its entity tag instead. A client that already holds the tagged response (``If-None-Match``)
+gets "not modified" before anything is decoded or computed, whether or not the maps are still cached: the tag is a
+digest of every input of a deterministic computation, so a match means the client's copy is the answer (equivalent,
+hence a weak tag: a recomputation may differ in the last float bits).
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from ..api.schemas import ExplainOptions, ExplainResponse, Explanation, ImageInfo, ImageOptions, JobAccepted
+from ..cache import CachedMaps, MapKey, entity_tag
 from ..engine import Explainer, get_method, validate_params
 from ..errors import DeadlineExceeded, XaasError
 from ..imaging import DecodedImage, rgb8
@@ -20,10 +30,15 @@ from ..inference import TargetMap
 from ..registry import LoadedModel
 from ..rendering import encode_raw, map_stats, render_heatmap, render_overlay, validate_overlay_options
 from ..runtime import Runtime
-from . import CallInfo
+from . import CallInfo, Conditional, HeldTags
 
-__all__ = ["ExplanationPlan", "ExplanationRun", "explain", "explain_async", "method_param_names", "plan",
-           "render_response", "run", "submit"]
+__all__ = ["ExplanationPlan", "ExplanationRun", "explain", "explain_async", "image_digest", "map_key",
+           "method_param_names", "plan", "render_response", "run", "submit"]
+
+ASYNC_HINT = "resend it with the header 'Prefer: respond-async' to run it as a job (202, then poll GET /jobs/{id})"
+
+#: Bodies up to this size are hashed on the event loop; larger ones in the thread pool (hashlib releases the GIL).
+_INLINE_HASH_BYTES = 1 << 20
 
 
 def method_param_names(method: str | None) -> frozenset[str]:
@@ -53,11 +68,21 @@ class ExplanationPlan:
         return (self.layer or self.model.target_layer) if self.explainer.uses_layer else None
 
 
-@dataclass
+@dataclass(frozen=True)
 class ExplanationRun:
+    """The maps of one explanation and what rendering needs: the original size, and the pixels when decoded (always
+    on a miss; on a cache hit only when the caller asked for them)."""
+
     plan: ExplanationPlan
-    image: DecodedImage
-    maps: list[TargetMap]
+    maps: tuple[TargetMap, ...]
+    width: int
+    height: int
+    image: DecodedImage | None
+    cache_hit: bool
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return (self.width, self.height)
 
 
 def plan(runtime: Runtime, explainer: Explainer, opts: ImageOptions, extras: Mapping[str, Any], call: CallInfo, *,
@@ -79,64 +104,118 @@ def plan(runtime: Runtime, explainer: Explainer, opts: ImageOptions, extras: Map
                            min_probability if all_likely else None, runtime.timeout(opts.timeout))
 
 
-ASYNC_HINT = "resend it with the header 'Prefer: respond-async' to run it as a job (202, then poll GET /jobs/{id})"
+async def image_digest(runtime: Runtime, data: bytes) -> str:
+    """sha256 of the uploaded bytes; large bodies are hashed in the thread pool so the event loop never stalls."""
+    if len(data) <= _INLINE_HASH_BYTES:
+        return hashlib.sha256(data).hexdigest()
+    return await runtime.in_thread(lambda: hashlib.sha256(data).hexdigest())
 
 
-async def run(runtime: Runtime, plan: ExplanationPlan, data: bytes, *, frame: int | None, call: CallInfo
-              ) -> ExplanationRun:
-    """Decode the image and queue the explanation on the model's worker. Past its deadline, the 504 says how to
-    run it as an asynchronous job instead."""
+async def map_key(runtime: Runtime, plan: ExplanationPlan, data: bytes, *, frame: int | None) -> MapKey:
+    """The result-cache key of the maps ``plan`` asks for on this image (see :class:`service.cache.MapKey`).
+
+    Explicit targets make ``top_k`` irrelevant (the engine ignores it then), so it is left out: ``/explain`` and
+    ``/localize`` asking for the same classes share an entry whatever their ``top_k`` defaults."""
+    model, explicit = plan.model, tuple(plan.targets)
+    return MapKey(model=model.name, weights=model.weights_digest, config=model.config_digest,
+                  image=await image_digest(runtime, data), frame=frame or 0, method=plan.explainer.name,
+                  params=tuple(sorted(plan.params.items())), layer=plan.explained_layer, targets=explicit,
+                  top_k=None if explicit else plan.top_k, min_probability=None if explicit else plan.min_probability)
+
+
+async def run(runtime: Runtime, plan: ExplanationPlan, data: bytes, key: MapKey, *, frame: int | None, call: CallInfo,
+              pixels: bool = False) -> ExplanationRun:
+    """The maps from the result cache — no model work, and no decoding unless ``pixels`` (an overlay) needs the
+    image — or else decode, queue the explanation on the model's worker and store its maps."""
+    cached = runtime.cache.get(key)
+    if cached is not None:
+        call.cache = "hit"
+        image = await runtime.decode(data, frame=frame) if pixels else None
+        return ExplanationRun(plan, cached.maps, cached.width, cached.height, image, cache_hit=True)
+    call.cache = "miss"
     image, tensor = await runtime.load_image(plan.model, data, frame=frame)
     try:
         maps = await runtime.explain(plan.model, tensor, method=plan.explainer.name, params=plan.params,
                                      layer=plan.layer, targets=plan.targets, top_k=plan.top_k,
                                      min_probability=plan.min_probability, timeout=plan.timeout)
-    except DeadlineExceeded as exc:
+    except DeadlineExceeded as exc:  # past its deadline: say how to run it as a job instead
         raise DeadlineExceeded(f"{exc.detail}; {ASYNC_HINT}") from None
     call.rows = len(maps)
-    return ExplanationRun(plan, image, maps)
+    entry = CachedMaps.freeze(maps, image.width, image.height)
+    runtime.cache.put(key, entry)
+    return ExplanationRun(plan, entry.maps, entry.width, entry.height, image, cache_hit=False)
 
 
-async def submit(runtime: Runtime, plan: ExplanationPlan, data: bytes, *, frame: int | None, kind: str,
+async def submit(runtime: Runtime, plan: ExplanationPlan, data: bytes, key: MapKey, *, frame: int | None, kind: str,
                  render: Callable[[ExplanationRun], dict[str, Any]]) -> JobAccepted:
-    """Decode now (a broken image is refused at once), then queue the explanation as a job whose result is
-    ``render(run)`` — exactly the body of the synchronous call."""
+    """Decode now (a broken image is refused at once), then run the explanation as a job whose result is
+    ``render(run)`` — exactly the body of the synchronous call. Its maps go into the result cache; maps already
+    cached make the job done at its first slice."""
     image, tensor = await runtime.load_image(plan.model, data, frame=frame)
+    cached = runtime.cache.get(key)
+
+    def finish(maps: list[TargetMap]) -> dict[str, Any]:
+        entry = cached or CachedMaps.freeze(maps, image.width, image.height)
+        if cached is None:
+            runtime.cache.put(key, entry)
+        return render(ExplanationRun(plan, entry.maps, entry.width, entry.height, image, cache_hit=cached is not None))
+
     job = runtime.submit_explanation(
         plan.model, tensor, method=plan.explainer.name, params=plan.params, layer=plan.layer, targets=plan.targets,
         top_k=plan.top_k, min_probability=plan.min_probability, kind=kind, meta={"method": plan.explainer.name},
-        finish=lambda maps: render(ExplanationRun(plan, image, maps)))
+        finish=finish, ready=list(cached.maps) if cached is not None else None)
     return JobAccepted(id=job.id, status=job.status)
 
 
-def _validated(runtime: Runtime, method: str, opts: ExplainOptions, extras: Mapping[str, Any], call: CallInfo
-               ) -> ExplanationPlan:
-    explainer = get_method(method)
+def rendering_options(opts: ExplainOptions) -> dict[str, Any]:
+    """What shapes an ``/explain`` body besides the maps: the outputs (as a set: a body's fields have a fixed order),
+    and the colour map and opacity only when an overlay is drawn."""
+    options: dict[str, Any] = {"endpoint": "explain", "outputs": sorted(opts.outputs)}
     if "overlay" in opts.outputs:
-        validate_overlay_options(opts.colormap, opts.alpha)
-    return plan(runtime, explainer, opts, extras, call)
+        options.update(colormap=opts.colormap, alpha=float(opts.alpha))
+    return options
 
 
 async def explain(runtime: Runtime, method: str, data: bytes, opts: ExplainOptions, extras: Mapping[str, Any],
-                  call: CallInfo) -> ExplainResponse:
-    result = await run(runtime, _validated(runtime, method, opts, extras, call), data, frame=opts.frame, call=call)
-    return await runtime.in_thread(render_response, result, opts)
+                  call: CallInfo, held: HeldTags | None = None) -> Conditional[ExplainResponse]:
+    """The tagged response; "not modified" when ``held`` (the client's ``If-None-Match``) names its tag — answered
+    before any decoding or model work — or is ``*`` (after the work: only a valid request has an answer to hold)."""
+    explainer = get_method(method)
+    if "overlay" in opts.outputs:
+        validate_overlay_options(opts.colormap, opts.alpha)
+    validated = plan(runtime, explainer, opts, extras, call)
+    key = await map_key(runtime, validated, data, frame=opts.frame)
+    etag = entity_tag(key, rendering_options(opts))
+    if held is not None and held.names(etag):
+        call.cache = "not-modified"
+        return Conditional(etag)
+    any_answer = held is not None and held.any  # "*": not modified once the answer exists, known after the work
+    result = await run(runtime, validated, data, key, frame=opts.frame, call=call,
+                       pixels="overlay" in opts.outputs and not any_answer)
+    if any_answer:
+        return Conditional(etag, cache_hit=result.cache_hit)
+    body = await runtime.in_thread(render_response, result, opts)
+    return Conditional(etag, body, cache_hit=result.cache_hit)
 
 
 async def explain_async(runtime: Runtime, method: str, data: bytes, opts: ExplainOptions, extras: Mapping[str, Any],
                         call: CallInfo) -> JobAccepted:
     """``/explain/{method}`` with ``Prefer: respond-async``: the same validation, then a job."""
-    validated = _validated(runtime, method, opts, extras, call)
-    return await submit(runtime, validated, data, frame=opts.frame, kind="explanation",
+    explainer = get_method(method)
+    if "overlay" in opts.outputs:
+        validate_overlay_options(opts.colormap, opts.alpha)
+    validated = plan(runtime, explainer, opts, extras, call)
+    key = await map_key(runtime, validated, data, frame=opts.frame)
+    return await submit(runtime, validated, data, key, frame=opts.frame, kind="explanation",
                         render=lambda result: render_response(result, opts).model_dump(mode="json",
                                                                                       exclude_unset=True))
 
 
 def render_response(result: ExplanationRun, opts: ExplainOptions) -> ExplainResponse:
     """The response body; runs in the thread pool (PNG encoding never blocks the event loop or the worker)."""
-    return ExplainResponse(model=result.plan.model.name, method=result.plan.explainer.name,
-                           layer=result.plan.explained_layer,
-                           image=ImageInfo(width=result.image.width, height=result.image.height),
+    plan = result.plan
+    return ExplainResponse(model=plan.model.name, method=plan.explainer.name, layer=plan.explained_layer,
+                           image=ImageInfo(width=result.width, height=result.height),
                            explanations=_render_all(result, opts))
 
 
@@ -146,15 +225,17 @@ def _b64(data: bytes) -> str:
 
 def _render_all(result: ExplanationRun, opts: ExplainOptions) -> list[Explanation]:
     """Runs in the thread pool: PNG encoding never blocks the event loop or the model worker."""
-    image, labels = result.image, result.plan.model.labels
-    size = (image.width, image.height)
-    base = rgb8(image) if "overlay" in opts.outputs else None
+    labels = result.plan.model.labels
+    base = None
+    if "overlay" in opts.outputs:
+        assert result.image is not None, "run(pixels=True) decodes the image for an overlay"
+        base = rgb8(result.image)
     out = []
     for item in result.maps:
         stats = map_stats(item.heatmap)
         fields: dict[str, Any] = {}
         if "heatmap" in opts.outputs:
-            png, stats = render_heatmap(item.heatmap, size)
+            png, stats = render_heatmap(item.heatmap, result.size)
             fields["heatmap"] = _b64(png)
         if base is not None:
             fields["overlay"] = _b64(render_overlay(item.heatmap, base, colormap=opts.colormap, alpha=opts.alpha))

@@ -6,10 +6,12 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..api.schemas import ImageInfo, JobAccepted, LocalizedBox, LocalizeOptions, LocalizeResponse
+from ..cache import entity_tag
 from ..engine import get_method
 from ..engine.localize import DEFAULT_THRESHOLD, boxes_from_map
+from ..registry import LoadedModel
 from ..runtime import Runtime
-from . import CallInfo
+from . import CallInfo, Conditional, HeldTags
 from . import explain as explaining
 
 __all__ = ["MULTILABEL_MIN_PROBABILITY", "localize", "localize_async", "param_names", "render_response"]
@@ -26,6 +28,27 @@ def param_names(raw: Mapping[str, Any]) -> frozenset[str]:
     return explaining.method_param_names(name if isinstance(name, str) else None)
 
 
+async def localize(runtime: Runtime, data: bytes, opts: LocalizeOptions, extras: Mapping[str, Any],
+                   call: CallInfo, held: HeldTags | None = None) -> Conditional[LocalizeResponse]:
+    """Without ``target``/``top_k``, a multi-label model gets a box for every class with p >= 0.5, a multi-class one
+    for its top class. Method and threshold default to the model's calibrated ones, else Grad-CAM at 0.15.
+
+    The maps come from the result cache shared with ``/explain`` (same key: same image, method, parameters, layer and
+    targets); the box options only shape the response, so they are part of its entity tag, not of the map key."""
+    validated, threshold = _plan(runtime, opts, extras, call)
+    key = await explaining.map_key(runtime, validated, data, frame=opts.frame)
+    etag = entity_tag(key, {"endpoint": "localize", "threshold": float(threshold),
+                            "all_components": opts.all_components, "min_area": opts.min_area})
+    if held is not None and held.names(etag):
+        call.cache = "not-modified"
+        return Conditional(etag)
+    result = await explaining.run(runtime, validated, data, key, frame=opts.frame, call=call)
+    if held is not None and held.any:
+        return Conditional(etag, cache_hit=result.cache_hit)
+    body = await runtime.in_thread(render_response, result, opts, threshold)
+    return Conditional(etag, body, cache_hit=result.cache_hit)
+
+
 def _plan(runtime: Runtime, opts: LocalizeOptions, extras: Mapping[str, Any], call: CallInfo
           ) -> tuple[explaining.ExplanationPlan, float]:
     model = runtime.model(opts.model)
@@ -38,32 +61,30 @@ def _plan(runtime: Runtime, opts: LocalizeOptions, extras: Mapping[str, Any], ca
 
 
 def render_response(result: explaining.ExplanationRun, opts: LocalizeOptions, threshold: float) -> LocalizeResponse:
-    """Boxes of every map, with the box code that calibration measures; runs in the thread pool."""
-    model, size = result.plan.model, (result.image.width, result.image.height)
-    boxes = [
-        LocalizedBox(index=item.index, label=model.labels[item.index], score=item.score, box=box.as_list(),
-                     area=box.area)
-        for item in result.maps
-        for box in boxes_from_map(item.heatmap, size, threshold=threshold, all_components=opts.all_components,
-                                  min_area=opts.min_area)
-    ]
-    return LocalizeResponse(model=model.name, method=result.plan.explainer.name, layer=result.plan.explained_layer,
-                            threshold=threshold, image=ImageInfo(width=size[0], height=size[1]), boxes=boxes)
-
-
-async def localize(runtime: Runtime, data: bytes, opts: LocalizeOptions, extras: Mapping[str, Any],
-                   call: CallInfo) -> LocalizeResponse:
-    """Without ``target``/``top_k``, a multi-label model gets a box for every class with p >= 0.5, a multi-class one
-    for its top class. Method and threshold default to the model's calibrated ones, else Grad-CAM at 0.15."""
-    validated, threshold = _plan(runtime, opts, extras, call)
-    result = await explaining.run(runtime, validated, data, frame=opts.frame, call=call)
-    return await runtime.in_thread(render_response, result, opts, threshold)
+    """The response body (boxes of every map); runs in the thread pool."""
+    plan = result.plan
+    return LocalizeResponse(model=plan.model.name, method=plan.explainer.name, layer=plan.explained_layer,
+                            threshold=threshold, image=ImageInfo(width=result.width, height=result.height),
+                            boxes=_boxes(plan.model, result, threshold, opts))
 
 
 async def localize_async(runtime: Runtime, data: bytes, opts: LocalizeOptions, extras: Mapping[str, Any],
                          call: CallInfo) -> JobAccepted:
     """``/localize`` with ``Prefer: respond-async``: the same validation, then a job."""
     validated, threshold = _plan(runtime, opts, extras, call)
-    return await explaining.submit(runtime, validated, data, frame=opts.frame, kind="localization",
+    key = await explaining.map_key(runtime, validated, data, frame=opts.frame)
+    return await explaining.submit(runtime, validated, data, key, frame=opts.frame, kind="localization",
                                    render=lambda result: render_response(result, opts, threshold).model_dump(
                                        mode="json"))
+
+
+def _boxes(model: LoadedModel, result: explaining.ExplanationRun, threshold: float,
+           opts: LocalizeOptions) -> list[LocalizedBox]:
+    """Runs in the thread pool: the box of every map, by the function calibration measures."""
+    return [
+        LocalizedBox(index=item.index, label=model.labels[item.index], score=item.score, box=box.as_list(),
+                     area=box.area)
+        for item in result.maps
+        for box in boxes_from_map(item.heatmap, result.size, threshold=threshold, all_components=opts.all_components,
+                                  min_area=opts.min_area)
+    ]

@@ -170,3 +170,20 @@ def test_a_sync_request_past_its_deadline_is_told_to_go_async(demo_sample):
         assert batcher.stats.abandoned == 1
         assert c.post("/predict", files=_files(demo_sample)).status_code == 200
         assert time.monotonic() - t0 < 10   # the full 20000 masks take ~25 s on the demo model
+
+
+def test_an_async_request_whose_maps_are_cached_is_done_without_model_work(jclient, demo_sample):
+    data = {"top_k": "1", "masks": "250"}
+    sync = jclient.post("/explain/rise", files=_files(demo_sample), data=data)
+    assert sync.status_code == 200 and sync.headers["x-cache"] == "miss"
+    batcher = jclient.app.state.runtime.batchers["demo"]
+    before = batcher.stats.batches
+    r = jclient.post("/explain/rise", files=_files(demo_sample), data=data, headers=ASYNC)
+    doc = _wait(jclient, r.json()["id"])
+    assert doc["status"] == "done" and doc["progress"]["total"] == 1
+    assert doc["result"] == sync.json() and batcher.stats.batches == before
+    # and a job's maps serve later synchronous calls
+    r = jclient.post("/explain/rise", files=_files(demo_sample), data={"top_k": "1", "masks": "260"}, headers=ASYNC)
+    _wait(jclient, r.json()["id"])
+    again = jclient.post("/explain/rise", files=_files(demo_sample), data={"top_k": "1", "masks": "260"})
+    assert again.headers["x-cache"] == "hit"

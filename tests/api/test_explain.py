@@ -14,7 +14,7 @@ from PIL import Image
 
 from service.engine import get_method, validate_params
 from service.imaging import decode_image, to_model_input
-from tests.support import decode_png, decode_raw, make_client, wait_ready
+from tests.support import decode_png, decode_raw, demo_png, make_client, wait_ready
 
 
 def _post(client, method, data, **options):
@@ -46,9 +46,8 @@ def test_gradcam_heatmap_png_raw_and_overlay(client, demo_sample):
     assert overlay.shape == (128, 128, 3)
     raw = decode_raw(e["raw"])
     assert raw.shape == (16, 16)  # the demo's last conv map
-    np.testing.assert_allclose(raw, _engine_map(client, data, "gradcam",
-                                                ["circle", "square", "triangle", "cross", "ring", "star"].index(cls)),
-                               rtol=1e-4, atol=1e-6)
+    index = ["circle", "square", "triangle", "cross", "ring", "star"].index(cls)
+    np.testing.assert_allclose(raw, _engine_map(client, data, "gradcam", index), rtol=1e-4, atol=1e-6)
     assert e["max"] == pytest.approx(float(raw.max()), rel=1e-6)
 
 
@@ -172,7 +171,7 @@ def test_concurrent_mixed_requests_each_get_their_own_answer(demo_sample):
         images.append(buf.getvalue())
     cases = [(m, images[i % 4], t) for i, (m, t) in enumerate(
         [(m, t) for m in ("gradcam", "guided-backprop", "saliency", "layercam") for t in ("circle", "star", "ring")])]
-    with make_client(max_batch_delay_ms=100, max_batch_size=8) as c:
+    with make_client(max_batch_delay_ms=100, max_batch_size=8, cache_bytes=0) as c:  # repeats must reach the model
         wait_ready(c)
 
         def ask(case):
@@ -214,13 +213,15 @@ def test_localize_boxes_in_original_pixels(client, demo_sample):
 
 
 @pytest.mark.parametrize("method", ["gradcam", "cam", "layercam", "saliency", "guided-backprop", "guided-gradcam"])
-def test_a_served_explanation_is_one_forward(client, demo_sample, method):
+def test_a_served_explanation_is_one_forward(client, method):
     """One pass: the method's own forward yields the scores and the top-k targets; nothing else runs the model."""
     module = client.app.state.runtime.registry.get("demo").module
     calls = []
     handle = module.register_forward_hook(lambda m, args, out: calls.append(args[0].shape[0]))
     try:
-        r = client.post(f"/explain/{method}", files={"image": ("x.png", demo_sample[0])}, data={"top_k": "2"})
+        # an image of this test's own, so that no earlier request of the session put its maps in the result cache
+        r = client.post(f"/explain/{method}", files={"image": ("x.png", demo_png(8102))}, data={"top_k": "2"})
+        assert r.headers["x-cache"] == "miss"
     finally:
         handle.remove()
     assert r.status_code == 200, r.text

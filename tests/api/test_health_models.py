@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import json
 
-from tests.support import ROOT
+from tests.support import ROOT, demo_png
 
 
 def test_health_ready_and_request_ids(client):
@@ -79,19 +79,26 @@ def test_openapi_document_is_valid_openapi_3_1_and_says_problem_json():
     assert info["type"] == "array" and info["minItems"] == info["maxItems"] == 2
 
 
-def test_one_structured_access_line_per_request(client, demo_sample, caplog):
+def test_one_structured_access_line_per_request(client, caplog):
     import logging
 
     from service.logs import JsonFormatter
 
     caplog.set_level(logging.INFO, logger="xaas.access")
-    client.post("/explain/gradcam", files={"image": ("x.png", demo_sample[0])}, data={"top_k": "2"},
-                headers={"X-Request-ID": "trace-me"})
-    [record] = [r for r in caplog.records if r.name == "xaas.access" and getattr(r, "request_id", "") == "trace-me"]
-    line = json.loads(JsonFormatter().format(record))
+    image = demo_png(8101)  # an image of this test's own: the first request is a result-cache miss
+
+    def access_line(request_id: str) -> dict:
+        client.post("/explain/gradcam", files={"image": ("x.png", image)}, data={"top_k": "2"},
+                    headers={"X-Request-ID": request_id})
+        [record] = [r for r in caplog.records if r.name == "xaas.access" and getattr(r, "request_id", "") == request_id]
+        return json.loads(JsonFormatter().format(record))
+
+    line = access_line("trace-me")
     assert line["route"] == "/explain/{method}" and line["status"] == 200 and line["http_method"] == "POST"
     assert line["model"] == "demo" and line["method"] == "gradcam" and line["batch_rows"] == 2
-    assert line["latency_ms"] > 0 and line["level"] == "info"
+    assert line["cache"] == "miss" and line["latency_ms"] > 0 and line["level"] == "info"
+    again = access_line("trace-me-again")
+    assert again["cache"] == "hit" and "batch_rows" not in again  # no rows went to the model
 
 
 def test_versions_come_from_the_installed_distributions(client):

@@ -10,7 +10,7 @@ from tests.support import make_client, wait_ready
 
 def test_flood_beyond_the_queue_gets_429s_and_every_accepted_request_completes(demo_sample):
     data = demo_sample[0]
-    with make_client(max_queue=2, max_batch_size=1, max_batch_delay_ms=0) as c:
+    with make_client(max_queue=2, max_batch_size=1, max_batch_delay_ms=0, cache_bytes=0) as c:  # every request queues
         wait_ready(c)
 
         def ask(_):
@@ -56,8 +56,7 @@ def test_request_timeout_option_cannot_exceed_the_server_limit(demo_sample):
         wait_ready(c)
         assert c.app.state.runtime.timeout(3600) == 5
         assert c.app.state.runtime.timeout(0.5) == 0.5
-        assert c.post("/predict", files={"image": ("x.png", demo_sample[0])},
-                      data={"timeout": "7200"}).status_code == 422
+        image = {"image": ("x.png", demo_sample[0])}
+        assert c.post("/predict", files=image, data={"timeout": "7200"}).status_code == 422
         # Below one second a deadline cannot cover decoding, batching and rendering: refused, not a certain 504.
-        assert c.post("/predict", files={"image": ("x.png", demo_sample[0])},
-                      data={"timeout": "0.5"}).status_code == 422
+        assert c.post("/predict", files=image, data={"timeout": "0.5"}).status_code == 422

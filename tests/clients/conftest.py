@@ -79,10 +79,11 @@ def _servers(request: pytest.FixtureRequest,
     registry = SHIPPED_REGISTRY
     servers = {"main": ServerProcess("main", registry, tmp)}
     if any("busy_server" in item.fixturenames for item in request.session.items):
-        # One job running, one waiting, the rest 429: small enough to fill with a handful of requests.
+        # One job running, one waiting, the rest 429: small enough to fill with a handful of requests. No result
+        # cache: the floods repeat one request, and each must reach the queue.
         servers["busy"] = ServerProcess("busy", registry, tmp, {"XAAS_MAX_QUEUE": "1", "XAAS_MAX_BATCH_SIZE": "1",
-                                                                 "XAAS_MAX_BATCH_DELAY_MS": "0",
-                                                                 "OMP_NUM_THREADS": "1"})
+                                                                 "XAAS_MAX_BATCH_DELAY_MS": "0", "OMP_NUM_THREADS": "1",
+                                                                 "XAAS_CACHE_BYTES": "0"})
     try:
         yield servers
     finally:

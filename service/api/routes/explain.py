@@ -4,6 +4,7 @@ from fastapi import APIRouter, Path, Request, Response
 
 from ...handlers import explain as explain_handler
 from ...handlers import models as models_handler
+from ..conditional import CONDITIONAL_RESPONSES, IfNoneMatch, answer, parse_if_none_match
 from ..deps import AsyncDep, CallDep, RuntimeDep, accepted, unless_disconnected
 from ..inputs import read_image_request
 from ..schemas import (
@@ -26,13 +27,19 @@ async def methods() -> MethodList:
 
 @router.post("/explain/{method}", response_model=ExplainResponse, response_model_exclude_unset=True,
              summary="Heatmaps explaining the model's score for each target",
-             responses={**ASYNC_ACCEPTED, **problem_responses(*IMAGE_PROBLEMS)},
+             responses={**ASYNC_ACCEPTED, **CONDITIONAL_RESPONSES, **problem_responses(*IMAGE_PROBLEMS)},
              openapi_extra=image_request_body(ExplainOptions, prefer=True))
-async def explain(request: Request, runtime: RuntimeDep, call: CallDep, respond_async: AsyncDep,
-                  method: str = Path(max_length=64, description="See GET /methods.")) -> ExplainResponse | Response:
+async def explain(request: Request, response: Response, runtime: RuntimeDep, call: CallDep, respond_async: AsyncDep,
+                  method: str = Path(max_length=64, description="See GET /methods."),
+                  if_none_match: IfNoneMatch = None,
+                  ) -> ExplainResponse | Response:
     data, opts, extras = await read_image_request(request, ExplainOptions,
                                                   max_image_bytes=runtime.settings.max_body_bytes,
                                                   extra_names=explain_handler.method_param_names(method))
     if respond_async:
         return accepted(await explain_handler.explain_async(runtime, method, data, opts, extras, call))
-    return await unless_disconnected(request, explain_handler.explain(runtime, method, data, opts, extras, call))
+    # ``if_none_match`` documents the header; the parser reads every line of it, not only the first.
+    held = parse_if_none_match(request.headers.getlist("if-none-match"))
+    result = await unless_disconnected(request, explain_handler.explain(runtime, method, data, opts, extras, call,
+                                                                        held))
+    return answer(result, response)

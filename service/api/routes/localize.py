@@ -3,6 +3,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response
 
 from ...handlers import localize as localize_handler
+from ..conditional import CONDITIONAL_RESPONSES, IfNoneMatch, answer, parse_if_none_match
 from ..deps import AsyncDep, CallDep, RuntimeDep, accepted, unless_disconnected
 from ..inputs import read_image_request
 from ..schemas import (
@@ -18,13 +19,17 @@ router = APIRouter(tags=["localize"])
 
 
 @router.post("/localize", response_model=LocalizeResponse, summary="Bounding boxes from heatmaps",
-             responses={**ASYNC_ACCEPTED, **problem_responses(*IMAGE_PROBLEMS)},
+             responses={**ASYNC_ACCEPTED, **CONDITIONAL_RESPONSES, **problem_responses(*IMAGE_PROBLEMS)},
              openapi_extra=image_request_body(LocalizeOptions, prefer=True))
-async def localize(request: Request, runtime: RuntimeDep, call: CallDep, respond_async: AsyncDep
+async def localize(request: Request, response: Response, runtime: RuntimeDep, call: CallDep, respond_async: AsyncDep,
+                   if_none_match: IfNoneMatch = None,
                    ) -> LocalizeResponse | Response:
     data, opts, extras = await read_image_request(request, LocalizeOptions,
                                                   max_image_bytes=runtime.settings.max_body_bytes,
                                                   extra_names=localize_handler.param_names)
     if respond_async:
         return accepted(await localize_handler.localize_async(runtime, data, opts, extras, call))
-    return await unless_disconnected(request, localize_handler.localize(runtime, data, opts, extras, call))
+    # ``if_none_match`` documents the header; the parser reads every line of it, not only the first.
+    held = parse_if_none_match(request.headers.getlist("if-none-match"))
+    result = await unless_disconnected(request, localize_handler.localize(runtime, data, opts, extras, call, held))
+    return answer(result, response)
