@@ -34,6 +34,17 @@ _UNHOOKABLE = ("TorchScript models cannot be hooked (no layer maps, no guided Re
 
 
 @dataclass(frozen=True)
+class LayerDetail:
+    """A layer a request may name: its output's layout, map size and channels."""
+
+    name: str
+    layout: str            # nchw | nhwc | tokens
+    grid: tuple[int, int]
+    channels: int
+    prefix: int = 0
+
+
+@dataclass(frozen=True)
 class Capabilities:
     """The probe's findings for one model: each method's refusal reason (``None`` = usable) and the layers a request
     may name (modules with a spatial output that run once per forward), in execution order."""
@@ -42,10 +53,14 @@ class Capabilities:
     layers: tuple[str, ...] = ()
     target_layer: str | None = None
     hookable: bool = True
+    target_layer_reason: str | None = None
+    layer_details: tuple[LayerDetail, ...] = ()
+    caveats: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     _layer_set: frozenset[str] = field(default=frozenset(), repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "methods", MappingProxyType(dict(self.methods)))
+        object.__setattr__(self, "caveats", MappingProxyType(dict(self.caveats)))
         object.__setattr__(self, "_layer_set", frozenset(self.layers))
 
     @property
@@ -67,18 +82,60 @@ class Capabilities:
         return name
 
 
-def probe(module: nn.Module, *, input_shape: Sequence[int], task: str, target_layer: str | None) -> Capabilities:
-    """Ask every registered explainer whether it can explain ``module`` (runs a few dummy passes)."""
-    from .engine import METHODS, spatial_layers
+def probe(module: nn.Module, *, input_shape: Sequence[int], task: str, target_layer: str | None,
+          target_layer_reason: str | None = None) -> Capabilities:
+    """Ask every registered explainer whether it can explain ``module`` (runs a few dummy passes), and gather the
+    caveats that hold where a method applies."""
+    from .engine import METHODS
+    from .engine.layers import trace_layers
 
     if isinstance(module, torch.jit.ScriptModule):
         methods = {name: (None if name in HOOKLESS_METHODS else _UNHOOKABLE) for name in METHODS}
-        return Capabilities(methods, (), None, hookable=False)
+        return Capabilities(methods, (), None, hookable=False, target_layer_reason=target_layer_reason)
     verdicts: dict[str, str | None] = {}
+    caveats: dict[str, tuple[str, ...]] = {}
     for name, method in METHODS.items():
+        if target_layer is None and method.uses_layer:
+            verdicts[name] = f"{name} needs a layer map and this model has none ({target_layer_reason})"
+            continue
         try:
             method.check_model(module, input_shape, layer=target_layer, task=task)
             verdicts[name] = None
         except InvalidOption as exc:
             verdicts[name] = exc.detail
-    return Capabilities(verdicts, tuple(spatial_layers(module, input_shape)), target_layer)
+            continue
+        notes = list(method.caveats) + _model_caveats(name, module, input_shape, target_layer)
+        if notes:
+            caveats[name] = tuple(notes)
+    details = tuple(LayerDetail(i.name, i.layout.kind, i.layout.grid, _channels(i), i.layout.prefix)
+                    for i in trace_layers(module, input_shape) if i.explainable and i.layout is not None)
+    return Capabilities(verdicts, tuple(d.name for d in details), target_layer, target_layer_reason=target_layer_reason,
+                        layer_details=details, caveats=caveats)
+
+
+_NON_RELU = (nn.SiLU, nn.GELU, nn.Hardswish, nn.Mish, nn.ELU, nn.SELU, nn.Sigmoid, nn.Hardsigmoid, nn.Tanh)
+
+
+def _model_caveats(method: str, module: nn.Module, input_shape: Sequence[int], layer: str | None) -> list[str]:
+    """What holds for this model in particular."""
+    from .engine.layers import layer_layout
+
+    notes: list[str] = []
+    if method in ("guided-backprop", "guided-gradcam"):
+        others = sorted({type(m).__name__ for m in module.modules() if isinstance(m, _NON_RELU)})
+        if others:
+            notes.append(f"the guided rule applies to the ReLU-family activations only; {', '.join(others)} keep "
+                         "their gradients (as in captum)")
+    layout = layer_layout(module, layer, input_shape) if layer else None
+    if layout is not None and layout.kind == "tokens" and method in ("gradcam", "gradcam-pp", "layercam", "hirescam",
+                                                                    "gradcam-counterfactual", "scorecam"):
+        h, w = layout.grid
+        notes.append(f"on a token layer: the patch tokens as a {h}x{w} map (the {layout.prefix} prefix token(s) are "
+                     "left out)")
+    return notes
+
+
+def _channels(info: object) -> int:
+    shape = info.shape  # type: ignore[attr-defined]
+    return int(shape[3] if info.layout.kind == "nhwc" else shape[2] if info.layout.kind == "tokens"  # type: ignore
+               else shape[1])

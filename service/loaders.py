@@ -5,7 +5,10 @@ Sources:
   or a torchvision weight-enum name (``IMAGENET1K_V2``, ``ResNet50_Weights.IMAGENET1K_V2``, ``DEFAULT``). Enum
   weights are fetched by torchvision into its cache (``$TORCH_HOME``) on first use, so a machine without network
   access needs that cache pre-filled or a local weights file.
-- ``torchscript:<path>`` — a ``torch.jit.save``-d module; ``weights`` must be absent.
+- ``torchscript:<path>`` — a ``torch.jit.save``-d module; ``weights`` must be absent. TorchScript is deprecated in
+  torch 2.14; prefer:
+- ``export:<path>.pt2`` — a ``torch.export.save``-d program (the successor of TorchScript), unflattened so that its
+  layers can be hooked; ``weights`` must be absent.
 - ``python:<module>:<factory>`` — ``factory(**args)`` returns the module; optional ``weights`` state-dict file.
 """
 
@@ -40,7 +43,7 @@ def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
 def weights_digest(source: str, module: nn.Module, base_dir: Path) -> str:
     """The identity of a model's weights, computed once at load: the TorchScript file's bytes, else the state dict."""
     kind, _, rest = source.partition(":")
-    if kind == "torchscript":
+    if kind in ("torchscript", "export"):  # the archive carries code and weights: both are the model
         return file_digest(resolve_path(rest, base_dir, "source"))
     return state_dict_digest(module)
 
@@ -84,7 +87,7 @@ def build_module(source: str, weights: str | None, args: dict[str, Any], *, num_
     """Instantiate the module named by ``source``. Raises ``ConfigError`` with the field at fault."""
     kind, _, rest = source.partition(":")
     if not rest:
-        raise ConfigError("field 'source': expected 'torchvision:<arch>', 'torchscript:<path>' or "
+        raise ConfigError("field 'source': expected 'torchvision:<arch>', 'torchscript:<path>', 'export:<path>' or "
                           f"'python:<module>:<factory>', got {source!r}")
     if kind == "torchvision":
         return _torchvision(rest, weights, args, num_classes=num_classes, base_dir=base_dir)
@@ -96,6 +99,10 @@ def build_module(source: str, weights: str | None, args: dict[str, Any], *, num_
             return torch.jit.load(str(path), map_location="cpu")
         except Exception as exc:  # noqa: BLE001 - any load failure is a config problem of this entry
             raise ConfigError(f"field 'source': cannot load TorchScript file {path}: {exc}") from None
+    if kind == "export":
+        if weights:
+            raise ConfigError("field 'weights': an export source carries its own weights; remove 'weights'")
+        return load_exported(resolve_path(rest, base_dir, "source"))
     if kind == "python":
         module_name, _, factory_name = rest.rpartition(":")
         if not module_name:
@@ -114,7 +121,20 @@ def build_module(source: str, weights: str | None, args: dict[str, Any], *, num_
         if weights:
             _load_weights(module, resolve_path(weights, base_dir, "weights"))
         return module
-    raise ConfigError(f"field 'source': unknown source kind {kind!r} (torchvision, torchscript, python)")
+    raise ConfigError(f"field 'source': unknown source kind {kind!r} (torchvision, torchscript, export, python)")
+
+
+def load_exported(path: Path) -> nn.Module:
+    """A ``torch.export``-ed program (``torch.export.save``, ``.pt2``) as a module: ``torch.export.unflatten`` keeps
+    the original module hierarchy, so forward hooks on its submodules fire and CAM methods can use its layers.
+    Export it in eval mode with a dynamic batch dimension (``dynamic_shapes={"x": {0: Dim.AUTO}}``) so that batches
+    of any size run."""
+    try:
+        program = torch.export.load(str(path))
+        return torch.export.unflatten(program)
+    except Exception as exc:  # noqa: BLE001 - any load failure is a config problem of this entry
+        raise ConfigError(f"field 'source': cannot load exported program {path}: {exc.__class__.__name__}: "
+                          f"{str(exc)[:300]}") from None
 
 
 def resolve_path(value: str, base_dir: Path, field: str) -> Path:

@@ -37,6 +37,14 @@ class BatchingSpec(BaseModel):
     max_queue: int | None = Field(None, ge=1)
 
 
+class TokensSpec(BaseModel):
+    """The token layout of a transformer's token layers, when it cannot be inferred (register tokens, odd grids)."""
+
+    model_config = ConfigDict(extra="forbid")
+    grid: tuple[int, int] = Field(description="[height, width] of the patch grid.")
+    prefix: int = Field(1, ge=0, le=64, description="Leading non-patch tokens (class, distillation, registers).")
+
+
 class ModelSpec(BaseModel):
     """One entry of ``models.yaml``."""
 
@@ -54,6 +62,7 @@ class ModelSpec(BaseModel):
     std: list[float] = Field(default_factory=lambda: [0.229, 0.224, 0.225])
     channels: Literal[1, 3] = 3
     target_layer: str | None = None
+    tokens: TokensSpec | None = None
     device: str = "auto"
     default: bool = False
     enabled: bool = True
@@ -73,8 +82,9 @@ class ModelSpec(BaseModel):
     @classmethod
     def _source(cls, v: str) -> str:
         kind, _, rest = v.partition(":")
-        if kind not in ("torchvision", "torchscript", "python") or not rest:
-            raise ValueError("expected 'torchvision:<arch>', 'torchscript:<path>' or 'python:<module>:<factory>'")
+        if kind not in ("torchvision", "torchscript", "export", "python") or not rest:
+            raise ValueError("expected 'torchvision:<arch>', 'torchscript:<path>', 'export:<path>.pt2' or "
+                             "'python:<module>:<factory>'")
         return v
 
     @field_validator("device")
@@ -255,9 +265,9 @@ def load_model(spec: ModelSpec, *, base_dir: Path, device_policy: str = "auto") 
                               f"the entry says {num_classes}")
         if labels is None:
             labels = [str(i) for i in range(out_classes)]
-        target_layer = _target_layer(module, spec)
+        target_layer, reason = _target_layer(module, spec, out_classes)
         capabilities = probe(module, input_shape=(spec.channels, *spec.input_size), task=spec.task,
-                             target_layer=target_layer)
+                             target_layer=target_layer, target_layer_reason=reason)
     except ConfigError as exc:
         raise ConfigError(f"model '{spec.name}': {exc}") from None
     return LoadedModel(spec, module, device, labels, target_layer, capabilities, digest,
@@ -288,21 +298,27 @@ def _is_scripted(module: nn.Module) -> bool:
     return isinstance(module, torch.jit.ScriptModule)
 
 
-def _target_layer(module: nn.Module, spec: ModelSpec) -> str | None:
-    from .engine import find_target_layer, spatial_layers
+def _target_layer(module: nn.Module, spec: ModelSpec, num_classes: int) -> tuple[str | None, str | None]:
+    """``(layer, reason)``: the entry's layer, else the automatic choice with the reason it gives."""
+    from .engine.layers import choose_target_layer, explainable_layers, set_token_layout
 
     if _is_scripted(module):
         if spec.target_layer is not None:
             raise ConfigError("field 'target_layer': TorchScript models cannot be hooked, so they have no target layer")
-        return None
-
+        return None, "TorchScript models cannot be hooked"
+    shape = (spec.channels, *spec.input_size)
+    if spec.tokens is not None:
+        set_token_layout(module, spec.tokens.grid, spec.tokens.prefix)
     if spec.target_layer is None:
-        return find_target_layer(module, (spec.channels, *spec.input_size))
-    valid = spatial_layers(module, (spec.channels, *spec.input_size))
+        try:
+            return choose_target_layer(module, shape, num_classes=num_classes)
+        except InvalidOption as exc:
+            return None, exc.detail   # no map at all: only the hook-free methods apply
+    valid = explainable_layers(module, shape)
     if spec.target_layer not in valid:
-        raise ConfigError(f"field 'target_layer': {spec.target_layer!r} is not a layer with a spatial output "
+        raise ConfigError(f"field 'target_layer': {spec.target_layer!r} is not a layer with a spatial or token output "
                           f"(e.g. {', '.join(valid[-5:])})")
-    return spec.target_layer
+    return spec.target_layer, "set in the registry entry (target_layer)"
 
 
 class ModelRegistry:

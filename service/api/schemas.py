@@ -197,13 +197,16 @@ class MethodParam(BaseModel):
 
 class MethodInfo(BaseModel):
     name: str
-    family: Literal["cam", "gradient", "perturbation"]
+    family: Literal["cam", "gradient", "perturbation", "attention"]
     description: str
     params: dict[str, MethodParam]
     uses_layer: bool
-    output: Literal["layer", "input"]
+    output: Literal["layer", "input"] = Field(description="Resolution of the raw map: the layer's (CAM and "
+                                                          "attention methods: the patch grid for transformers) or "
+                                                          "the model input's.")
     signed: bool
     sanity: str | None = None
+    caveats: list[str] = Field(default_factory=list, description="What holds wherever the method applies.")
 
 
 class MethodList(BaseModel):
@@ -235,12 +238,29 @@ class ModelInfo(BaseModel):
     channels: int
     device: str
     target_layer: str | None = Field(description="Default CAM layer; null for TorchScript models (no hooks).")
-    methods: list[str]
+    target_layer_reason: str | None = Field(None, description="Why this layer (the rule that chose it, or the "
+                                                              "registry entry).")
+    methods: list[str] = Field(description="The methods that apply to this model (the applicability probe's).")
     default: bool
+
+
+class LayerChoice(BaseModel):
+    name: str
+    layout: Literal["nchw", "nhwc", "tokens"] = Field(description="nchw: a conv map; nhwc: channels-last (Swin); "
+                                                                  "tokens: [B, prefix + h*w, C] (transformers).")
+    grid: Pair = Field(description="[height, width] of the map (the patch grid for tokens).")
+    channels: int
+    prefix: int = Field(0, description="Tokens: leading non-patch tokens (class, distillation, registers).")
 
 
 class ModelDetail(ModelInfo):
     labels: list[str]
+    layers: list[LayerChoice] = Field(default_factory=list,
+                                      description="The layers a request may name (execution order).")
+    refused: dict[str, str] = Field(default_factory=dict,
+                                    description="Methods that do not apply to this model, each with the reason.")
+    caveats: dict[str, list[str]] = Field(default_factory=dict,
+                                          description="What holds for an applicable method on this model.")
 
 
 class ModelList(BaseModel):

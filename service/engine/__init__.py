@@ -30,6 +30,7 @@ from typing import Any
 from torch import nn
 
 from ..errors import InvalidOption, UnknownMethod
+from .attention import AttentionGradients, AttentionRollout
 from .base import BACKWARD_CHUNK, FORWARD_CHUNK, Explainer, ParamSpec, coerce_params
 from .cam import CAM, GradCAM, GradCAMCounterfactual, GradCAMPlusPlus, HiResCAM, LayerCAM, ScoreCAM, XGradCAM
 from .fusion import FusedCAM
@@ -70,6 +71,8 @@ METHODS: dict[str, Explainer] = {
         XGradCAM(),
         RISE(),
         FusedCAM(),
+        AttentionRollout(),
+        AttentionGradients(),
     )
 }
 

@@ -261,6 +261,8 @@ class Explainer(ABC):
     uses_layer: ClassVar[bool] = False
     signed: ClassVar[bool] = False
     sanity: ClassVar[str | None] = None
+    #: What a user should know wherever the method applies (e.g. "class-agnostic").
+    caveats: ClassVar[tuple[str, ...]] = ()
 
     #: Per-instance overrides of the module-level chunk sizes (None = use the module default at call time).
     forward_chunk: int | None = None
@@ -322,9 +324,10 @@ class Explainer(ABC):
             "description": self.description,
             "params": {p.name: p.to_json() for p in self.params},
             "uses_layer": self.uses_layer,
-            "output": "layer" if self.family == "cam" else "input",
+            "output": "layer" if self.family in ("cam", "attention") else "input",
             "signed": self.signed,
             "sanity": self.sanity,
+            "caveats": list(self.caveats),
         }
 
     # helpers for subclasses -------------------------------------------------------------------------------------

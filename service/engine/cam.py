@@ -147,7 +147,7 @@ def _gap_linear_head(act: Tensor, logits: Tensor, cap: Capture) -> tuple[Tensor,
     if lin is not None and tuple(lin.weight.shape) == (k, c):
         tol = 1e-3 if lin.weight.dtype in (torch.float32, torch.float64) else 2e-2
         for pooled in (act, act.relu()):
-            pred = F.linear(pooled.mean((2, 3)).to(lin.weight.dtype), lin.weight, lin.bias)
+            pred = F.linear(pooled.mean((2, 3)).to(lin.weight.dtype), lin.weight, getattr(lin, "bias", None))
             err = (pred.float() - logits.float()).abs().max()
             scale = logits.float().abs().max().clamp_min(1e-12)
             if bool(err <= tol * scale):
@@ -290,7 +290,6 @@ class GradCAMPlusPlus(_GradientCAM):
     """
 
     name = "gradcam-pp"
-    needs_nonnegative = True
     sanity = ("fails the model-parameter randomisation check (Adebayo et al., 2018) on the demo model: rank "
               "correlation with the maps of a re-initialised model 0.60 (all layers re-initialised) / 0.66 (logit "
               "layer only) (bench/quality.py)")

@@ -142,8 +142,9 @@ class _GuidedReLUInplace(torch.autograd.Function):
 
 
 _RELU_RULE = _Rule()
-_RELU = frozenset({F.relu, torch.relu, Tensor.relu})
-_RELU_INPLACE = frozenset({torch.relu_, Tensor.relu_, F.relu_})
+# The functions eager models call, and the ATen ops that exported programs (torch.export) call.
+_RELU = frozenset({F.relu, torch.relu, Tensor.relu, torch.ops.aten.relu.default})
+_RELU_INPLACE = frozenset({torch.relu_, Tensor.relu_, F.relu_, torch.ops.aten.relu_.default})
 
 
 def _arg(args: tuple, kwargs: dict, index: int, name: str, default: Any) -> Any:
@@ -156,6 +157,10 @@ def _rule_of(func: Any, args: tuple, kwargs: dict) -> tuple[_Rule, bool] | None:
         return _RELU_RULE, True
     if func in _RELU:
         return _RELU_RULE, func is F.relu and bool(_arg(args, kwargs, 1, "inplace", False))
+    if func in (torch.ops.aten.hardtanh.default, torch.ops.aten.hardtanh_.default):
+        low, high = float(_arg(args, kwargs, 1, "min_val", -1.0)), float(_arg(args, kwargs, 2, "max_val", 1.0))
+        inplace = func is torch.ops.aten.hardtanh_.default
+        return (_Rule(high=high), inplace) if low == 0.0 and high > 0 else None
     if func is F.relu6:
         return _Rule(high=6.0), bool(_arg(args, kwargs, 1, "inplace", False))
     if func is F.hardtanh:  # nn.ReLU6 is hardtanh(0, 6); other clips are not ReLUs

@@ -86,6 +86,7 @@ class LayerInfo:
     calls: int                # times it ran in one forward
     pooled: bool              # its output tensor was produced by a pooling layer
     layout: Layout | None     # None: not an explainable map
+    identity: bool = False    # it returned its input unchanged (Dropout in eval, Identity): never the default
 
     @property
     def spatial(self) -> bool:
@@ -97,7 +98,7 @@ class LayerInfo:
 
     @property
     def preferred(self) -> bool:
-        return (self.spatial and self.calls == 1 and not self.pooled and self.layout is not None
+        return (self.spatial and self.calls == 1 and not self.pooled and not self.identity and self.layout is not None
                 and self.layout.grid[0] > 1 and self.layout.grid[1] > 1)
 
 
@@ -146,6 +147,7 @@ def _layout(model: nn.Module, shape: tuple[int, ...], input_hw: tuple[int, int])
 # --------------------------------------------------------------------------------------------------- tracing
 
 _traces: weakref.WeakKeyDictionary[nn.Module, dict[tuple[int, ...], list[LayerInfo]]] = weakref.WeakKeyDictionary()
+_classes: weakref.WeakKeyDictionary[nn.Module, int] = weakref.WeakKeyDictionary()  # the logits' width
 _auto_cache: weakref.WeakKeyDictionary[nn.Module, dict[tuple[int, ...], tuple[str, str]]] = weakref.WeakKeyDictionary()
 _lock = threading.Lock()
 
@@ -188,17 +190,25 @@ def _trace(model: nn.Module, input_shape: tuple[int, ...]) -> list[LayerInfo]:
     names = {m: n for n, m in model.named_modules() if n}
     events: list[tuple[str, nn.Module, object]] = []
     calls: dict[str, int] = {}
+    identities: set[str] = set()
 
     def record(mod: nn.Module, args: tuple, out: object) -> None:
         name = names[mod]
         calls[name] = calls.get(name, 0) + 1
         events.append((name, mod, out))
+        passthrough = isinstance(mod, (nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d,
+                                       nn.AlphaDropout))
+        if passthrough or (args and out is args[0] and not getattr(mod, "inplace", False)
+                           and not any(True for _ in mod.children())):
+            identities.add(name)
 
     with Hooks() as hooks:
         for mod in names:
             hooks.forward(mod, record)
         with torch.no_grad():
-            model(torch.zeros((1, *input_shape), device=device, dtype=dtype))
+            output = model(torch.zeros((1, *input_shape), device=device, dtype=dtype))
+    if isinstance(output, Tensor) and output.dim() == 2:
+        _classes[model] = int(output.shape[1])
 
     # The first module to emit a tensor object is its producer; containers and in-place ops re-emit it.
     # (``events`` keeps every output alive, so ids stay unique.)
@@ -214,7 +224,7 @@ def _trace(model: nn.Module, input_shape: tuple[int, ...]) -> list[LayerInfo]:
             continue
         shape = tuple(out.shape)
         info = LayerInfo(name, type(mod).__name__, shape, calls[name], isinstance(producer[id(out)], _POOLS),
-                         _layout(model, shape, hw))
+                         _layout(model, shape, hw), name in identities)
         if name in infos:
             order.remove(name)
         infos[name] = info
@@ -262,7 +272,7 @@ def find_target_layer(model: nn.Module, input_shape: Sequence[int]) -> str:
 
 def _choose(model: nn.Module, input_shape: tuple[int, ...], num_classes: int | None) -> tuple[str, str]:
     infos = trace_layers(model, input_shape)
-    classes = num_classes if num_classes is not None else _output_classes(infos)
+    classes = num_classes if num_classes is not None else _classes.get(model, _output_classes(infos))
     tokens = [i for i in infos if i.explainable and i.layout is not None and i.layout.kind == "tokens"]
     spatial_last = max((k for k, i in enumerate(infos) if i.preferred), default=-1)
     if tokens and infos.index(tokens[-1]) > spatial_last:

@@ -155,8 +155,11 @@ def capture(model: nn.Module, layers: Sequence[str | None], *, input_shape: Sequ
             def on_leaf(mod: nn.Module, args: tuple, out: Any) -> None:
                 if cap._last is not None:
                     cap.after.append(f"{names[mod]} ({type(mod).__name__})")
-                    if isinstance(mod, nn.Linear):
-                        cap.last_linear = mod
+                    weight = getattr(mod, "weight", None)
+                    # nn.Linear, or a module acting as one (torch.export's unflattened InterpreterModule): CAM checks
+                    # numerically that the head really is W · mean(A) + b before it uses W
+                    if isinstance(mod, nn.Linear) or (isinstance(weight, Tensor) and weight.dim() == 2):
+                        cap.last_linear = mod  # type: ignore[assignment]
 
             for mod in model.modules():
                 if id(mod) not in captured and not any(True for _ in mod.children()):

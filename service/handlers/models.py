@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..api.schemas import MethodInfo, MethodList, ModelDetail, ModelInfo, ModelList
+from ..api.schemas import LayerChoice, MethodInfo, MethodList, ModelDetail, ModelInfo, ModelList
 from ..engine import describe
 from ..registry import LoadedModel
 from ..runtime import Runtime
@@ -19,6 +19,7 @@ def model_info(runtime: Runtime, model: LoadedModel) -> ModelInfo:
         channels=model.spec.channels,
         device=str(model.device),
         target_layer=model.target_layer,
+        target_layer_reason=model.capabilities.target_layer_reason,
         methods=model.capabilities.usable_methods,
         default=model.name == runtime.registry.default_name,
     )
@@ -30,7 +31,12 @@ def list_models(runtime: Runtime) -> ModelList:
 
 def model_detail(runtime: Runtime, name: str) -> ModelDetail:
     model = runtime.registry.get(name)
-    return ModelDetail(**model_info(runtime, model).model_dump(), labels=model.labels)
+    caps = model.capabilities
+    layers = [LayerChoice(name=d.name, layout=d.layout, grid=list(d.grid), channels=d.channels, prefix=d.prefix)
+              for d in caps.layer_details]
+    return ModelDetail(**model_info(runtime, model).model_dump(), labels=model.labels, layers=layers,
+                       refused={m: why for m, why in caps.methods.items() if why is not None},
+                       caveats={m: list(notes) for m, notes in caps.caveats.items()})
 
 
 def list_methods() -> MethodList:

@@ -29,7 +29,7 @@ def test_registry_holds_every_required_method_with_its_metadata():
     assert {"hirescam", "xgradcam", "rise"} <= set(METHODS)
     for name, method in METHODS.items():
         assert isinstance(method, Explainer) and method.name == name
-        assert method.family in ("cam", "gradient", "perturbation")
+        assert method.family in ("cam", "gradient", "perturbation", "attention")
         assert method.description and isinstance(method.params, tuple)
         assert all(isinstance(p, ParamSpec) for p in method.params)
     assert METHODS["gradcam"].uses_layer and METHODS["guided-gradcam"].uses_layer
@@ -122,17 +122,18 @@ ARCHS = {
     "efficientnet_b0": "features",
     "convnext_tiny": "features",
 }
-# XGrad-CAM and Grad-CAM++ assume ReLU'd activations: refused where the default layer is a norm (DenseNet's norm5,
-# ConvNeXt) or ends in SiLU/Hardswish (EfficientNet, MobileNetV3), which go negative.
-NON_NEGATIVE = {"xgradcam", "gradcam-pp"}
+# XGrad-CAM assumes ReLU'd activations: refused where the default layer is a norm (DenseNet's norm5, ConvNeXt) or
+# ends in SiLU/Hardswish (EfficientNet, MobileNetV3), which go negative.
+NON_NEGATIVE = {"xgradcam"}
+ATTENTION = {"attention-rollout", "attention-gradients"}   # transformers only
 NOT_USABLE = {
-    "resnet18": set(),
-    "resnet50": set(),
-    "vgg11": {"cam"},
-    "densenet121": NON_NEGATIVE,
-    "mobilenet_v3_small": {"cam"} | NON_NEGATIVE,
-    "efficientnet_b0": {"guided-backprop", "guided-gradcam"} | NON_NEGATIVE,
-    "convnext_tiny": {"cam", "guided-backprop", "guided-gradcam"} | NON_NEGATIVE,
+    "resnet18": ATTENTION,
+    "resnet50": ATTENTION,
+    "vgg11": {"cam"} | ATTENTION,
+    "densenet121": NON_NEGATIVE | ATTENTION,
+    "mobilenet_v3_small": {"cam"} | NON_NEGATIVE | ATTENTION,
+    "efficientnet_b0": {"guided-backprop", "guided-gradcam"} | NON_NEGATIVE | ATTENTION,
+    "convnext_tiny": {"cam", "guided-backprop", "guided-gradcam"} | NON_NEGATIVE | ATTENTION,
 }
 
 

@@ -29,7 +29,10 @@ def tiny():
     return model, torch.stack([x1, x2, x1]), torch.tensor([1, 4, 5])
 
 
-@pytest.mark.parametrize("name", list(METHODS))
+CNN_METHODS = [m for m in METHODS if METHODS[m].family != "attention"]  # attention methods: transformers only
+
+
+@pytest.mark.parametrize("name", CNN_METHODS)
 def test_rows_are_independent(name, tiny, monkeypatch):
     # Small chunks so that perturbation/noise chunks straddle rows.
     monkeypatch.setattr("service.engine.base.FORWARD_CHUNK", 5)
@@ -65,3 +68,29 @@ def test_rows_are_independent_on_resnet18(name):
     scale = float(alone.abs().max())
     assert scale > 0
     torch.testing.assert_close(together, alone, rtol=1e-4, atol=1e-5 * scale)
+
+
+def tiny_vit():
+    torchvision = pytest.importorskip("torchvision")
+    torch.manual_seed(0)
+    model = torchvision.models.VisionTransformer(image_size=16, patch_size=4, num_layers=2, num_heads=2,
+                                                 hidden_dim=16, mlp_dim=32, num_classes=6)
+    torch.nn.init.normal_(model.heads.head.weight, std=0.5)  # torchvision zero-initialises the head
+    return frozen(model)
+
+
+@pytest.mark.parametrize("name", ["attention-rollout", "attention-gradients", "gradcam"])
+def test_rows_are_independent_on_a_vision_transformer(name):
+    model = tiny_vit()
+    g = torch.Generator().manual_seed(3)
+    x1, x2 = torch.randn(3, 16, 16, generator=g), torch.randn(3, 16, 16, generator=g)
+    x, t = torch.stack([x1, x2, x1]), torch.tensor([1, 4, 5])
+    together = METHODS[name].explain(model, x, t, layer=None, task="multiclass")
+    alone = torch.cat([METHODS[name].explain(model, x[i:i + 1], t[i:i + 1], layer=None, task="multiclass")
+                       for i in range(3)])
+    assert together.shape == (3, 4, 4) and float(alone.abs().max()) > 0
+    torch.testing.assert_close(together, alone, rtol=1e-4, atol=1e-6)
+    if name == "attention-rollout":   # class-agnostic by definition
+        torch.testing.assert_close(together[0], together[2])
+    else:
+        assert not torch.allclose(together[0], together[2])
