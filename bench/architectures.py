@@ -23,7 +23,7 @@ def short(reason: str) -> str:
     """A refusal's gist for a table cell."""
     text = reason.lower()
     for key, gist in (("linear head", "no GAP→linear head"), ("non-negative", "negative activations at the layer"),
-                      ("relu", "no ReLU-family activations"), ("token layer", "not a transformer"),
+                      ("relu", "no ReLU-family activations"), ("no token layer", "no global token sequence"),
                       ("fused kernel", "attention not readable"), ("twice as fine", "no finer layer")):
         if key in text:
             return gist

@@ -108,7 +108,8 @@ def probe(module: nn.Module, *, input_shape: Sequence[int], task: str, target_la
         if notes:
             caveats[name] = tuple(notes)
     details = tuple(LayerDetail(i.name, i.layout.kind, i.layout.grid, _channels(i), i.layout.prefix)
-                    for i in trace_layers(module, input_shape) if i.explainable and i.layout is not None)
+                    for i in trace_layers(module, input_shape)
+                    if i.explainable and i.layout is not None and not i.identity)  # Dropout: its input's map
     return Capabilities(verdicts, tuple(d.name for d in details), target_layer, target_layer_reason=target_layer_reason,
                         layer_details=details, caveats=caveats)
 

@@ -55,8 +55,9 @@ def token_layout(model: nn.Module, input_shape: Sequence[int]) -> Layout:
     for info in trace_layers(model, input_shape):
         if info.layout is not None and info.layout.kind == "tokens":
             return info.layout
-    raise InvalidOption("attention methods explain vision transformers: this model has no token layer "
-                        "[B, prefix + h*w, C]", errors=[FieldError("method", "no token layers")])
+    raise InvalidOption("attention methods explain global-attention vision transformers (ViT, DeiT): this model has "
+                        "no token layer [B, prefix + h*w, C] (windowed-attention models such as Swin and MaxViT keep "
+                        "maps, not one token sequence); use gradcam", errors=[FieldError("method", "no token layers")])
 
 
 class AttentionRecorder(TorchFunctionMode):

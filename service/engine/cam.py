@@ -144,7 +144,8 @@ def _gap_linear_head(act: Tensor, logits: Tensor, cap: Capture) -> tuple[Tensor,
     """``(W, f(A))`` when ``logits == W · mean_{ij} f(A) + b`` for ``f`` in (identity, ReLU), else InvalidOption."""
     lin = cap.last_linear
     k, c = logits.shape[1], act.shape[1]
-    if lin is not None and tuple(lin.weight.shape) == (k, c):
+    # an all-zero head (e.g. a freshly initialised ViT head) matches any pooling: it proves nothing
+    if lin is not None and tuple(lin.weight.shape) == (k, c) and bool(lin.weight.detach().abs().amax() > 0):
         tol = 1e-3 if lin.weight.dtype in (torch.float32, torch.float64) else 2e-2
         for pooled in (act, act.relu()):
             pred = F.linear(pooled.mean((2, 3)).to(lin.weight.dtype), lin.weight, getattr(lin, "bias", None))

@@ -69,13 +69,14 @@ def auto_fine_layer(model: nn.Module, coarse: str | None, input_shape: Sequence[
         return hit
     name, _ = resolve_layer(model, coarse, input_shape)
     infos = trace_layers(model, input_shape)
-    h, w = next(i.shape for i in infos if i.name == name)[-2:]
-    finer = [i for i in infos if i.preferred and i.name != name and i.shape[-2] >= 2 * h and i.shape[-1] >= 2 * w]
+    h, w = next(i.layout.grid for i in infos if i.name == name and i.layout is not None)  # patch grid for tokens
+    finer = [i for i in infos if i.preferred and i.name != name and i.layout.grid[0] >= 2 * h
+             and i.layout.grid[1] >= 2 * w]
     if not finer:
         raise InvalidOption(f"no layer has a map at least twice as fine as {name!r} ({h}x{w}); pass fine_layer",
                             errors=[FieldError("fine_layer", "no finer layer")])
-    level = min(i.shape[-2] * i.shape[-1] for i in finer)
-    candidates = [i for i in finer if i.shape[-2] * i.shape[-1] == level]
+    level = min(i.layout.grid[0] * i.layout.grid[1] for i in finer)
+    candidates = [i for i in finer if i.layout.grid[0] * i.layout.grid[1] == level]
     modules = dict(model.named_modules())
     level_names = {i.name for i in candidates}
     # Top-most blocks of the level: containers none of whose ancestors is itself a module of this level (so ResNet's

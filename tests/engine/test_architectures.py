@@ -343,3 +343,70 @@ def test_a_fused_attention_model_is_refused_with_the_reason():
     caps = probe(frozen(Fused()), input_shape=(3, 16, 16), task="multiclass", target_layer=None)
     assert "fused kernel" in caps.methods["attention-rollout"]
     assert set(METHODS) >= ATTENTION
+
+
+def test_cam_is_refused_on_a_zero_initialised_head():
+    """torchvision initialises a ViT's new head to zeros: ``W · mean(A) + b`` then equals the logits whatever the
+    pooling, so the numerical GAP→linear check would prove nothing; CAM is refused instead of served as zeros."""
+    vit = frozen(torchvision.models.vit_b_16(image_size=32, num_classes=3))
+    assert float(vit.heads.head.weight.abs().max()) == 0
+    layer, _ = choose_target_layer(vit, (3, 32, 32))
+    caps = probe(vit, input_shape=(3, 32, 32), task="multiclass", target_layer=layer)
+    assert "global-average-pool" in caps.methods["cam"]
+    with torch.no_grad():
+        vit.heads.head.weight.normal_()
+    assert "global-average-pool" in probe(vit, input_shape=(3, 32, 32), task="multiclass",
+                                          target_layer=layer).methods["cam"]   # a real head reads the class token
+
+
+class _RegisterViT(nn.Module):
+    """A DeiT/timm-style ViT with a class token and ``registers`` register tokens (Darcet et al. 2024) before the
+    patch tokens, built from torchvision's encoder block (a ``python:`` source would return the same)."""
+
+    def __init__(self, registers: int, side: int = 16, patch: int = 4, dim: int = 16, classes: int = 5):
+        super().__init__()
+        from torchvision.models.vision_transformer import EncoderBlock
+
+        self.embed = nn.Conv2d(3, dim, patch, stride=patch)
+        self.prefix = nn.Parameter(torch.randn(1, 1 + registers, dim))
+        self.blocks = nn.Sequential(*(EncoderBlock(2, dim, 32, 0.0, 0.0) for _ in range(2)))
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, classes)
+
+    def forward(self, x):
+        t = self.embed(x).flatten(2).transpose(1, 2)
+        t = torch.cat([self.prefix.expand(len(t), -1, -1), t], 1)
+        return self.head(self.norm(self.blocks(t))[:, 0])
+
+
+def test_register_tokens_need_the_tokens_entry_and_then_give_the_patch_grid():
+    """26 tokens = 1 class + 9 registers + 4x4 patches; inferred, the smallest prefix that leaves a square grid
+    is 1 (5x5) — wrong, which is what ``tokens: {grid: [4, 4], prefix: 10}`` is for. With it, Grad-CAM at the last
+    block's input norm equals the hand computation on the patch tokens."""
+    from service.engine.layers import layer_layout, set_token_layout
+
+    torch.manual_seed(0)
+    model = frozen(_RegisterViT(registers=9))
+    shape = (3, 16, 16)
+    layer = "blocks.1.ln_1"
+    assert layer_layout(model, layer, shape).grid == (5, 5)          # the inference cannot know
+    set_token_layout(model, (4, 4), 10)
+    layout = layer_layout(model, layer, shape)
+    assert (layout.kind, layout.grid, layout.prefix) == ("tokens", (4, 4), 10)
+    chosen, _ = choose_target_layer(model, shape)
+    assert chosen == layer
+    x = torch.randn(2, *shape, generator=torch.Generator().manual_seed(4))
+    t = torch.tensor([1, 3])
+    mine = get_method("gradcam").explain(model, x, t, layer=layer, task="multiclass")
+
+    acts = {}
+    trainable = copy.deepcopy(model)
+    handle = trainable.get_submodule(layer).register_forward_hook(lambda m, a, out: acts.setdefault("a", out))
+    logits = trainable(x.requires_grad_(True))
+    handle.remove()
+    a = acts["a"]
+    (g,) = torch.autograd.grad(logits[torch.arange(2), t].sum(), a)
+    patches, grads = a[:, 10:].detach(), g[:, 10:]                    # [B, 16, C]
+    weights = grads.mean(1, keepdim=True)
+    by_hand = (patches * weights).sum(-1).relu().reshape(2, 4, 4)
+    torch.testing.assert_close(mine, by_hand, rtol=1e-4, atol=1e-7)

@@ -73,7 +73,11 @@ def test_single_pass_methods_run_exactly_one_forward_per_batch(counted, method, 
     assert [len(r) for r in results] == [len(targets) or top_k] * 3
 
 
-@pytest.mark.parametrize("method", [m for m in METHODS if m not in SINGLE_FORWARD])
+# attention methods refuse CNNs; their batching and one-forward rows are tested on a tiny ViT (test_engine_batching)
+CNN_METHODS = [m for m in METHODS if METHODS[m].family != "attention"]
+
+
+@pytest.mark.parametrize("method", [m for m in CNN_METHODS if m not in SINGLE_FORWARD])
 def test_multi_pass_methods_make_no_scoring_forward(counted, method):
     """The served batch (top-k, scores resolved inside) costs exactly the forwards of the engine's own computation
     with the classes given explicitly — nothing is added for scoring."""
@@ -106,7 +110,7 @@ def test_expected_forward_counts_of_the_chunked_methods(counted):
     assert counted.forwards == 1 + 1
 
 
-@pytest.mark.parametrize("method", list(METHODS))
+@pytest.mark.parametrize("method", CNN_METHODS)
 def test_multi_target_rows_equal_the_row_wise_maps(counted, method):
     """Top-3 of one image (one shared forward, per-target backward) == each class explained on its own."""
     items = _items(method, 1, top_k=3)
@@ -196,3 +200,26 @@ def test_a_multilabel_image_below_the_floor_has_no_rows(counted):
     model = _Loaded(counted)
     model.task = "multilabel"
     assert run_explain(model, items) == [[]]
+
+
+@pytest.mark.parametrize("method", ["attention-rollout", "attention-gradients"])
+def test_attention_methods_serve_top_k_from_one_forward(method):
+    """On a ViT: top-2 of two images is one forward (rollout reads the attention of the same pass that scores)."""
+    from test_engine_batching import tiny_vit
+
+    vit = tiny_vit()
+    model = frozen(Counted())
+    model.net = vit
+    trace_layers(model, (3, 16, 16))
+    model.forwards = 0
+    g = torch.Generator().manual_seed(3)
+    items = [ExplainWork(torch.randn(3, 16, 16, generator=g), method, (), None, (), 2) for _ in range(2)]
+    loaded = _Loaded(model)
+    loaded.target_layer = None
+    served = run_explain(loaded, items)
+    assert model.forwards == 1
+    with torch.no_grad():
+        probs = torch.softmax(vit(torch.stack([w.inputs for w in items])), 1)
+    for i, rows in enumerate(served):
+        assert [r.index for r in rows] == probs[i].topk(2).indices.tolist()
+        assert [r.score for r in rows] == pytest.approx(probs[i].topk(2).values.tolist(), rel=1e-5)
