@@ -141,7 +141,8 @@ def main() -> None:
     registry.write_text(REGISTRY.format(entries="".join(ENTRY.format(name=n, labels=labels) for n in args.models)))
     image = make_image(224)
     results: dict[str, dict[str, dict[int, dict]]] = {}
-    with running_server(registry, {"XAAS_MAX_QUEUE": "1024"}) as server:
+    # the result cache off: every request here is identical, and a cache hit would measure no explanation at all
+    with running_server(registry, {"XAAS_MAX_QUEUE": "1024", "XAAS_CACHE_BYTES": "0"}) as server:
         for name in args.models:
             results.setdefault(name, {})["xaas"] = measure(server.url, name, image, args.concurrency, args.seconds)
     with running_peer(args.models) as url:

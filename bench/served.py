@@ -79,7 +79,8 @@ def main() -> None:
     image = make_image(224)
     data = {"model": args.model, "target": "281"}
     rows = {}
-    with running_server(registry, {"XAAS_MAX_QUEUE": "1024"}) as server:
+    # the result cache off: every request here is identical, and a cache hit would measure no explanation at all
+    with running_server(registry, {"XAAS_MAX_QUEUE": "1024", "XAAS_CACHE_BYTES": "0"}) as server:
         url = server.url
         asyncio.run(closed_loop(url, "predict", image, 2, 2.0, data))  # warm-up
         # Interleave: predict, method, predict, method... so drifts of this shared machine hit both alike.
