@@ -2,6 +2,8 @@
 
 An :class:`Explainer` turns a batch of model inputs plus one target class per row into one float32 map per row.
 Everything here is pure tensor code on the model's device: no HTTP types, no ``.cpu()``, no numpy.
+(Just over ~500 lines: the protocol, parameter validation and the hook registry are one contract that every
+method reads; kept together on purpose.)
 
 Contract (the batching layer relies on it):
 

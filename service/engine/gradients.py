@@ -13,9 +13,13 @@ attributions over channels so that the map itself satisfies completeness.
 
 Guided backprop never touches the shared model: :class:`GuidedReLUMode` is a thread-local
 ``TorchFunctionMode`` active for one forward pass that routes ``torch.relu``/``relu_``, ``Tensor.relu``/``relu_`` and
-``F.relu`` (hence ``nn.ReLU`` modules, ``inplace=True`` included, and DenseNet's functional ``F.relu``) through an
-autograd function with the guided backward rule. Other activations (SiLU, GELU, Hardswish) keep their gradients, as
-in captum; a model with no interceptable ReLU at all (EfficientNet, ConvNeXt, TorchScript) is refused.
+``F.relu`` (hence ``nn.ReLU`` modules, ``inplace=True`` included, and DenseNet's functional ``F.relu``), ReLU6
+(``F.relu6``, ``F.hardtanh(0, 6)``: MobileNetV2, EfficientNet-Lite), LeakyReLU and the ATen ops of exported programs
+through an autograd function with the guided backward rule. Other activations (SiLU, GELU, Hardswish) keep their
+gradients, as in captum; a model with no interceptable ReLU at all (EfficientNet, ConvNeXt, TorchScript) is refused.
+
+(Longer than our usual ~500 lines on purpose: the guided rule's interception and the four methods that use it share
+one forward/backward plumbing, and splitting them would put the rule and its only callers in different rooms.)
 
 Example::
 
