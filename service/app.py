@@ -12,7 +12,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from . import __version__, openapi
 from .api import problems
 from .api.middleware import ApiKeyMiddleware, BodyLimitMiddleware, RequestContextMiddleware
-from .api.routes import explain, features, health, localize, models, predict
+from .api.routes import explain, features, health, localize, models, oip, predict
 from .config import Settings
 from .metrics import Metrics
 from .runtime import Runtime
@@ -41,13 +41,15 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
     app = FastAPI(title="xaas", version=__version__, description=DESCRIPTION, lifespan=lifespan)
     problems.install(app)
     openapi.install(app)
-    for router in (health.router, models.router, predict.router, explain.router, localize.router, features.router):
+    for router in (health.router, models.router, predict.router, explain.router, localize.router, features.router,
+                   oip.router):
         app.include_router(router)
     # Added last = outermost: request id → CORS → API key → body limit → routes.
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes, body_timeout=settings.body_timeout)
     keys = settings.all_api_keys()
     if keys:
-        exempt = {"/healthz", "/readyz"} | ({"/metrics"} if settings.metrics_public else set())
+        exempt = {"/healthz", "/readyz", "/v2/health/live", "/v2/health/ready"}  # probes carry no key
+        exempt |= {"/metrics"} if settings.metrics_public else set()
         app.add_middleware(ApiKeyMiddleware, keys=keys, exempt=frozenset(exempt))
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST", "DELETE"],

@@ -37,13 +37,25 @@ def normalise(doc: dict[str, Any]) -> dict[str, Any]:
     return doc
 
 
+def _with_body_schemas(doc: dict[str, Any]) -> dict[str, Any]:
+    """Components for request bodies that routes parse themselves (so FastAPI does not list them): the OIP infer
+    request, whose body may carry binary tensor data after its JSON header."""
+    from pydantic.json_schema import models_json_schema
+
+    from .api.schemas_oip import OipInferRequest
+
+    _, defs = models_json_schema([(OipInferRequest, "validation")], ref_template="#/components/schemas/{model}")
+    doc.setdefault("components", {}).setdefault("schemas", {}).update(defs.get("$defs", {}))
+    return doc
+
+
 def install(app: FastAPI) -> None:
     """Make ``app.openapi()`` return the normalised document (computed once, as FastAPI does)."""
     generate = app.openapi
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            app.openapi_schema = normalise(generate())
+            app.openapi_schema = normalise(_with_body_schemas(generate()))
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]

@@ -150,3 +150,30 @@ def _depth(obj: Any, level: int = 0) -> int:
     if isinstance(obj, list):
         return max((_depth(v, level + 1) for v in obj), default=level + 1)
     return level
+
+
+OIP_MAX_JSON_DEPTH = 12   # object → inputs → tensor → data nested [N][C][H][W]
+
+
+def parse_infer_body(body: bytes, header_length: str | None) -> tuple[Any, bytes]:
+    """An OIP infer body: the JSON request and the binary tensor data after it (the binary tensor extension:
+    ``Inference-Header-Content-Length`` = the JSON header's byte length; empty without it)."""
+    from .schemas_oip import OipInferRequest
+
+    binary = b""
+    if header_length is not None:
+        if not header_length.isascii() or not header_length.isdigit() or int(header_length) > len(body):
+            raise BadOption(f"Inference-Header-Content-Length must be the JSON header's length (0..{len(body)})",
+                            errors=[FieldError("Inference-Header-Content-Length", "invalid length")])
+        body, binary = body[:int(header_length)], body[int(header_length):]
+    try:
+        payload = json.loads(body, object_pairs_hook=_unique_members, parse_constant=_no_constant)
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        raise BadOption(f"body is not valid JSON: {exc.__class__.__name__}") from None
+    if _depth(payload) > OIP_MAX_JSON_DEPTH:
+        raise BadOption(f"JSON body is nested deeper than {OIP_MAX_JSON_DEPTH} levels")
+    try:
+        return OipInferRequest.model_validate(payload), binary
+    except ValidationError as exc:
+        errors = [FieldError(".".join(str(p) for p in e["loc"]) or "request", e["msg"]) for e in exc.errors()]
+        raise BadOption("; ".join(f"{e.field}: {e.message}" for e in errors[:5]), errors=errors) from None

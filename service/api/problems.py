@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from http import HTTPStatus
 from typing import Any
@@ -62,23 +63,35 @@ def allowed_methods(request: Request) -> list[str]:
     return sorted(methods)
 
 
+def _for_oip(request: Request, response: JSONResponse) -> JSONResponse:
+    """Open Inference Protocol clients read an error's text from member ``error``: under ``/v2/`` the problem
+    carries it too (same text as ``detail``), so both kinds of client understand the answer."""
+    if not request.url.path.startswith("/v2/"):
+        return response
+    body = json.loads(response.body)
+    body["error"] = body.get("detail", "")
+    headers = {k: v for k, v in response.headers.items() if k.lower() not in ("content-length", "content-type")}
+    return JSONResponse(body, status_code=response.status_code, headers=headers, media_type=PROBLEM_MEDIA_TYPE)
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(XaasError)
-    async def _xaas(_: Request, exc: XaasError) -> JSONResponse:
-        return from_error(exc)
+    async def _xaas(request: Request, exc: XaasError) -> JSONResponse:
+        return _for_oip(request, from_error(exc))
 
     @app.exception_handler(ClientDisconnected)
     async def _gone(_: Request, exc: ClientDisconnected) -> Response:
         return Response(status_code=499)  # nobody reads it; 499 ("client closed request") marks it in logs/metrics
 
     @app.exception_handler(RequestValidationError)
-    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = _validation_errors(exc)
         detail = "; ".join(f"{e.field}: {e.message}" for e in errors[:5])
         if any(err.get("type") == "json_invalid" for err in exc.errors()):
-            return problem_response(400, f"body is not valid JSON ({detail})", title="Malformed option",
-                                    code="bad-option", errors=errors)
-        return problem_response(422, detail, title="Invalid request", code="invalid-option", errors=errors)
+            return _for_oip(request, problem_response(400, f"body is not valid JSON ({detail})",
+                                                      title="Malformed option", code="bad-option", errors=errors))
+        return _for_oip(request, problem_response(422, detail, title="Invalid request", code="invalid-option",
+                                                  errors=errors))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -88,4 +101,4 @@ def install(app: FastAPI) -> None:
             allow = allowed_methods(request)
             headers["Allow"] = ", ".join(allow)
             detail = f"{request.method} is not allowed here; allowed: {', '.join(allow)}"
-        return problem_response(exc.status_code, detail, headers=headers)
+        return _for_oip(request, problem_response(exc.status_code, detail, headers=headers))
