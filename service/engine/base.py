@@ -36,7 +36,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import BadOption, FieldError, InvalidOption, ModelExecutionError
-from .targets import ClassLogit, Rows, TargetRequest
+from .targets import ClassLogit, ClassRegion, Region, Rows, TargetRequest
 
 if TYPE_CHECKING:
     from .passes import Steps
@@ -305,7 +305,9 @@ class Explainer(ABC):
 
         with torch.inference_mode(False):
             x, t = prepare_batch(model, inputs, targets, task)
-        requests = [TargetRequest((ClassLogit(int(c)),)) for c in t.tolist()]
+        # A segmentation class is explained over every pixel here (the row-wise form has no regions).
+        requests = [TargetRequest((ClassRegion(int(c), Region("all")) if task == "segmentation"
+                                   else ClassLogit(int(c)),)) for c in t.tolist()]
         return complete(self.steps(model, x, requests, layer=layer, task=task, **params)).maps
 
     def __call__(self, model: nn.Module, inputs: Tensor, targets: Tensor, *, layer: str | None = None,
