@@ -61,12 +61,14 @@ class MapKey:
     targets: tuple[int, ...]           # explicit classes, in request order (the order of the answer's rows)
     top_k: int | None                  # without explicit targets (ignored, so None, with them)
     min_probability: float | None
+    region: str | None = None          # segmentation: the region's canonical text (RegionRequest.key)
 
     def digest(self) -> str:
         """sha256 of a canonical JSON rendering: the same across processes and restarts (unlike ``hash``)."""
-        return _sha256_json([self.model, self.weights, self.config, self.image, self.frame, self.method,
-                             [list(p) for p in self.params], self.layer, list(self.targets), self.top_k,
-                             self.min_probability])
+        fields = [self.model, self.weights, self.config, self.image, self.frame, self.method,
+                  [list(p) for p in self.params], self.layer, list(self.targets), self.top_k, self.min_probability]
+        # Appended only when set, so classifiers' keys (and persisted entries) keep their digests.
+        return _sha256_json(fields + ([self.region] if self.region is not None else []))
 
 
 def entity_tag(key: MapKey, representation: Mapping[str, Any]) -> str:

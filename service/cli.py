@@ -47,6 +47,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=None)
     p.set_defaults(func=_eval_demo)
 
+    p = sub.add_parser("train-demo-seg", help="train the demo segmentation model on synthetic shapes (CPU, minutes)")
+    p.add_argument("--out", type=Path, default=None, help="weights file (default: the shipped file)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int, default=None, help="optimiser steps (default: the shipped recipe)")
+    p.set_defaults(func=_train_demo_seg)
+
+    p = sub.add_parser("eval-demo-seg", help="held-out mIoU of the demo segmentation model")
+    p.add_argument("--weights", type=Path, default=None)
+    p.add_argument("--n", type=int, default=300)
+    p.add_argument("--seed", type=int, default=None)
+    p.set_defaults(func=_eval_demo_seg)
+
     p = sub.add_parser("calibrate", help="measure /localize on a labelled folder and pick its threshold (MaxBoxAcc)",
                        description="Sweep thresholds x methods on a folder in the demo-data format (labels.json with "
                                    "boxes), report box accuracy (IoU >= 0.5, largest component) per threshold, "
@@ -146,6 +158,27 @@ def _eval_demo(args: argparse.Namespace) -> int:
         kwargs["seed"] = args.seed
     result = train.evaluate_demo(args.weights or train.DEFAULT_WEIGHTS, **kwargs)
     print(json.dumps(result, indent=2, default=str))
+    return 0
+
+
+def _train_demo_seg(args: argparse.Namespace) -> int:
+    from .demo import segmentation
+
+    kwargs: dict = {"seed": args.seed}
+    if args.steps:
+        kwargs["steps"] = args.steps
+    result = segmentation.train_demo_seg(args.out or segmentation.DEFAULT_SEG_WEIGHTS, **kwargs)
+    print(json.dumps(result, indent=2, default=str))
+    return 0
+
+
+def _eval_demo_seg(args: argparse.Namespace) -> int:
+    from .demo import segmentation
+
+    kwargs: dict = {"n": args.n}
+    if args.seed is not None:
+        kwargs["seed"] = args.seed
+    print(json.dumps(segmentation.evaluate_demo_seg(args.weights, **kwargs), indent=2, default=str))
     return 0
 
 

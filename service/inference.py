@@ -17,9 +17,17 @@ import numpy as np
 import torch
 
 from .batching import Abandoned, batch_abandoned
-from .engine.base import Explained
+from .engine.base import Explained, logits_of
 from .engine.passes import Steps
-from .engine.targets import ClassLogit, TargetRequest, class_probabilities
+from .engine.targets import (
+    ClassLogit,
+    ClassRegion,
+    Region,
+    Target,
+    TargetRequest,
+    class_probabilities,
+    segmentation_probabilities,
+)
 from .registry import LoadedModel
 
 
@@ -34,8 +42,8 @@ class PredictWork:
 
 @dataclass
 class PredictResult:
-    probabilities: torch.Tensor  # [num_classes], CPU float32
-    logits: torch.Tensor  # [num_classes], CPU float32
+    probabilities: torch.Tensor  # [num_classes] (segmentation: [C, H, W] per pixel), CPU float32
+    logits: torch.Tensor  # [num_classes] (segmentation: [C, H, W]), CPU float32
 
 
 def scores_from_logits(logits: torch.Tensor, task: str) -> torch.Tensor:
@@ -46,8 +54,9 @@ def scores_from_logits(logits: torch.Tensor, task: str) -> torch.Tensor:
 def run_predict(model: LoadedModel, items: Sequence[PredictWork]) -> list[PredictResult]:
     inputs = torch.stack([work.inputs for work in items]).to(model.device, non_blocking=True)
     with torch.inference_mode():
-        logits = model.module(inputs).float()
-        probs = scores_from_logits(logits, model.task)
+        logits = logits_of(model.module(inputs), len(items)).float()
+        probs = segmentation_probabilities(logits, model.spec.activation) if model.task == "segmentation" \
+            else scores_from_logits(logits, model.task)
     logits, probs = logits.cpu(), probs.cpu()
     return [PredictResult(probs[i], logits[i]) for i in range(len(items))]
 
@@ -63,6 +72,8 @@ class ExplainWork:
     targets: tuple[int, ...] = ()
     top_k: int = 1
     min_probability: float | None = None  # without targets: the top_k classes at least this probable
+    region: Region | None = None  # segmentation: where each class is explained
+    activation: str = "softmax"   # segmentation: the model's per-pixel activation
 
     @property
     def batch_key(self) -> Hashable:
@@ -81,9 +92,16 @@ class TargetMap:
     heatmap: np.ndarray  # [h, w] float32, native resolution, raw
 
 
+def _target(item: ExplainWork, index: int) -> Target:
+    if item.region is None:
+        return ClassLogit(index)
+    return ClassRegion(index, item.region, item.activation)
+
+
 def explain_requests(items: Sequence[ExplainWork]) -> list[TargetRequest]:
-    """Each item's targets for the engine: its explicit classes, else its top-k (with the probability floor)."""
-    return [TargetRequest(tuple(ClassLogit(t) for t in item.targets), item.top_k, item.min_probability)
+    """Each item's targets for the engine: its explicit classes (over its region for a segmentation), else its top-k
+    (with the probability floor)."""
+    return [TargetRequest(tuple(_target(item, t) for t in item.targets), item.top_k, item.min_probability)
             for item in items]
 
 

@@ -56,7 +56,9 @@ class ModelSpec(BaseModel):
     args: dict[str, Any] = Field(default_factory=dict)
     labels: list[str] | str | None = None
     num_classes: int | None = Field(None, ge=1)
-    task: Literal["multiclass", "multilabel"] = "multiclass"
+    task: Literal["multiclass", "multilabel", "segmentation"] = "multiclass"
+    activation: Literal["softmax", "sigmoid"] = Field(
+        "softmax", description="Segmentation: softmax over classes per pixel, or an independent sigmoid per class.")
     input_size: tuple[int, int] = (224, 224)
     mean: list[float] = Field(default_factory=lambda: [0.485, 0.456, 0.406])
     std: list[float] = Field(default_factory=lambda: [0.229, 0.224, 0.225])
@@ -288,9 +290,13 @@ def _warm_up(module: nn.Module, spec: ModelSpec, device: torch.device) -> tuple[
             seconds = (time.perf_counter() - t0) / 2
     except Exception as exc:  # noqa: BLE001
         raise ConfigError(f"field 'input_size': warm-up forward pass on {tuple(dummy.shape)} failed: {exc}") from None
-    if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[0] != 2:
+    if spec.task == "segmentation" and isinstance(out, dict):
+        out = out.get("out")   # torchvision's segmentation models
+    wanted = 4 if spec.task == "segmentation" else 2
+    if not isinstance(out, torch.Tensor) or out.ndim != wanted or out.shape[0] != 2:
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise ConfigError(f"field 'source': the model must return logits [batch, classes], got {shape}")
+        layout = "[batch, classes, height, width]" if wanted == 4 else "[batch, classes]"
+        raise ConfigError(f"field 'source': a {spec.task} model must return logits {layout}, got {shape}")
     return int(out.shape[1]), seconds
 
 

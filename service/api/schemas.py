@@ -86,7 +86,20 @@ class ImageOptions(RequestOptions):
 
 
 class PredictOptions(ImageOptions):
-    pass
+    outputs: list[Literal["mask", "labelmap"]] = Field(
+        default_factory=lambda: ["mask"], max_length=2,
+        description="Segmentation models: mask (a binary PNG per class) and/or labelmap (one 8-bit PNG of the "
+                    "predicted class per pixel), at the original size.")
+
+    @field_validator("outputs", mode="before")
+    @classmethod
+    def _outputs_list(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            v = [part.strip() for part in v.split(",") if part.strip()]
+        elif isinstance(v, list):
+            v = [part.strip() for item in v for part in (item.split(",") if isinstance(item, str) else [item])
+                 if part != ""]
+        return v
 
 
 class ImageInfo(BaseModel):
@@ -106,6 +119,10 @@ class ExplainOptions(ImageOptions):
                                               "raw (float32).")
     colormap: str = Field("jet", max_length=64, description="Matplotlib colour map of the overlay.")
     alpha: Number = Field(0.5, ge=0, le=1, description="Overlay opacity of the heatmap.")
+    region: str | None = Field(None, max_length=4_000_000,
+                               description="Segmentation models: where the class is explained (its logits summed "
+                                           "there, Seg-Grad-CAM): predicted (default), all, a box x0,y0,x1,y1 in "
+                                           "original pixels, or mask:<base64 PNG> (non-zero = inside, image size).")
 
     @field_validator("outputs", mode="before")
     @classmethod
@@ -216,14 +233,22 @@ class MethodList(BaseModel):
 class Prediction(BaseModel):
     index: int
     label: str
-    score: float = Field(description="Softmax probability (multiclass) or sigmoid probability (multilabel).")
+    score: float = Field(description="Softmax probability (multiclass) or sigmoid probability (multilabel); for "
+                                     "segmentation the class's mean probability over all pixels.")
+    pixel_fraction: float | None = Field(None, description="Segmentation: fraction of pixels predicted as the class.")
+    mean_probability: float | None = Field(None, description="Segmentation: the class's mean probability over the "
+                                                             "pixels predicted as it (0 when there are none).")
+    mask: str | None = Field(None, description="Segmentation: binary PNG (base64, 255 = the class) at the original "
+                                               "size.")
 
 
 class PredictResponse(BaseModel):
     model: str
-    task: Literal["multiclass", "multilabel"]
+    task: Literal["multiclass", "multilabel", "segmentation"]
     image: ImageInfo
     predictions: list[Prediction]
+    labelmap: str | None = Field(None, description="Segmentation with outputs=labelmap: 8-bit PNG (base64) of the "
+                                                   "predicted class index per pixel, original size.")
 
     model_config = ConfigDict(protected_namespaces=())
 
@@ -232,7 +257,7 @@ class ModelInfo(BaseModel):
     model_config = ConfigDict(protected_namespaces=())
 
     name: str
-    task: Literal["multiclass", "multilabel"]
+    task: Literal["multiclass", "multilabel", "segmentation"]
     num_classes: int
     input_size: Pair = Field(description="[height, width] the image is resized to.")
     channels: int

@@ -38,7 +38,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import BadOption, FieldError, InvalidOption, ModelExecutionError
-from .targets import ClassLogit, Rows, TargetRequest
+from .targets import ClassLogit, ClassRegion, Region, Rows, TargetRequest
 
 if TYPE_CHECKING:
     from .passes import Steps
@@ -67,7 +67,7 @@ FORWARD_CHUNK_CUDA = 256
 #: :data:`FORWARD_CHUNK` because a backward keeps every activation alive (resnet50 at 224 px: ~0.1 GB per image).
 BACKWARD_CHUNK = 16
 
-TASKS = ("multiclass", "multilabel")
+TASKS = ("multiclass", "multilabel", "segmentation")
 
 # Engine-level keyword arguments that ``explain`` accepts besides the validated method parameters. They describe the
 # model rather than the request, so the HTTP layer passes them and clients never see them.
@@ -307,7 +307,9 @@ class Explainer(ABC):
 
         with torch.inference_mode(False):
             x, t = prepare_batch(model, inputs, targets, task)
-        requests = [TargetRequest((ClassLogit(int(c)),)) for c in t.tolist()]
+        # A segmentation class is explained over every pixel here (the row-wise form has no regions).
+        requests = [TargetRequest((ClassRegion(int(c), Region("all")) if task == "segmentation"
+                                   else ClassLogit(int(c)),)) for c in t.tolist()]
         return complete(self.steps(model, x, requests, layer=layer, task=task, **params)).maps
 
     def __call__(self, model: nn.Module, inputs: Tensor, targets: Tensor, *, layer: str | None = None,
@@ -399,7 +401,8 @@ def prepare_batch(model: nn.Module, inputs: Tensor, targets: Tensor, task: str) 
 
 def logits_of(output: Any, batch: int | None = None) -> Tensor:
     """The ``[B, K]`` logits in a model's output (a tensor, the first element of a tuple, or ``.logits`` /
-    ``["logits"]``)."""
+    ``["logits"]``), or a segmentation model's ``[B, C, H, W]`` logits (torchvision's ``{"out": ...}``); targets
+    refuse the shape that is not theirs."""
     out = output
     if isinstance(out, Mapping):
         out = out.get("logits", out.get("out"))
@@ -407,9 +410,10 @@ def logits_of(output: Any, batch: int | None = None) -> Tensor:
         out = out.logits
     elif isinstance(out, (tuple, list)) and out:
         out = out[0]
-    if not isinstance(out, Tensor) or out.dim() != 2 or (batch is not None and out.shape[0] != batch):
+    if not isinstance(out, Tensor) or out.dim() not in (2, 4) or (batch is not None and out.shape[0] != batch):
         shape = tuple(out.shape) if isinstance(out, Tensor) else type(output).__name__
-        raise ModelExecutionError(f"the model must return logits of shape [B, num_classes], got {shape}")
+        raise ModelExecutionError("the model must return logits of shape [B, num_classes] (or [B, C, H, W] for "
+                                  f"segmentation), got {shape}")
     return out
 
 

@@ -32,6 +32,8 @@ from ..errors import FieldError, InvalidOption
 
 __all__ = [
     "ClassLogit",
+    "ClassRegion",
+    "Region",
     "Rows",
     "Target",
     "TargetRequest",
@@ -59,9 +61,17 @@ class Target(ABC):
     def check(self, output: Tensor) -> None:  # noqa: B027 - a no-op default, not abstract
         """Refuse (``InvalidOption``) a target this output cannot have, e.g. a class index beyond the logits."""
 
+    def bind(self, output: Tensor, image: int) -> Target:
+        """The target as image ``image`` of the clean forward ``output`` fixes it: checked, and with anything that
+        depends on the clean output (a segmentation's predicted region) frozen, so that perturbed or noisy forwards
+        of the same image score the same quantity."""
+        self.check(output)
+        return self
+
 
 def class_probabilities(logits: Tensor, task: str) -> Tensor:
-    """Softmax for single-label models, an independent sigmoid per class for multi-label ones."""
+    """Softmax for single-label models, an independent sigmoid per class for multi-label ones; per pixel for
+    segmentation logits ``[B, C, H, W]`` (used to rank classes for top-k; a target carries its own activation)."""
     logits = logits.float()
     return torch.sigmoid(logits) if task == "multilabel" else torch.softmax(logits, dim=1)
 
@@ -84,10 +94,160 @@ class ClassLogit(Target):
         return class_probabilities(output.detach()[image], task)[torch.arange(len(targets)), classes]
 
     def check(self, output: Tensor) -> None:
+        if output.dim() != 2:
+            raise InvalidOption("a class target needs a classifier's [B, K] logits; this model returns "
+                                f"{output.dim()}-D outputs (a segmentation model needs a class and a region)",
+                                errors=[FieldError("target", "not a classifier output")])
         k = output.shape[1]
         if not 0 <= self.index < k:
             raise InvalidOption(f"target class {self.index} is out of range for a model with {k} classes (0..{k - 1})",
                                 errors=[FieldError("target", "class index out of range")])
+
+
+REGION_KINDS = ("predicted", "all", "box", "mask")
+
+
+@dataclass(frozen=True)
+class Region:
+    """Where a segmentation class is explained, independent of any resolution.
+
+    * ``predicted``: the pixels the model assigns to the class (argmax for softmax models, probability > 0.5 for
+      sigmoid ones), fixed from the clean forward;
+    * ``all``: every pixel;
+    * ``box``: ``(x0, y0, x1, y1)`` as fractions of the image's width and height (half-open);
+    * ``mask``: a boolean mask of any size (``mask_shape``, bits packed row-major in ``mask_bits``), resized to the
+      output's grid by nearest neighbour.
+    """
+
+    kind: str = "predicted"
+    box: tuple[float, float, float, float] | None = None
+    mask_bits: bytes | None = None
+    mask_shape: tuple[int, int] | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in REGION_KINDS:
+            raise InvalidOption(f"region must be one of {', '.join(REGION_KINDS)}, got {self.kind!r}",
+                                errors=[FieldError("region", "unknown region kind")])
+        if self.kind == "box":
+            if self.box is None or len(self.box) != 4:
+                raise InvalidOption("a box region needs [x0, y0, x1, y1]", errors=[FieldError("region", "bad box")])
+            x0, y0, x1, y1 = self.box
+            if not (0.0 <= x0 < x1 <= 1.0 and 0.0 <= y0 < y1 <= 1.0):
+                raise InvalidOption("the region box must satisfy 0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height",
+                                    errors=[FieldError("region", "box outside the image or empty")])
+        if self.kind == "mask" and (self.mask_bits is None or self.mask_shape is None):
+            raise InvalidOption("a mask region needs a mask", errors=[FieldError("region", "missing mask")])
+
+    @classmethod
+    def from_mask(cls, mask: Tensor) -> Region:
+        """A ``mask`` region from a 2-D boolean (or 0/1) tensor."""
+        if mask.dim() != 2 or not bool(mask.bool().any()):
+            raise InvalidOption("the region mask must be a non-empty 2-D mask",
+                                errors=[FieldError("region", "empty or not 2-D")])
+        flat = mask.detach().bool().flatten().cpu().to(torch.uint8)
+        pad = (-flat.numel()) % 8
+        flat = torch.cat([flat, flat.new_zeros(pad)]).view(-1, 8)
+        weights = torch.tensor([128, 64, 32, 16, 8, 4, 2, 1], dtype=torch.uint8)
+        packed = (flat * weights).sum(1).to(torch.uint8)
+        return cls("mask", mask_bits=bytes(packed.tolist()), mask_shape=(int(mask.shape[0]), int(mask.shape[1])))
+
+    def grid(self, size: tuple[int, int], device: torch.device) -> Tensor:
+        """The region on an ``size`` (H, W) grid as a float 0/1 tensor (not defined for ``predicted``)."""
+        h, w = size
+        if self.kind == "all":
+            return torch.ones((h, w), device=device)
+        if self.kind == "box":
+            x0, y0, x1, y1 = self.box  # type: ignore[misc]
+            # A pixel belongs to the box when its centre does; at least one pixel so a thin box is never empty.
+            ys = (torch.arange(h, device=device) + 0.5) / h
+            xs = (torch.arange(w, device=device) + 0.5) / w
+            inside_y = (ys >= y0) & (ys < y1)
+            inside_x = (xs >= x0) & (xs < x1)
+            if not bool(inside_y.any()):
+                inside_y[min(h - 1, int(y0 * h))] = True
+            if not bool(inside_x.any()):
+                inside_x[min(w - 1, int(x0 * w))] = True
+            return (inside_y[:, None] & inside_x[None, :]).float()
+        if self.kind == "mask":
+            mh, mw = self.mask_shape  # type: ignore[misc]
+            packed = torch.tensor(list(self.mask_bits), dtype=torch.uint8)  # type: ignore[arg-type]
+            bits = ((packed[:, None] >> torch.arange(7, -1, -1, dtype=torch.uint8)) & 1).flatten()[: mh * mw]
+            mask = bits.view(1, 1, mh, mw).float()
+            return torch.nn.functional.interpolate(mask, size=(h, w), mode="nearest")[0, 0].to(device)
+        raise ValueError("a predicted region has no grid before it is bound to an output")
+
+
+SEGMENTATION_ACTIVATIONS = ("softmax", "sigmoid")
+
+
+def segmentation_probabilities(logits: Tensor, activation: str) -> Tensor:
+    """Per-pixel class probabilities of ``[..., C, H, W]`` logits (softmax over classes, or a sigmoid per class)."""
+    logits = logits.float()
+    return torch.sigmoid(logits) if activation == "sigmoid" else torch.softmax(logits, dim=-3)
+
+
+def predicted_masks(logits: Tensor, activation: str) -> Tensor:
+    """``[B, C, H, W]`` boolean: where the model assigns each class (argmax; or probability > 0.5 for sigmoid)."""
+    if activation == "sigmoid":
+        return logits > 0
+    return torch.nn.functional.one_hot(logits.argmax(1), logits.shape[1]).permute(0, 3, 1, 2).bool()
+
+
+@dataclass(frozen=True)
+class ClassRegion(Target):
+    r"""A segmentation class over a region (Seg-Grad-CAM, Vinogradova et al., AAAI 2020): the explained score is the
+    sum of the class's pre-activation logits over the region's pixels,
+
+        y^c = \sum_{(i,j) \in M} Y^c_{ij}
+
+    (pytorch-grad-cam's ``SemanticSegmentationTarget``: ``(output[c] * mask).sum()``); the reported score is the
+    class's mean probability over the region. A ``predicted`` region is frozen when bound to the clean forward."""
+
+    index: int
+    region: Region = field(default_factory=Region)
+    activation: str = "softmax"
+    #: The region on the output grid once bound (engine-internal; equality and hashing use the request fields).
+    grid: Tensor | None = field(default=None, compare=False, repr=False)
+
+    def check(self, output: Tensor) -> None:
+        if output.dim() != 4:
+            raise InvalidOption("a class-and-region target needs a segmentation model's [B, C, H, W] logits, got "
+                                f"{tuple(output.shape)}", errors=[FieldError("region", "not a segmentation output")])
+        k = output.shape[1]
+        if not 0 <= self.index < k:
+            raise InvalidOption(f"target class {self.index} is out of range for a model with {k} classes (0..{k - 1})",
+                                errors=[FieldError("target", "class index out of range")])
+        if self.activation not in SEGMENTATION_ACTIVATIONS:
+            raise InvalidOption(f"activation must be softmax or sigmoid, got {self.activation!r}")
+
+    def bind(self, output: Tensor, image: int) -> ClassRegion:
+        self.check(output)
+        size = (int(output.shape[2]), int(output.shape[3]))
+        if self.region.kind == "predicted":
+            grid = predicted_masks(output.detach()[image:image + 1], self.activation)[0, self.index].float()
+        else:
+            grid = self.region.grid(size, output.device)
+        return ClassRegion(self.index, self.region, self.activation, grid)
+
+    def _grid(self, output: Tensor) -> Tensor:
+        if self.grid is None:
+            raise ValueError("ClassRegion scored before it was bound (plan_rows binds every target)")
+        return self.grid.to(device=output.device, dtype=output.dtype)
+
+    @classmethod
+    def scores(cls, output: Tensor, image: Tensor, targets: Sequence[Target], task: str) -> Tensor:
+        classes = torch.tensor([t.index for t in targets], device=output.device)  # type: ignore[attr-defined]
+        grids = torch.stack([t._grid(output) for t in targets])  # type: ignore[attr-defined]
+        return (output[image, classes] * grids).sum((1, 2))
+
+    @classmethod
+    def reported(cls, output: Tensor, image: Tensor, targets: Sequence[Target], task: str) -> Tensor:
+        out = []
+        for r, t in enumerate(targets):
+            probs = segmentation_probabilities(output.detach()[image[r]], t.activation)[t.index]  # type: ignore
+            grid = t._grid(probs)  # type: ignore[attr-defined]
+            out.append((probs * grid).sum() / grid.sum().clamp_min(1.0))
+        return torch.stack(out) if out else output.new_zeros(0)
 
 
 @dataclass(frozen=True)
@@ -100,9 +260,15 @@ class TargetRequest:
     min_probability: float | None = None
 
     def resolve(self, probabilities: Tensor) -> tuple[Target, ...]:
-        """The targets for an image whose class probabilities are ``probabilities`` ``[K]``."""
+        """The targets for an image whose class probabilities are ``probabilities`` ``[K]`` (or ``[C, H, W]`` for a
+        segmentation, whose classes rank by mean probability and are explained over their predicted regions)."""
         if self.targets:
             return self.targets
+        if probabilities.dim() == 3:
+            mean = probabilities.mean((1, 2))
+            top = mean.topk(min(self.top_k, mean.shape[0]))
+            keep = top.indices if self.min_probability is None else top.indices[top.values >= self.min_probability]
+            return tuple(ClassRegion(int(i)) for i in keep.tolist())
         top = probabilities.topk(min(self.top_k, probabilities.shape[0]))
         keep = top.indices if self.min_probability is None else top.indices[top.values >= self.min_probability]
         return tuple(ClassLogit(int(i)) for i in keep.tolist())
@@ -141,7 +307,7 @@ def plan_rows(output: Tensor, requests: Sequence[TargetRequest], task: str) -> R
             else request.targets
         mine = []
         for j, target in enumerate(chosen):
-            target.check(output)
+            target = target.bind(output, i)
             mine.append(len(targets))
             image.append(i)
             slot.append(j)

@@ -31,6 +31,7 @@ from ..registry import LoadedModel
 from ..rendering import encode_raw, map_stats, render_heatmap, render_overlay, validate_overlay_options
 from ..runtime import Runtime
 from . import CallInfo, Conditional, HeldTags
+from .regions import RegionRequest, parse_region
 
 __all__ = ["ExplanationPlan", "ExplanationRun", "explain", "explain_async", "image_digest", "map_key",
            "method_param_names", "plan", "render_response", "run", "submit"]
@@ -61,6 +62,7 @@ class ExplanationPlan:
     top_k: int
     min_probability: float | None
     timeout: float
+    region: RegionRequest | None = None   # segmentation models: where each class is explained
 
     @property
     def explained_layer(self) -> str | None:
@@ -98,10 +100,11 @@ def plan(runtime: Runtime, explainer: Explainer, opts: ImageOptions, extras: Map
     if layer is not None:
         caps.check_layer(model.name, layer)
     targets = runtime.resolve_targets(model, opts.target)
+    region = parse_region(getattr(opts, "region", None), model.task)
     cap = min(model.num_classes, runtime.settings.max_targets)
     top_k = cap if all_likely else min(opts.top_k or 1, cap)
     return ExplanationPlan(model, explainer, params, layer, targets, top_k,
-                           min_probability if all_likely else None, runtime.timeout(opts.timeout))
+                           min_probability if all_likely else None, runtime.timeout(opts.timeout), region)
 
 
 async def image_digest(runtime: Runtime, data: bytes) -> str:
@@ -120,7 +123,8 @@ async def map_key(runtime: Runtime, plan: ExplanationPlan, data: bytes, *, frame
     return MapKey(model=model.name, weights=model.weights_digest, config=model.config_digest,
                   image=await image_digest(runtime, data), frame=frame or 0, method=plan.explainer.name,
                   params=tuple(sorted(plan.params.items())), layer=plan.explained_layer, targets=explicit,
-                  top_k=None if explicit else plan.top_k, min_probability=None if explicit else plan.min_probability)
+                  top_k=None if explicit else plan.top_k, min_probability=None if explicit else plan.min_probability,
+                  region=plan.region.key() if plan.region is not None else None)
 
 
 async def run(runtime: Runtime, plan: ExplanationPlan, data: bytes, key: MapKey, *, frame: int | None, call: CallInfo,
@@ -137,7 +141,8 @@ async def run(runtime: Runtime, plan: ExplanationPlan, data: bytes, key: MapKey,
     try:
         maps = await runtime.explain(plan.model, tensor, method=plan.explainer.name, params=plan.params,
                                      layer=plan.layer, targets=plan.targets, top_k=plan.top_k,
-                                     min_probability=plan.min_probability, timeout=plan.timeout)
+                                     min_probability=plan.min_probability, timeout=plan.timeout,
+                                     region=_bound(plan, image))
     except DeadlineExceeded as exc:  # past its deadline: say how to run it as a job instead
         raise DeadlineExceeded(f"{exc.detail}; {ASYNC_HINT}") from None
     call.rows = len(maps)
@@ -163,8 +168,13 @@ async def submit(runtime: Runtime, plan: ExplanationPlan, data: bytes, key: MapK
     job = runtime.submit_explanation(
         plan.model, tensor, method=plan.explainer.name, params=plan.params, layer=plan.layer, targets=plan.targets,
         top_k=plan.top_k, min_probability=plan.min_probability, kind=kind, meta={"method": plan.explainer.name},
-        finish=finish, ready=list(cached.maps) if cached is not None else None)
+        finish=finish, ready=list(cached.maps) if cached is not None else None, region=_bound(plan, image))
     return JobAccepted(id=job.id, status=job.status)
+
+
+def _bound(plan: ExplanationPlan, image: DecodedImage) -> Any:
+    """The plan's segmentation region checked against the decoded image (None for classifiers)."""
+    return plan.region.bind(image.width, image.height) if plan.region is not None else None
 
 
 def rendering_options(opts: ExplainOptions) -> dict[str, Any]:

@@ -1,8 +1,16 @@
-"""``/predict``: class scores of one image."""
+"""``/predict``: class scores of one image (segmentation models: per-class pixel statistics and masks)."""
 
 from __future__ import annotations
 
+import base64
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
 from ..api.schemas import ImageInfo, Prediction, PredictOptions, PredictResponse
+from ..engine.targets import predicted_masks
+from ..rendering import encode_png
 from ..runtime import Runtime
 from . import CallInfo
 
@@ -19,6 +27,9 @@ async def predict(runtime: Runtime, data: bytes, opts: PredictOptions, call: Cal
     image, tensor = await runtime.load_image(model, data, frame=opts.frame)
     result = await runtime.predict(model, tensor, timeout=runtime.timeout(opts.timeout))
     probs = result.probabilities
+    if model.task == "segmentation":
+        return await runtime.in_thread(_segmentation, model, result.logits, probs, targets, opts, image.width,
+                                       image.height)
     if targets:
         chosen = targets
     else:
@@ -30,3 +41,31 @@ async def predict(runtime: Runtime, data: bytes, opts: PredictOptions, call: Cal
         image=ImageInfo(width=image.width, height=image.height),
         predictions=[Prediction(index=i, label=model.labels[i], score=float(probs[i])) for i in chosen],
     )
+
+
+def _png(pixels: np.ndarray) -> str:
+    return base64.b64encode(encode_png(pixels)).decode("ascii")
+
+
+def _segmentation(model, logits: torch.Tensor, probs: torch.Tensor, targets: list[int], opts: PredictOptions,
+                  width: int, height: int) -> PredictResponse:
+    """Per class: fraction of pixels predicted as it, its mean probability there and overall, and its mask resized
+    (nearest neighbour) to the original size. Statistics are on the model's output grid."""
+    masks = predicted_masks(logits[None], model.spec.activation)[0]            # [C, H, W] bool
+    fraction = masks.float().mean((1, 2))
+    inside = (probs * masks).sum((1, 2)) / masks.sum((1, 2)).clamp_min(1)
+    overall = probs.mean((1, 2))
+    chosen = targets or overall.topk(min(opts.top_k or model.num_classes, model.num_classes)).indices.tolist()
+    full = F.interpolate(masks[None].float(), size=(height, width), mode="nearest")[0] > 0.5
+    predictions = []
+    for i in chosen:
+        mask = _png(full[i].numpy().astype(np.uint8) * 255) if "mask" in opts.outputs else None
+        predictions.append(Prediction(index=i, label=model.labels[i], score=float(overall[i]),
+                                      pixel_fraction=float(fraction[i]), mean_probability=float(inside[i]),
+                                      mask=mask))
+    labelmap = None
+    if "labelmap" in opts.outputs:
+        labels = F.interpolate(logits.argmax(0)[None, None].float(), size=(height, width), mode="nearest")[0, 0]
+        labelmap = _png(labels.numpy().astype(np.uint8))
+    return PredictResponse(model=model.name, task=model.task, image=ImageInfo(width=width, height=height),
+                           predictions=predictions, labelmap=labelmap)

@@ -11,7 +11,7 @@ def test_health_ready_and_request_ids(client):
     assert len(r.headers["x-request-id"]) == 32
     ready = client.get("/readyz", headers={"X-Request-ID": "ok-1"})
     assert ready.status_code == 200 and ready.json()["status"] == "ready"
-    assert ready.json()["models"] == {"demo": "loaded"}
+    assert ready.json()["models"] == {"demo": "loaded", "demo-seg": "loaded"}
     assert ready.headers["x-request-id"] == "ok-1"
     # a hostile request id is replaced, not echoed
     assert client.get("/healthz", headers={"X-Request-ID": "a\tb" * 100}).headers["x-request-id"] != "a\tb" * 100
@@ -19,7 +19,10 @@ def test_health_ready_and_request_ids(client):
 
 def test_models_list_and_detail(client):
     models = client.get("/models").json()["models"]
-    assert len(models) == 1
+    assert [m["name"] for m in models] == ["demo", "demo-seg"]
+    seg = models[1]
+    assert seg["task"] == "segmentation" and seg["num_classes"] == 7 and seg["target_layer"] == "context"
+    assert seg["default"] is False
     m = models[0]
     assert m["name"] == "demo" and m["default"] is True and m["task"] == "multilabel"
     assert m["num_classes"] == 6 and m["input_size"] == [128, 128] and m["device"] == "cpu"
@@ -27,7 +30,7 @@ def test_models_list_and_detail(client):
     detail = client.get("/models/demo").json()
     assert detail["labels"] == ["circle", "square", "triangle", "cross", "ring", "star"]
     missing = client.get("/models/resnet50")
-    assert missing.status_code == 404 and "available: demo" in missing.json()["detail"]
+    assert missing.status_code == 404 and "available: demo, demo-seg" in missing.json()["detail"]
 
 
 def test_metrics_exposes_requests_and_batches(client, demo_sample):

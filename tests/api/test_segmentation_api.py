@@ -1,0 +1,144 @@
+"""Segmentation models over HTTP: registry task, /predict statistics and masks, /explain with a class and a region
+(the map equals the engine's on the same target), and bad regions answered with a 4xx naming the field."""
+
+from __future__ import annotations
+
+import base64
+
+import numpy as np
+import pytest
+import torch
+
+from tests.support import decode_png, decode_raw, make_client, png_bytes, wait_ready
+
+PROBLEM = "application/problem+json"
+SIZE = 32
+
+
+@pytest.fixture(scope="module")
+def seg_client(tmp_path_factory):
+    path = tmp_path_factory.mktemp("seg") / "models.yaml"
+    path.write_text(
+        "models:\n"
+        "  - name: seg\n"
+        "    source: python:tests.api.seg_support:tiny_seg\n"
+        "    task: segmentation\n"
+        "    labels: [background, circle, square]\n"
+        f"    input_size: [{SIZE}, {SIZE}]\n"
+        "    mean: [0.5, 0.5, 0.5]\n"
+        "    std: [0.25, 0.25, 0.25]\n")
+    with make_client(models=str(path)) as c:
+        wait_ready(c)
+        yield c
+
+
+def _image(seed: int = 0, size: int = 48) -> tuple[bytes, np.ndarray]:
+    array = np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
+    return png_bytes(array), array
+
+
+def _model_and_input(data: bytes):
+    """The served network rebuilt from its factory, and the image through the service's own preprocessing (the
+    targets, not the resizing, are under test here)."""
+    from service.imaging import decode_image, to_model_input
+    from tests.api.seg_support import tiny_seg
+
+    model = tiny_seg().eval().requires_grad_(False)
+    x = to_model_input(decode_image(data), input_size=(SIZE, SIZE), channels=3, mean=[0.5] * 3, std=[0.25] * 3)
+    return model, x[None] if x.dim() == 3 else x
+
+
+def test_models_lists_the_segmentation_task_and_its_methods(seg_client):
+    body = seg_client.get("/models/seg").json()
+    assert body["task"] == "segmentation"
+    assert body["target_layer"]
+
+
+def test_predict_reports_pixel_fractions_and_masks_at_the_original_size(seg_client):
+    data, array = _image(1)
+    resp = seg_client.post("/predict", files={"image": ("x.png", data, "image/png")},
+                           data={"model": "seg", "outputs": "mask,labelmap"})
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    assert body["task"] == "segmentation"
+    fractions = {p["index"]: p["pixel_fraction"] for p in body["predictions"]}
+    assert set(fractions) == {0, 1, 2} and abs(sum(fractions.values()) - 1) < 1e-6
+    model, x = _model_and_input(data)
+    with torch.no_grad():
+        argmax = model(x)["out"].argmax(1)[0]
+    for p in body["predictions"]:
+        assert p["pixel_fraction"] == pytest.approx(float((argmax == p["index"]).float().mean()), abs=1e-3)
+        mask = decode_png(p["mask"])
+        assert mask.shape == (48, 48)
+        assert set(np.unique(mask)) <= {0, 255}
+    labelmap = decode_png(body["labelmap"])
+    assert labelmap.shape == (48, 48) and labelmap.max() <= 2
+
+
+@pytest.mark.parametrize("region", ["all", "predicted", "4,8,40,30"])
+def test_explain_region_equals_the_engine_on_the_same_target(seg_client, region):
+    from service.engine import get_method
+    from service.engine.passes import complete
+    from service.engine.targets import ClassRegion, Region, TargetRequest
+
+    data, array = _image(2)
+    model, x = _model_and_input(data)
+    with torch.no_grad():
+        cls = int(torch.bincount(model(x)["out"].argmax(1).flatten(), minlength=3).argmax())
+    resp = seg_client.post("/explain/gradcam", files={"image": ("x.png", data, "image/png")},
+                           data={"model": "seg", "target": str(cls), "region": region, "outputs": "raw"})
+    assert resp.status_code == 200, resp.text
+    served = decode_raw(resp.json()["explanations"][0]["raw"])
+    if region == "4,8,40,30":
+        spec = Region("box", box=(4 / 48, 8 / 48, 40 / 48, 30 / 48))
+    else:
+        spec = Region(region)
+    layer = seg_client.get("/models/seg").json()["target_layer"]
+    mine = complete(get_method("gradcam").steps(model, x, [TargetRequest((ClassRegion(cls, spec),))], layer=layer,
+                                                task="segmentation")).maps[0].numpy()
+    assert float(np.abs(mine).max()) > 0
+    np.testing.assert_allclose(served, mine, rtol=1e-3, atol=1e-5 * float(np.abs(mine).max()))
+
+
+def test_explain_with_a_mask_region(seg_client):
+    data, _ = _image(3)
+    mask = np.zeros((48, 48), dtype=np.uint8)
+    mask[10:30, 5:20] = 255
+    encoded = base64.b64encode(png_bytes(mask)).decode()
+    resp = seg_client.post("/explain/occlusion", files={"image": ("x.png", data, "image/png")},
+                           data={"model": "seg", "target": "1", "region": "mask:" + encoded, "window": "8",
+                                 "stride": "8", "outputs": "raw"})
+    assert resp.status_code == 200, resp.text
+    other = seg_client.post("/explain/occlusion", files={"image": ("x.png", data, "image/png")},
+                            data={"model": "seg", "target": "1", "region": "all", "window": "8", "stride": "8",
+                                  "outputs": "raw"})
+    assert not np.allclose(decode_raw(resp.json()["explanations"][0]["raw"]),
+                           decode_raw(other.json()["explanations"][0]["raw"]))
+
+
+@pytest.mark.parametrize("region,needle", [("1,2,3", "expected predicted"), ("10,10,5,20", "x0 < x1"),
+                                           ("0,0,100,20", "exceeds the image"), ("mask:!!", "base64"),
+                                           ("mask:" + base64.b64encode(b"not a png").decode(), "readable png")])
+def test_bad_regions_are_422_naming_the_field(seg_client, region, needle):
+    data, _ = _image(4)
+    resp = seg_client.post("/explain/gradcam", files={"image": ("x.png", data, "image/png")},
+                           data={"model": "seg", "target": "1", "region": region})
+    assert resp.status_code == 422, resp.text
+    assert resp.headers["content-type"].startswith(PROBLEM)
+    body = resp.json()
+    assert needle.lower() in body["detail"].lower()
+    assert any(e["field"] == "region" for e in body.get("errors", []))
+
+
+def test_a_region_on_a_classifier_is_refused(client, demo_sample):
+    resp = client.post("/explain/gradcam", files={"image": ("x.png", demo_sample[0], "image/png")},
+                       data={"region": "all"})
+    assert resp.status_code == 422, resp.text
+    assert "only segmentation models" in resp.json()["detail"]
+
+
+def test_cam_is_not_offered_for_the_segmentation_model(seg_client):
+    data, _ = _image(5)
+    resp = seg_client.post("/explain/cam", files={"image": ("x.png", data, "image/png")},
+                           data={"model": "seg", "target": "1"})
+    assert 400 <= resp.status_code < 500, resp.text
