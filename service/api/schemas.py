@@ -85,6 +85,18 @@ class ImageOptions(RequestOptions):
         return v
 
 
+
+def comma_list(v: Any) -> Any:
+    """A list option given as a comma-separated string, repeated fields, or a JSON list (non-strings kept as they
+    are, for the type check to refuse)."""
+    if isinstance(v, str):
+        return [part.strip() for part in v.split(",") if part.strip()]
+    if isinstance(v, list):
+        return [part.strip() if isinstance(part, str) else part
+                for item in v for part in (item.split(",") if isinstance(item, str) else [item]) if part != ""]
+    return v
+
+
 class PredictOptions(ImageOptions):
     outputs: list[Literal["mask", "labelmap"]] = Field(
         default_factory=lambda: ["mask"], max_length=2,
@@ -94,12 +106,7 @@ class PredictOptions(ImageOptions):
     @field_validator("outputs", mode="before")
     @classmethod
     def _outputs_list(cls, v: Any) -> Any:
-        if isinstance(v, str):
-            v = [part.strip() for part in v.split(",") if part.strip()]
-        elif isinstance(v, list):
-            v = [part.strip() for item in v for part in (item.split(",") if isinstance(item, str) else [item])
-                 if part != ""]
-        return v
+        return comma_list(v)
 
 
 class ImageInfo(BaseModel):
@@ -127,12 +134,7 @@ class ExplainOptions(ImageOptions):
     @field_validator("outputs", mode="before")
     @classmethod
     def _outputs_list(cls, v: Any) -> Any:
-        if isinstance(v, str):
-            v = [part.strip() for part in v.split(",") if part.strip()]
-        elif isinstance(v, list):
-            v = [part.strip() if isinstance(part, str) else part
-                 for item in v for part in (item.split(",") if isinstance(item, str) else [item]) if part != ""]
-        return v
+        return comma_list(v)
 
     @field_validator("outputs")
     @classmethod

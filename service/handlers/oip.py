@@ -7,7 +7,8 @@ An ``infer`` request carries one input tensor, either
 * ``FP32`` ``[N, C, H, W]``: model inputs already preprocessed (resized, normalised), matching the entry's channels
   and ``input_size``.
 
-Outputs: ``probabilities`` ``FP32 [N, K]`` (softmax or sigmoid per the task). The xaas extension: request
+Outputs: ``probabilities`` ``FP32 [N, K]`` (softmax or sigmoid per the task; segmentation models:
+``[N, K, H, W]`` per pixel, and parameter ``region``: ``predicted`` or ``all``). The xaas extension: request
 parameter ``explain`` names a method (with ``target``, ``layer`` and the method's own parameters beside it); the
 answer then also holds ``heatmap`` ``FP32 [N, h, w]`` — the raw, un-normalised map at its native resolution (the
 layer's grid for CAM methods, the model input's otherwise) — and ``explained_class`` ``INT64 [N]``. Without a
@@ -41,6 +42,7 @@ from ..api.schemas_oip import (
     OipTensorSpec,
 )
 from ..engine import get_method, validate_params
+from ..engine.targets import Region
 from ..errors import BadOption, FieldError, InvalidOption, ModelNotReady
 from ..registry import LoadedModel
 from ..runtime import Runtime
@@ -97,6 +99,7 @@ async def infer(runtime: Runtime, name: str, request: OipInferRequest, call: Cal
     params.pop("binary_data_output", None)
     method = params.pop("explain", None)
     target, layer = params.pop("target", None), params.pop("layer", None)
+    region = _region(model, params.pop("region", None))
     layer = str(layer) if layer is not None else None
     if isinstance(target, (bool, float)):
         raise BadOption("parameter 'target' is a class index or label", errors=[FieldError("parameters.target",
@@ -128,13 +131,27 @@ async def infer(runtime: Runtime, name: str, request: OipInferRequest, call: Cal
     if explainer is not None and wanted & {"heatmap", "explained_class"}:
         explained = await asyncio.gather(*(
             runtime.explain(model, t, method=explainer.name, params=method_params, layer=layer, targets=targets,
-                            top_k=1, timeout=timeout) for t in tensors))
+                            top_k=1, timeout=timeout, region=region) for t in tensors))
         maps = [rows[0] for rows in explained]
         if "heatmap" in wanted:
             outputs.append(_tensor("heatmap", np.stack([m.heatmap for m in maps]).astype(np.float32), "FP32"))
         if "explained_class" in wanted:
             outputs.append(_tensor("explained_class", np.array([m.index for m in maps], dtype=np.int64), "INT64"))
     return OipInferResponse(model_name=model.name, model_version=_version(model), id=request.id, outputs=outputs)
+
+
+def _region(model: LoadedModel, kind: Any) -> Region | None:
+    """Segmentation models explain a class over a region: ``predicted`` (default) or ``all`` (boxes and masks need
+    the original image size, which preprocessed inputs do not have: use ``/explain`` for them)."""
+    if model.task != "segmentation":
+        if kind is not None:
+            raise InvalidOption("parameter 'region' applies to segmentation models only",
+                                errors=[FieldError("parameters.region", "not a segmentation model")])
+        return None
+    if kind not in (None, "predicted", "all"):
+        raise InvalidOption("parameter 'region' is 'predicted' or 'all' here (boxes and masks: POST /explain)",
+                            errors=[FieldError("parameters.region", "predicted or all")])
+    return Region(kind or "predicted")
 
 
 def _wanted_outputs(request: OipInferRequest, *, explaining: bool) -> set[str]:

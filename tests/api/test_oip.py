@@ -105,3 +105,29 @@ def test_probes_need_no_api_key_but_infer_does():
         assert c.get("/v2/models/demo").status_code == 401
         ok = c.get("/v2/models/demo", headers={"authorization": "Bearer s3cret"})
         assert ok.status_code == 200
+
+
+def test_a_segmentation_model_over_oip(client):
+    """demo-seg: per-pixel probabilities [N, K, H, W]; its explanation over the predicted region equals /explain's."""
+    import numpy as np
+
+    from tests.support import decode_raw
+
+    meta = client.get("/v2/models/demo-seg").json()
+    assert meta["parameters"]["task"] == "segmentation"
+    image = {"name": "image", "shape": [1], "datatype": "BYTES", "data": [IMAGE]}
+    out = {o["name"]: o for o in client.post("/v2/models/demo-seg/infer", json={
+        "inputs": [image], "parameters": {"explain": "gradcam", "target": "circle"}}).json()["outputs"]}
+    k = len(meta["parameters"]["labels"])
+    shape = out["probabilities"]["shape"]
+    assert shape[:2] == [1, k] and len(shape) == 4
+    probs = np.array(out["probabilities"]["data"], np.float32).reshape(shape)
+    np.testing.assert_allclose(probs.sum(1), 1.0, rtol=1e-4)            # softmax over classes per pixel
+    raw = client.post("/explain/gradcam", json={"image": IMAGE, "model": "demo-seg", "target": "circle",
+                                                "region": "predicted", "outputs": "raw"}).json()
+    want = raw["explanations"][0]["raw"]
+    np.testing.assert_allclose(np.array(out["heatmap"]["data"], np.float32).reshape(want["shape"]), decode_raw(want),
+                               rtol=1e-5, atol=1e-7)
+    r = client.post("/v2/models/demo/infer", json={"inputs": [image], "parameters": {"explain": "gradcam",
+                                                                                      "region": "all"}})
+    assert r.status_code == 422 and "segmentation models only" in r.json()["error"]

@@ -10,7 +10,9 @@ from ..schemas import IMAGE_PROBLEMS, PredictOptions, PredictResponse, image_req
 router = APIRouter(tags=["predict"])
 
 
-@router.post("/predict", response_model=PredictResponse, summary="Top-k classes of an image",
+# segmentation-only members (labelmap, pixel_fraction, mean_probability, mask) are left out for classifiers
+@router.post("/predict", response_model=PredictResponse, response_model_exclude_none=True,
+             summary="Top-k classes of an image (segmentation: per-class masks)",
              responses=problem_responses(*IMAGE_PROBLEMS), openapi_extra=image_request_body(PredictOptions))
 async def predict(request: Request, runtime: RuntimeDep, call: CallDep) -> PredictResponse:
     data, opts, _ = await read_image_request(request, PredictOptions, max_image_bytes=runtime.settings.max_body_bytes)

@@ -117,6 +117,9 @@ class Prediction(_Result):
     index: int
     label: str
     score: float
+    pixel_fraction: float | None = None    # segmentation models: share of pixels predicted as the class
+    mean_probability: float | None = None  # segmentation: mean probability over those pixels
+    mask: str | None = None                # segmentation: binary PNG (base64) at the original size
 
 
 class PredictResponse(_Result):
@@ -124,6 +127,7 @@ class PredictResponse(_Result):
     task: str
     image: ImageInfo
     predictions: list[Prediction]
+    labelmap: str | None = None            # segmentation with outputs=labelmap: 8-bit PNG of class indices
 
 
 class RawMap(_Result):
