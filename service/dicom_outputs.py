@@ -19,7 +19,8 @@ import numpy as np
 from .errors import InvalidImage, InvalidOption
 from .rendering import _resize
 
-__all__ = ["DICOM_OUTPUTS", "build_outputs", "parametric_map", "read_source", "secondary_capture", "segmentation"]
+__all__ = ["DICOM_OUTPUTS", "build_outputs", "parametric_map", "read_source", "refuse_non_dicom", "secondary_capture",
+           "segmentation", "source_grid_map", "to_part10"]
 
 #: ``outputs`` values that ask for a DICOM object, and the key of each in the response's ``dicom`` member.
 DICOM_OUTPUTS = {"dicom-pm": "pm", "dicom-seg": "seg", "dicom-sc": "sc"}
@@ -29,15 +30,20 @@ _CREATOR = "xaas^explanation-service"
 _SERIES_NUMBERS = {"pm": 9001, "seg": 9002, "sc": 9003}
 
 
+def refuse_non_dicom(data: bytes) -> None:
+    """A 422 naming ``outputs`` when the upload is not DICOM Part 10 (checked before any decoding)."""
+    from .imaging.dicom import has_dicom_magic
+
+    if not has_dicom_magic(data):
+        raise InvalidOption("DICOM outputs (dicom-pm, dicom-seg, dicom-sc, dicom-sr) need a DICOM Part 10 input image",
+                            errors=[_field_error("DICOM outputs need a DICOM input")])
+
+
 def read_source(data: bytes) -> Any:
     """The uploaded DICOM data set; a 422 naming ``outputs`` when the upload is not DICOM Part 10."""
     import pydicom
 
-    from .imaging.dicom import has_dicom_magic
-
-    if not has_dicom_magic(data):
-        raise InvalidOption("DICOM outputs need a DICOM Part 10 input image",
-                            errors=[_field_error("DICOM outputs need a DICOM input")])
+    refuse_non_dicom(data)
     try:
         return pydicom.dcmread(io.BytesIO(data))
     except Exception:  # noqa: BLE001 - the decoder already accepted it; any failure here is still the client's file

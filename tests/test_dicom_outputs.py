@@ -109,3 +109,64 @@ def test_non_dicom_input_is_refused_naming_outputs():
     with pytest.raises(InvalidOption) as info:
         read_source(b"\x89PNG\r\n\x1a\n" + b"\0" * 200)
     assert info.value.errors[0].field == "outputs"
+
+
+# --- through the API: /explain with DICOM outputs ------------------------------------------------------------------
+
+def _post_dicom(client, name: str, outputs: str, **fields):
+    from pathlib import Path
+
+    data = Path(get_testdata_file(name)).read_bytes()
+    return client.post("/explain/gradcam", files={"image": (name, data, "application/dicom")},
+                       data={"outputs": outputs, **fields})
+
+
+def _raw(explanation) -> np.ndarray:
+    import base64
+
+    raw = explanation["raw"]
+    return np.frombuffer(base64.b64decode(raw["data"]), dtype="<f4").reshape(raw["shape"])
+
+
+@pytest.mark.parametrize("name", SOURCES)
+def test_explain_returns_dicom_objects_whose_pm_is_the_served_raw_map(client, name, caplog):
+    import base64
+    import logging
+
+    caplog.set_level(logging.DEBUG)
+    response = _post_dicom(client, name, "raw,dicom-pm,dicom-seg,dicom-sc")
+    assert response.status_code == 200, response.text
+    explanation = response.json()["explanations"][0]
+    assert set(explanation["dicom"]) == {"pm", "seg", "sc"}
+    source = _source(name)
+    pm = hd.pm.ParametricMap.from_dataset(pydicom.dcmread(io.BytesIO(base64.b64decode(explanation["dicom"]["pm"]))))
+    np.testing.assert_allclose(np.squeeze(pm.pixel_array), source_grid_map(_raw(explanation), source), atol=1e-6)
+    assert pm.StudyInstanceUID == source.StudyInstanceUID and pm.PatientID == source.PatientID
+    seg = pydicom.dcmread(io.BytesIO(base64.b64decode(explanation["dicom"]["seg"])))
+    assert seg.SegmentationType == "BINARY"
+    # identity is only inside the DICOM objects: not in the rest of the JSON, nor in any log record
+    identity = [str(source.PatientName), str(source.PatientID)]
+    body = response.json()
+    for item in body["explanations"]:
+        item.pop("dicom")
+    text = response.headers.get("x-request-id", "") + str(body) + "\n".join(r.getMessage() for r in caplog.records)
+    for value in identity:
+        assert value and value not in text
+
+
+def test_fractional_segmentation_on_request(client):
+    import base64
+
+    response = _post_dicom(client, "CT_small.dcm", "dicom-seg", segmentation_type="fractional")
+    assert response.status_code == 200, response.text
+    seg = pydicom.dcmread(io.BytesIO(base64.b64decode(response.json()["explanations"][0]["dicom"]["seg"])))
+    assert seg.SegmentationType == "FRACTIONAL"
+
+
+def test_png_input_asking_for_a_dicom_output_is_a_422_naming_outputs(client, demo_sample):
+    png, _ = demo_sample
+    response = client.post("/explain/gradcam", files={"image": ("x.png", png, "image/png")},
+                           data={"outputs": "heatmap,dicom-pm"})
+    assert response.status_code == 422
+    assert response.headers["content-type"].startswith("application/problem+json")
+    assert [error["field"] for error in response.json()["errors"]] == ["outputs"]

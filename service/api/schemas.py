@@ -94,16 +94,22 @@ class ImageInfo(BaseModel):
     height: int
 
 
-Output = Literal["heatmap", "overlay", "raw"]
+Output = Literal["heatmap", "overlay", "raw", "dicom-pm", "dicom-seg", "dicom-sc"]
 
 
 class ExplainOptions(ImageOptions):
     """Options of ``/explain/{method}``; the method's own parameters (see ``GET /methods``) are accepted too."""
 
     layer: str | None = Field(None, max_length=200, description="Target layer for CAM methods (default: the model's).")
-    outputs: list[Output] = Field(default_factory=lambda: ["heatmap"], max_length=3,
+    outputs: list[Output] = Field(default_factory=lambda: ["heatmap"], max_length=6,
                                   description="Any of heatmap (grey PNG), overlay (colour PNG over the image), "
-                                              "raw (float32).")
+                                              "raw (float32); for DICOM inputs dicom-pm (Parametric Map), "
+                                              "dicom-seg (Segmentation of the thresholded map), dicom-sc "
+                                              "(overlay as Secondary Capture), base64 Part 10 in `dicom`.")
+    threshold: Number | None = Field(None, gt=0, le=1, description="dicom-seg: fraction of the map's maximum "
+                                     "(default: as /localize, the model's calibrated value, else 0.15).")
+    segmentation_type: Literal["binary", "fractional"] = Field("binary", description="dicom-seg: BINARY (the "
+                                                               "thresholded map) or FRACTIONAL (the map in [0, 1]).")
     colormap: str = Field("jet", max_length=64, description="Matplotlib colour map of the overlay.")
     alpha: Number = Field(0.5, ge=0, le=1, description="Overlay opacity of the heatmap.")
 
@@ -121,7 +127,7 @@ class ExplainOptions(ImageOptions):
     @classmethod
     def _outputs_unique(cls, v: list[str]) -> list[str]:
         if not v:
-            raise ValueError("ask for at least one of heatmap, overlay, raw")
+            raise ValueError("ask for at least one of heatmap, overlay, raw, dicom-pm, dicom-seg, dicom-sc")
         return list(dict.fromkeys(v))
 
 
@@ -139,6 +145,8 @@ class Explanation(BaseModel):
                                                   "255 = the map's max.")
     overlay: str | None = Field(None, description="RGB PNG (base64): colour-mapped heatmap blended over the image.")
     raw: RawMap | None = None
+    dicom: dict[str, str] | None = Field(None, description="DICOM results by kind (pm, seg, sc): base64 Part 10. "
+                                         "They carry the source's patient and study; nothing else here does.")
     empty: bool = Field(description="True when the map has no positive value "
                                     "(an all-black heatmap, reported honestly).")
     nonfinite: bool = Field(description="True when the map held NaN/inf values (rendered as 0).")
