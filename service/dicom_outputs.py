@@ -20,14 +20,14 @@ from .errors import InvalidImage, InvalidOption
 from .rendering import _resize
 
 __all__ = ["DICOM_OUTPUTS", "build_outputs", "parametric_map", "read_source", "refuse_non_dicom", "secondary_capture",
-           "segmentation", "source_grid_map", "to_part10"]
+           "segmentation", "source_grid_map", "to_part10", "measurement_report", "build_report"]
 
 #: ``outputs`` values that ask for a DICOM object, and the key of each in the response's ``dicom`` member.
 DICOM_OUTPUTS = {"dicom-pm": "pm", "dicom-seg": "seg", "dicom-sc": "sc"}
 
 _MANUFACTURER = "xaas"
 _CREATOR = "xaas^explanation-service"
-_SERIES_NUMBERS = {"pm": 9001, "seg": 9002, "sc": 9003}
+_SERIES_NUMBERS = {"pm": 9001, "seg": 9002, "sc": 9003, "sr": 9004}
 
 
 def refuse_non_dicom(data: bytes) -> None:
@@ -190,6 +190,15 @@ def to_part10(dataset: Any) -> bytes:
     return buffer.getvalue()
 
 
+def build_report(source: Any, boxes: list[tuple[str, float, list[int]]], *, method: str, model: str,
+                 version: str) -> bytes:
+    """Part 10 bytes of the TID 1500 SR of ``boxes``; highdicom failures become a fixed, identity-free detail."""
+    try:
+        return to_part10(measurement_report(source, boxes, method=method, model=model, version=version))
+    except Exception as exc:  # noqa: BLE001 - highdicom's messages may quote attribute values: never pass them on
+        raise InvalidImage(f"the DICOM source cannot be referenced by a DICOM result ({type(exc).__name__})") from None
+
+
 def build_outputs(kinds: list[str], source: Any, heatmap: np.ndarray, *, overlay_rgb: np.ndarray | None,
                   threshold: float, label: str, method: str, family: str, model: str, version: str,
                   fractional: bool = False) -> dict[str, bytes]:
@@ -215,3 +224,59 @@ def build_outputs(kinds: list[str], source: Any, heatmap: np.ndarray, *, overlay
     except Exception as exc:  # noqa: BLE001 - highdicom's messages may quote attribute values: never pass them on
         raise InvalidImage(f"the DICOM source cannot be referenced by a DICOM result ({type(exc).__name__})") from None
     return out
+
+
+def _procedures() -> dict[str, Any]:
+    from pydicom.sr.codedict import codes
+
+    return {"CT": codes.LN.CTUnspecifiedBodyRegion, "MR": codes.LN.MRIUnspecifiedBodyRegion}
+
+
+def measurement_report(source: Any, boxes: list[tuple[str, float, list[int]]], *, method: str, model: str,
+                       version: str) -> Any:
+    """A TID 1500 Measurement Report (Comprehensive 3D SR): one planar ROI per box ``(label, probability,
+    [x0, y0, x1, y1])`` — an SCOORD POLYLINE (closed rectangle) on the source image, finding = the class, the
+    probability as a measurement, and the algorithm identification (name, version, method)."""
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+
+    device = hd.sr.DeviceObserverIdentifyingAttributes(uid=hd.UID(), name=f"xaas {model}"[:64],
+                                                        manufacturer_name=_MANUFACTURER, model_name=method,
+                                                        serial_number=model)
+    observer_context = hd.sr.ObserverContext(observer_type=codes.DCM.Device, observer_identifying_attributes=device)
+    algorithm = hd.sr.AlgorithmIdentification(name=f"xaas {method}"[:64], version=version,
+                                              parameters=[f"model={model}"[:64]])
+    reference = hd.sr.SourceImageForRegion.from_source_image(source)
+    groups = []
+    for number, (label, probability, (x0, y0, x1, y1)) in enumerate(boxes, start=1):
+        # pixel corners: x1/y1 are exclusive pixel indices, so the box's outline runs along x1 and y1
+        corners = np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]], dtype=np.float32)
+        region = hd.sr.ImageRegion(graphic_type=hd.sr.GraphicTypeValues.POLYLINE, graphic_data=corners,
+                                   source_image=reference)
+        probability_measurement = hd.sr.Measurement(
+            name=hd.sr.CodedConcept("PROB", "99XAAS", "Probability of the class"), value=float(probability),
+            unit=codes.UCUM.NoUnits, algorithm_id=algorithm)
+        groups.append(hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+            tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier=f"box {number}"),
+            referenced_region=region,
+            finding_type=hd.sr.CodedConcept(str(label)[:16] or "class", "99XAAS", str(label)[:64] or "class"),
+            algorithm_id=algorithm, measurements=[probability_measurement]))
+    report = hd.sr.MeasurementReport(observation_context=hd.sr.ObservationContext(
+        observer_person_context=None, observer_device_context=observer_context),
+        procedure_reported=_procedures().get(str(source.get("Modality", "")), codes.SCT.ImagingProcedure),
+        imaging_measurements=groups, title=codes.DCM.ImagingMeasurementReport)
+    common = _common("sr", method, model, version)
+    for key in ("manufacturer_model_name", "software_versions", "device_serial_number"):
+        common.pop(key)
+    sr = hd.sr.Comprehensive3DSR(evidence=[source], content=report, **common, is_complete=True, is_final=False,
+                                 is_verified=False, institution_name=None)
+    sr.ContentCreatorName = _CREATOR
+    _add_equipment(sr, method, model, version)
+    return sr
+
+
+def _add_equipment(ds: Any, method: str, model: str, version: str) -> None:
+    """ContributingEquipmentSequence for SOP classes whose highdicom constructor does not take it (SR)."""
+    for item in _equipment(method, model, version):
+        sequence = list(ds.get("ContributingEquipmentSequence", []))
+        ds.ContributingEquipmentSequence = [*sequence, item]

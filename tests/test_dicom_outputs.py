@@ -170,3 +170,46 @@ def test_png_input_asking_for_a_dicom_output_is_a_422_naming_outputs(client, dem
     assert response.status_code == 422
     assert response.headers["content-type"].startswith("application/problem+json")
     assert [error["field"] for error in response.json()["errors"]] == ["outputs"]
+
+
+# --- /localize with dicom-sr --------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", SOURCES)
+def test_localize_report_has_one_planar_roi_per_box(client, name, tmp_path):
+    import base64
+    from pathlib import Path
+
+    data = Path(get_testdata_file(name)).read_bytes()
+    response = client.post("/localize", files={"image": (name, data, "application/dicom")},
+                           data={"outputs": "dicom-sr", "top_k": "2"})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["boxes"], "the demo model boxes something on any image"
+    blob = base64.b64decode(body["dicom"]["sr"])
+    report = pydicom.dcmread(io.BytesIO(blob))
+    source = _source(name)
+    assert report.StudyInstanceUID == source.StudyInstanceUID
+    assert report.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0] \
+        .ReferencedSOPSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
+    parsed = hd.sr.Comprehensive3DSR.from_dataset(pydicom.dcmread(io.BytesIO(blob)))
+    rois = parsed.content.get_planar_roi_measurement_groups()
+    assert len(rois) == len(body["boxes"])
+    for roi, box in zip(rois, body["boxes"], strict=True):
+        assert roi.finding_type.meaning == box["label"]
+        x0, y0, x1, y1 = box["box"]
+        region = roi.roi
+        assert region.graphic_type == hd.sr.GraphicTypeValues.POLYLINE
+        np.testing.assert_allclose(region.value[:4], [[x0, y0], [x1, y0], [x1, y1], [x0, y1]])
+        assert roi.get_measurements()[0].value == pytest.approx(box["score"], rel=1e-6)
+    if shutil.which("dciodvfy"):
+        assert _dciodvfy_errors(blob, tmp_path) == []
+    for value in (str(source.PatientName), str(source.PatientID)):
+        body.pop("dicom", None)
+        assert value not in str(body)
+
+
+def test_png_input_asking_localize_for_a_report_is_a_422_naming_outputs(client, demo_sample):
+    png, _ = demo_sample
+    response = client.post("/localize", files={"image": ("x.png", png, "image/png")}, data={"outputs": "dicom-sr"})
+    assert response.status_code == 422
+    assert [error["field"] for error in response.json()["errors"]] == ["outputs"]

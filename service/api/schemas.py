@@ -173,6 +173,16 @@ class LocalizeOptions(ImageOptions):
                                      "model's calibrated value, else 0.15).")
     all_components: bool = Field(False, description="Box every connected component instead of the largest.")
     min_area: Int = Field(0, ge=0, le=10**9, description="With all_components: smallest component kept, in pixels.")
+    outputs: list[Literal["dicom-sr"]] = Field(default_factory=list, max_length=1,
+                                               description="dicom-sr (DICOM inputs): the boxes as a TID 1500 "
+                                                           "Measurement Report, base64 Part 10 in `dicom.sr`.")
+
+    @field_validator("outputs", mode="before")
+    @classmethod
+    def _outputs_list(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            v = [part.strip() for part in v.split(",") if part.strip()]
+        return v
 
 
 class LocalizedBox(BaseModel):
@@ -192,6 +202,8 @@ class LocalizeResponse(BaseModel):
     threshold: float
     image: ImageInfo
     boxes: list[LocalizedBox]
+    dicom: dict[str, str] | None = Field(None, description="With outputs dicom-sr: {\"sr\": base64 Part 10}; it "
+                                         "carries the source's patient and study, nothing else here does.")
 
 
 class MethodParam(BaseModel):

@@ -18,7 +18,8 @@ from ..schemas import (
 router = APIRouter(tags=["localize"])
 
 
-@router.post("/localize", response_model=LocalizeResponse, summary="Bounding boxes from heatmaps",
+@router.post("/localize", response_model=LocalizeResponse, response_model_exclude_unset=True,
+             summary="Bounding boxes from heatmaps",
              responses={**ASYNC_ACCEPTED, **CONDITIONAL_RESPONSES, **problem_responses(*IMAGE_PROBLEMS)},
              openapi_extra=image_request_body(LocalizeOptions, prefer=True))
 async def localize(request: Request, response: Response, runtime: RuntimeDep, call: CallDep, respond_async: AsyncDep,
