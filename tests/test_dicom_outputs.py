@@ -213,3 +213,32 @@ def test_png_input_asking_localize_for_a_report_is_a_422_naming_outputs(client, 
     response = client.post("/localize", files={"image": ("x.png", png, "image/png")}, data={"outputs": "dicom-sr"})
     assert response.status_code == 422
     assert [error["field"] for error in response.json()["errors"]] == ["outputs"]
+
+
+# --- Accept: application/dicom ------------------------------------------------------------------------------------
+
+def test_accept_dicom_answers_with_the_object_itself(client):
+    from pathlib import Path
+
+    data = Path(get_testdata_file("MR_small.dcm")).read_bytes()
+    response = client.post("/explain/gradcam", files={"image": ("mr.dcm", data, "application/dicom")},
+                           data={"outputs": "dicom-pm"}, headers={"Accept": "application/dicom"})
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "application/dicom" and response.headers["vary"] == "Accept"
+    pm = pydicom.dcmread(io.BytesIO(response.content))
+    assert pm.SOPClassUID == hd.pm.ParametricMap.from_dataset(pm).SOPClassUID
+    assert pm.StudyInstanceUID == _source("MR_small.dcm").StudyInstanceUID
+    report = client.post("/localize", files={"image": ("mr.dcm", data, "application/dicom")},
+                         data={"outputs": "dicom-sr"}, headers={"Accept": "application/dicom"})
+    assert report.status_code == 200, report.text
+    assert pydicom.dcmread(io.BytesIO(report.content)).Modality == "SR"
+
+
+def test_accept_dicom_with_two_kinds_is_a_422_naming_outputs(client):
+    from pathlib import Path
+
+    data = Path(get_testdata_file("MR_small.dcm")).read_bytes()
+    response = client.post("/explain/gradcam", files={"image": ("mr.dcm", data, "application/dicom")},
+                           data={"outputs": "dicom-pm,dicom-seg"}, headers={"Accept": "application/dicom"})
+    assert response.status_code == 422
+    assert [error["field"] for error in response.json()["errors"]] == ["outputs"]
