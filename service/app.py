@@ -12,7 +12,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from . import __version__, openapi
 from .api import problems
 from .api.middleware import ApiKeyMiddleware, BodyLimitMiddleware, RequestContextMiddleware
-from .api.routes import explain, features, health, localize, models, predict
+from .api.routes import dicomweb, explain, features, health, localize, models, predict
 from .config import Settings
 from .metrics import Metrics
 from .runtime import Runtime
@@ -41,7 +41,8 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
     app = FastAPI(title="xaas", version=__version__, description=DESCRIPTION, lifespan=lifespan)
     problems.install(app)
     openapi.install(app)
-    for router in (health.router, models.router, predict.router, explain.router, localize.router, features.router):
+    for router in (health.router, models.router, predict.router, explain.router, localize.router, features.router,
+                   dicomweb.router):
         app.include_router(router)
     # Added last = outermost: request id → CORS → API key → body limit → routes.
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes, body_timeout=settings.body_timeout)

@@ -323,8 +323,9 @@ _PROBLEM_DESCRIPTIONS: dict[int, str] = {
     415: "Unsupported media type",
     422: "Undecodable image or invalid option value",
     429: "Queue full (see Retry-After)",
+    502: "The PACS could not be reached or answered with an error",
     503: "Not ready or shutting down (see Retry-After)",
-    504: "Deadline exceeded",
+    504: "Deadline exceeded (or the PACS did not answer in time)",
 }
 
 #: What every image endpoint can answer besides 200.
