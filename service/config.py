@@ -24,6 +24,12 @@ class Settings(BaseSettings):
         "auto", description="Device policy for models whose entry says `device: auto`: auto → cuda when available."
     )
 
+    # DICOMweb (PACS) for /dicomweb/*: off unless a URL is given.
+    dicomweb_url: str | None = Field(None, description="DICOMweb root of the PACS (e.g. http://pacs/dicom-web).")
+    dicomweb_auth_file: Path | None = Field(None, description="File holding one 'Header-Name: value' line sent to "
+                                            "the PACS (e.g. 'Authorization: Bearer ...').")
+    dicomweb_timeout: float = Field(10.0, gt=0, le=600, description="Seconds per PACS request (connect and read).")
+
     # Input limits: checked before any expensive work.
     max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024, description="Largest accepted request body (bytes).")
     body_timeout: float = Field(30.0, gt=0, le=3600,

@@ -171,6 +171,16 @@ class DeadlineExceeded(XaasError):
     status, code, title = 504, "deadline-exceeded", "Request deadline exceeded"
 
 
+class PacsUnavailable(XaasError):
+    """The PACS could not be reached or answered with an error (its own message is never passed on)."""
+
+    status, code, title = 502, "pacs-unavailable", "PACS error"
+
+
+class PacsTimeout(XaasError):
+    status, code, title = 504, "pacs-timeout", "PACS did not answer in time"
+
+
 class ModelExecutionError(XaasError):
     """The model failed on a job for a reason that is not the client's fault."""
 

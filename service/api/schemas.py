@@ -114,16 +114,22 @@ class ImageInfo(BaseModel):
     height: int
 
 
-Output = Literal["heatmap", "overlay", "raw"]
+Output = Literal["heatmap", "overlay", "raw", "dicom-pm", "dicom-seg", "dicom-sc"]
 
 
 class ExplainOptions(ImageOptions):
     """Options of ``/explain/{method}``; the method's own parameters (see ``GET /methods``) are accepted too."""
 
     layer: str | None = Field(None, max_length=200, description="Target layer for CAM methods (default: the model's).")
-    outputs: list[Output] = Field(default_factory=lambda: ["heatmap"], max_length=3,
+    outputs: list[Output] = Field(default_factory=lambda: ["heatmap"], max_length=6,
                                   description="Any of heatmap (grey PNG), overlay (colour PNG over the image), "
-                                              "raw (float32).")
+                                              "raw (float32); for DICOM inputs dicom-pm (Parametric Map), "
+                                              "dicom-seg (Segmentation of the thresholded map), dicom-sc "
+                                              "(overlay as Secondary Capture), base64 Part 10 in `dicom`.")
+    threshold: Number | None = Field(None, gt=0, le=1, description="dicom-seg: fraction of the map's maximum "
+                                     "(default: as /localize, the model's calibrated value, else 0.15).")
+    segmentation_type: Literal["binary", "fractional"] = Field("binary", description="dicom-seg: BINARY (the "
+                                                               "thresholded map) or FRACTIONAL (the map in [0, 1]).")
     colormap: str = Field("jet", max_length=64, description="Matplotlib colour map of the overlay.")
     alpha: Number = Field(0.5, ge=0, le=1, description="Overlay opacity of the heatmap.")
     region: str | None = Field(None, max_length=4_000_000,
@@ -140,7 +146,7 @@ class ExplainOptions(ImageOptions):
     @classmethod
     def _outputs_unique(cls, v: list[str]) -> list[str]:
         if not v:
-            raise ValueError("ask for at least one of heatmap, overlay, raw")
+            raise ValueError("ask for at least one of heatmap, overlay, raw, dicom-pm, dicom-seg, dicom-sc")
         return list(dict.fromkeys(v))
 
 
@@ -158,6 +164,8 @@ class Explanation(BaseModel):
                                                   "255 = the map's max.")
     overlay: str | None = Field(None, description="RGB PNG (base64): colour-mapped heatmap blended over the image.")
     raw: RawMap | None = None
+    dicom: dict[str, str] | None = Field(None, description="DICOM results by kind (pm, seg, sc): base64 Part 10. "
+                                         "They carry the source's patient and study; nothing else here does.")
     empty: bool = Field(description="True when the map has no positive value "
                                     "(an all-black heatmap, reported honestly).")
     nonfinite: bool = Field(description="True when the map held NaN/inf values (rendered as 0).")
@@ -184,6 +192,16 @@ class LocalizeOptions(ImageOptions):
                                      "model's calibrated value, else 0.15).")
     all_components: bool = Field(False, description="Box every connected component instead of the largest.")
     min_area: Int = Field(0, ge=0, le=10**9, description="With all_components: smallest component kept, in pixels.")
+    outputs: list[Literal["dicom-sr"]] = Field(default_factory=list, max_length=1,
+                                               description="dicom-sr (DICOM inputs): the boxes as a TID 1500 "
+                                                           "Measurement Report, base64 Part 10 in `dicom.sr`.")
+
+    @field_validator("outputs", mode="before")
+    @classmethod
+    def _outputs_list(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            v = [part.strip() for part in v.split(",") if part.strip()]
+        return v
 
 
 class LocalizedBox(BaseModel):
@@ -203,6 +221,8 @@ class LocalizeResponse(BaseModel):
     threshold: float
     image: ImageInfo
     boxes: list[LocalizedBox]
+    dicom: dict[str, str] | None = Field(None, description="With outputs dicom-sr: {\"sr\": base64 Part 10}; it "
+                                         "carries the source's patient and study, nothing else here does.")
 
 
 class MethodParam(BaseModel):
@@ -330,8 +350,9 @@ _PROBLEM_DESCRIPTIONS: dict[int, str] = {
     415: "Unsupported media type",
     422: "Undecodable image or invalid option value",
     429: "Queue full (see Retry-After)",
+    502: "The PACS could not be reached or answered with an error",
     503: "Not ready or shutting down (see Retry-After)",
-    504: "Deadline exceeded",
+    504: "Deadline exceeded (or the PACS did not answer in time)",
 }
 
 #: What every image endpoint can answer besides 200.

@@ -17,13 +17,16 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import io
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from ..api.schemas import ExplainOptions, ExplainResponse, Explanation, ImageInfo, ImageOptions, JobAccepted
 from ..cache import CachedMaps, MapKey, entity_tag
+from ..dicom_outputs import DICOM_OUTPUTS, build_outputs, read_source, refuse_non_dicom
 from ..engine import Explainer, get_method, validate_params
+from ..engine.localize import DEFAULT_THRESHOLD
 from ..errors import DeadlineExceeded, XaasError
 from ..imaging import DecodedImage, rgb8
 from ..inference import TargetMap
@@ -181,9 +184,27 @@ def rendering_options(opts: ExplainOptions) -> dict[str, Any]:
     """What shapes an ``/explain`` body besides the maps: the outputs (as a set: a body's fields have a fixed order),
     and the colour map and opacity only when an overlay is drawn."""
     options: dict[str, Any] = {"endpoint": "explain", "outputs": sorted(opts.outputs)}
-    if "overlay" in opts.outputs:
+    if _needs_overlay(opts):
         options.update(colormap=opts.colormap, alpha=float(opts.alpha))
+    if "dicom-seg" in opts.outputs:
+        options.update(threshold=opts.threshold, segmentation_type=opts.segmentation_type)
     return options
+
+
+def _needs_overlay(opts: ExplainOptions) -> bool:
+    return "overlay" in opts.outputs or "dicom-sc" in opts.outputs
+
+
+def _dicom_kinds(opts: ExplainOptions) -> list[str]:
+    return [kind for kind in opts.outputs if kind in DICOM_OUTPUTS]
+
+
+def _validate_outputs(opts: ExplainOptions, data: bytes) -> None:
+    """Checks needing no model work: overlay options, and a DICOM input for DICOM outputs."""
+    if _needs_overlay(opts):
+        validate_overlay_options(opts.colormap, opts.alpha)
+    if _dicom_kinds(opts):
+        refuse_non_dicom(data)
 
 
 async def explain(runtime: Runtime, method: str, data: bytes, opts: ExplainOptions, extras: Mapping[str, Any],
@@ -191,8 +212,7 @@ async def explain(runtime: Runtime, method: str, data: bytes, opts: ExplainOptio
     """The tagged response; "not modified" when ``held`` (the client's ``If-None-Match``) names its tag — answered
     before any decoding or model work — or is ``*`` (after the work: only a valid request has an answer to hold)."""
     explainer = get_method(method)
-    if "overlay" in opts.outputs:
-        validate_overlay_options(opts.colormap, opts.alpha)
+    _validate_outputs(opts, data)
     validated = plan(runtime, explainer, opts, extras, call)
     key = await map_key(runtime, validated, data, frame=opts.frame)
     etag = entity_tag(key, rendering_options(opts))
@@ -201,10 +221,10 @@ async def explain(runtime: Runtime, method: str, data: bytes, opts: ExplainOptio
         return Conditional(etag)
     any_answer = held is not None and held.any  # "*": not modified once the answer exists, known after the work
     result = await run(runtime, validated, data, key, frame=opts.frame, call=call,
-                       pixels="overlay" in opts.outputs and not any_answer)
+                       pixels=_needs_overlay(opts) and not any_answer)
     if any_answer:
         return Conditional(etag, cache_hit=result.cache_hit)
-    body = await runtime.in_thread(render_response, result, opts)
+    body = await runtime.in_thread(render_response, result, opts, data)
     return Conditional(etag, body, cache_hit=result.cache_hit)
 
 
@@ -212,32 +232,37 @@ async def explain_async(runtime: Runtime, method: str, data: bytes, opts: Explai
                         call: CallInfo) -> JobAccepted:
     """``/explain/{method}`` with ``Prefer: respond-async``: the same validation, then a job."""
     explainer = get_method(method)
-    if "overlay" in opts.outputs:
-        validate_overlay_options(opts.colormap, opts.alpha)
+    _validate_outputs(opts, data)
     validated = plan(runtime, explainer, opts, extras, call)
     key = await map_key(runtime, validated, data, frame=opts.frame)
     return await submit(runtime, validated, data, key, frame=opts.frame, kind="explanation",
-                        render=lambda result: render_response(result, opts).model_dump(mode="json",
+                        render=lambda result: render_response(result, opts, data).model_dump(mode="json",
                                                                                       exclude_unset=True))
 
 
-def render_response(result: ExplanationRun, opts: ExplainOptions) -> ExplainResponse:
-    """The response body; runs in the thread pool (PNG encoding never blocks the event loop or the worker)."""
+def render_response(result: ExplanationRun, opts: ExplainOptions, data: bytes | None = None) -> ExplainResponse:
+    """The response body; runs in the thread pool (PNG encoding never blocks the event loop or the worker).
+    ``data`` (the uploaded bytes) is needed for DICOM outputs: their source data set is parsed from it."""
     plan = result.plan
     return ExplainResponse(model=plan.model.name, method=plan.explainer.name, layer=plan.explained_layer,
                            image=ImageInfo(width=result.width, height=result.height),
-                           explanations=_render_all(result, opts))
+                           explanations=_render_all(result, opts, data))
 
 
 def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
-def _render_all(result: ExplanationRun, opts: ExplainOptions) -> list[Explanation]:
+def _render_all(result: ExplanationRun, opts: ExplainOptions, data: bytes | None) -> list[Explanation]:
     """Runs in the thread pool: PNG encoding never blocks the event loop or the model worker."""
     labels = result.plan.model.labels
+    kinds = _dicom_kinds(opts)
+    source = None
+    if kinds:
+        assert data is not None, "DICOM outputs are built from the uploaded bytes"
+        source = read_source(data)
     base = None
-    if "overlay" in opts.outputs:
+    if _needs_overlay(opts):
         assert result.image is not None, "run(pixels=True) decodes the image for an overlay"
         base = rgb8(result.image)
     out = []
@@ -247,10 +272,35 @@ def _render_all(result: ExplanationRun, opts: ExplainOptions) -> list[Explanatio
         if "heatmap" in opts.outputs:
             png, stats = render_heatmap(item.heatmap, result.size)
             fields["heatmap"] = _b64(png)
+        overlay_png = None
         if base is not None:
-            fields["overlay"] = _b64(render_overlay(item.heatmap, base, colormap=opts.colormap, alpha=opts.alpha))
+            overlay_png = render_overlay(item.heatmap, base, colormap=opts.colormap, alpha=opts.alpha)
+        if "overlay" in opts.outputs:
+            fields["overlay"] = _b64(overlay_png)
+        if source is not None:
+            fields["dicom"] = {key: _b64(blob) for key, blob in _dicom_objects(result, item, source, kinds, opts,
+                                                                                 overlay_png).items()}
         if "raw" in opts.outputs:
             fields["raw"] = encode_raw(item.heatmap)
         out.append(Explanation(index=item.index, label=labels[item.index], score=item.score, empty=stats.empty,
                                nonfinite=stats.nonfinite, min=stats.min, max=stats.max, **fields))
     return out
+
+
+def _dicom_objects(result: ExplanationRun, item: TargetMap, source: Any, kinds: list[str], opts: ExplainOptions,
+                   overlay_png: bytes | None) -> dict[str, bytes]:
+    import numpy as np
+    from PIL import Image
+
+    from .. import __version__
+
+    plan = result.plan
+    overlay_rgb = None
+    if overlay_png is not None:
+        with Image.open(io.BytesIO(overlay_png)) as picture:
+            overlay_rgb = np.asarray(picture.convert("RGB"))
+    threshold = float(opts.threshold or plan.model.spec.localize_threshold or DEFAULT_THRESHOLD)
+    return build_outputs(kinds, source, item.heatmap, overlay_rgb=overlay_rgb, threshold=threshold,
+                         label=plan.model.labels[item.index], method=plan.explainer.name,
+                         family=plan.explainer.family, model=plan.model.name, version=__version__,
+                         fractional=opts.segmentation_type == "fractional")

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Mapping
 from typing import Any
 
 from ..api.schemas import ImageInfo, JobAccepted, LocalizedBox, LocalizeOptions, LocalizeResponse
 from ..cache import entity_tag
+from ..dicom_outputs import build_report, read_source, refuse_non_dicom
 from ..engine import get_method
 from ..engine.localize import DEFAULT_THRESHOLD, boxes_from_map
 from ..registry import LoadedModel
@@ -35,17 +37,20 @@ async def localize(runtime: Runtime, data: bytes, opts: LocalizeOptions, extras:
 
     The maps come from the result cache shared with ``/explain`` (same key: same image, method, parameters, layer and
     targets); the box options only shape the response, so they are part of its entity tag, not of the map key."""
+    if opts.outputs:
+        refuse_non_dicom(data)
     validated, threshold = _plan(runtime, opts, extras, call)
     key = await explaining.map_key(runtime, validated, data, frame=opts.frame)
     etag = entity_tag(key, {"endpoint": "localize", "threshold": float(threshold),
-                            "all_components": opts.all_components, "min_area": opts.min_area})
+                            "all_components": opts.all_components, "min_area": opts.min_area,
+                            "outputs": sorted(opts.outputs)})
     if held is not None and held.names(etag):
         call.cache = "not-modified"
         return Conditional(etag)
     result = await explaining.run(runtime, validated, data, key, frame=opts.frame, call=call)
     if held is not None and held.any:
         return Conditional(etag, cache_hit=result.cache_hit)
-    body = await runtime.in_thread(render_response, result, opts, threshold)
+    body = await runtime.in_thread(render_response, result, opts, threshold, data)
     return Conditional(etag, body, cache_hit=result.cache_hit)
 
 
@@ -60,22 +65,35 @@ def _plan(runtime: Runtime, opts: LocalizeOptions, extras: Mapping[str, Any], ca
     return validated, threshold
 
 
-def render_response(result: explaining.ExplanationRun, opts: LocalizeOptions, threshold: float) -> LocalizeResponse:
-    """The response body (boxes of every map); runs in the thread pool."""
+def render_response(result: explaining.ExplanationRun, opts: LocalizeOptions, threshold: float,
+                    data: bytes | None = None) -> LocalizeResponse:
+    """The response body (boxes of every map); runs in the thread pool. ``data`` (the uploaded bytes) is the
+    source of a ``dicom-sr`` output."""
     plan = result.plan
+    boxes = _boxes(plan.model, result, threshold, opts)
+    extra: dict[str, Any] = {}
+    if "dicom-sr" in opts.outputs:
+        assert data is not None, "a DICOM SR is built from the uploaded bytes"
+        from .. import __version__
+
+        report = build_report(read_source(data), [(box.label, box.score, box.box) for box in boxes],
+                              method=plan.explainer.name, model=plan.model.name, version=__version__)
+        extra["dicom"] = {"sr": base64.b64encode(report).decode("ascii")}
     return LocalizeResponse(model=plan.model.name, method=plan.explainer.name, layer=plan.explained_layer,
                             threshold=threshold, image=ImageInfo(width=result.width, height=result.height),
-                            boxes=_boxes(plan.model, result, threshold, opts))
+                            boxes=boxes, **extra)
 
 
 async def localize_async(runtime: Runtime, data: bytes, opts: LocalizeOptions, extras: Mapping[str, Any],
                          call: CallInfo) -> JobAccepted:
     """``/localize`` with ``Prefer: respond-async``: the same validation, then a job."""
+    if opts.outputs:
+        refuse_non_dicom(data)
     validated, threshold = _plan(runtime, opts, extras, call)
     key = await explaining.map_key(runtime, validated, data, frame=opts.frame)
     return await explaining.submit(runtime, validated, data, key, frame=opts.frame, kind="localization",
-                                   render=lambda result: render_response(result, opts, threshold).model_dump(
-                                       mode="json"))
+                                   render=lambda result: render_response(result, opts, threshold, data).model_dump(
+                                       mode="json", exclude_unset=True))
 
 
 def _boxes(model: LoadedModel, result: explaining.ExplanationRun, threshold: float,

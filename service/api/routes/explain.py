@@ -6,6 +6,7 @@ from ...handlers import explain as explain_handler
 from ...handlers import models as models_handler
 from ..conditional import CONDITIONAL_RESPONSES, IfNoneMatch, answer, parse_if_none_match
 from ..deps import AsyncDep, CallDep, RuntimeDep, accepted, unless_disconnected
+from ..dicom_accept import dicom_response, wants_dicom
 from ..inputs import read_image_request
 from ..schemas import (
     ASYNC_ACCEPTED,
@@ -38,8 +39,12 @@ async def explain(request: Request, response: Response, runtime: RuntimeDep, cal
                                                   extra_names=explain_handler.method_param_names(method))
     if respond_async:
         return accepted(await explain_handler.explain_async(runtime, method, data, opts, extras, call))
+    as_dicom = wants_dicom(request, opts.outputs)
     # ``if_none_match`` documents the header; the parser reads every line of it, not only the first.
-    held = parse_if_none_match(request.headers.getlist("if-none-match"))
+    held = None if as_dicom else parse_if_none_match(request.headers.getlist("if-none-match"))
     result = await unless_disconnected(request, explain_handler.explain(runtime, method, data, opts, extras, call,
                                                                         held))
+    if as_dicom and result.body is not None:
+        return dicom_response([item.dicom for item in result.body.explanations], result.etag,
+                              "hit" if result.cache_hit else "miss")
     return answer(result, response)

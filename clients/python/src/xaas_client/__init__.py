@@ -6,6 +6,7 @@
 ...     explanation.heatmap_image().save("cat.heatmap.png")
 """
 
+from ._core import DicomwebResult
 from .client import DEFAULT_URL, AsyncClient, AsyncJobHandle, Client, JobHandle, __version__
 from .errors import (
     APIError,
@@ -55,6 +56,7 @@ from .types import (
 )
 
 __all__ = [
+    "DicomwebResult",
     "AsyncJobHandle", "JobHandle",
     "ActivationResponse", "ChannelStats", "FilterResponse", "GridInfo", "Job", "JobCancelled", "JobError",
     "JobFailed", "JobProgress", "JobTimeout",

@@ -352,3 +352,44 @@ def _model_name(model: str | None) -> Flow[str]:
     if not listed:
         raise NotFound("the server has no models loaded", status=None)
     return next((m.name for m in listed if m.default), listed[0].name)
+
+
+@dataclass(frozen=True)
+class DicomwebResult:
+    """The answer of ``/dicomweb/explain/{method}`` or ``/dicomweb/localize``: the usual body, the SOP Instance UIDs
+    the server stored in the PACS, and the DICOM results (base64 Part 10 by kind, one mapping per explanation)."""
+
+    body: dict[str, Any]
+    stored: list[str]
+
+    @property
+    def dicom(self) -> list[dict[str, str]]:
+        if "explanations" in self.body:
+            return [item.get("dicom") or {} for item in self.body["explanations"]]
+        return [self.body.get("dicom") or {}]
+
+    def datasets(self) -> list[dict[str, Any]]:
+        """The DICOM results as ``pydicom.Dataset`` (needs the ``dicom`` extra: ``pip install xaas-client[dicom]``)."""
+        import base64
+        import io
+
+        try:
+            import pydicom
+        except ImportError as exc:  # the optional extra is missing: say which one
+            raise ImportError("DicomwebResult.datasets() needs pydicom: pip install 'xaas-client[dicom]'") from exc
+        return [{kind: pydicom.dcmread(io.BytesIO(base64.b64decode(blob))) for kind, blob in item.items()}
+                for item in self.dicom]
+
+
+def _dicomweb_result(body: Any) -> DicomwebResult:
+    return DicomwebResult(body=body, stored=list(body.get("stored", [])))
+
+
+def explain_dicomweb(method: str | None, study: str, series: str, instance: str, *, store: bool = False,
+                     outputs: Sequence[str] = ("dicom-pm",), **options: Any) -> Call[DicomwebResult]:
+    """Explain an instance of the server's PACS (``POST /dicomweb/explain/{method}``; ``method=None``:
+    ``/dicomweb/localize``); with ``store`` the server writes its DICOM results back by STOW-RS."""
+    body = {"study": study, "series": series, "instance": instance, "store": store, "outputs": list(outputs),
+            **{key: value for key, value in options.items() if value is not None}}
+    path = "/dicomweb/localize" if method is None else f"/dicomweb/explain/{quote(method, safe='')}"
+    return Call("POST", path, _dicomweb_result, json=body)

@@ -1,0 +1,83 @@
+"""``/dicomweb/explain/{method}`` and ``/dicomweb/localize``: the image comes from the PACS (WADO-RS), the DICOM
+results optionally go back to it (STOW-RS). HTTP only: the work is the usual handlers'."""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+from fastapi import APIRouter, Path, Request
+
+from ...dicomweb import Pacs
+from ...errors import BadOption, FieldError
+from ...handlers import explain as explain_handler
+from ...handlers import localize as localize_handler
+from ..deps import CallDep, RuntimeDep
+from ..inputs import parse_options
+from ..schemas import ExplainOptions, LocalizeOptions, problem_responses
+
+router = APIRouter(tags=["dicomweb"])
+
+_REFERENCE = ("study", "series", "instance")
+_PROBLEMS = problem_responses(400, 401, 404, 422, 502, 503, 504)
+
+
+async def _reference_and_options(request: Request) -> tuple[tuple[str, str, str], bool, dict[str, Any]]:
+    try:
+        raw = json.loads(await request.body())
+    except (ValueError, UnicodeDecodeError):
+        raise BadOption("the body must be a JSON object {study, series, instance, ...options}") from None
+    if not isinstance(raw, dict):
+        raise BadOption("the body must be a JSON object {study, series, instance, ...options}")
+    missing = [name for name in _REFERENCE if not isinstance(raw.get(name), str)]
+    if missing:
+        raise BadOption(f"missing or not a string: {', '.join(missing)}",
+                        errors=[FieldError(name, "a DICOM UID string") for name in missing])
+    reference = tuple(raw.pop(name) for name in _REFERENCE)
+    store = raw.pop("store", False)
+    if not isinstance(store, bool):
+        raise BadOption("store must be true or false", errors=[FieldError("store", "a boolean")])
+    return reference, store, raw  # type: ignore[return-value]
+
+
+def _split_extras(raw: dict[str, Any], names: frozenset[str], model: type) -> dict[str, Any]:
+    return {k: raw.pop(k) for k in list(raw) if k in names and k not in model.model_fields}
+
+
+async def _store(runtime: Any, pacs: Pacs, dicom_members: list[dict[str, str] | None]) -> list[str]:
+    blobs = [base64.b64decode(value) for item in dicom_members if item for value in item.values()]
+    return await runtime.in_thread(pacs.store, blobs) if blobs else []
+
+
+@router.post("/dicomweb/explain/{method}", summary="Explain an instance fetched from the PACS (WADO-RS); with "
+             "store, write the DICOM results back (STOW-RS)", responses=_PROBLEMS)
+async def dicomweb_explain(request: Request, runtime: RuntimeDep, call: CallDep,
+                           method: str = Path(max_length=64, description="See GET /methods.")) -> dict[str, Any]:
+    reference, store, raw = await _reference_and_options(request)
+    names = explain_handler.method_param_names(method)
+    extras = _split_extras(raw, names, ExplainOptions)
+    opts = parse_options(ExplainOptions, raw, names)
+    pacs = Pacs(runtime.settings)
+    data = await runtime.in_thread(pacs.fetch, *reference)
+    result = await explain_handler.explain(runtime, method, data, opts, extras, call)
+    assert result.body is not None
+    body = result.body.model_dump(mode="json", exclude_unset=True)
+    body["stored"] = await _store(runtime, pacs, [item.dicom for item in result.body.explanations]) if store else []
+    return body
+
+
+@router.post("/dicomweb/localize", summary="Boxes for an instance fetched from the PACS; with store, write the SR "
+             "back (STOW-RS)", responses=_PROBLEMS)
+async def dicomweb_localize(request: Request, runtime: RuntimeDep, call: CallDep) -> dict[str, Any]:
+    reference, store, raw = await _reference_and_options(request)
+    names = localize_handler.param_names(raw)
+    extras = _split_extras(raw, names, LocalizeOptions)
+    opts = parse_options(LocalizeOptions, raw, names)
+    pacs = Pacs(runtime.settings)
+    data = await runtime.in_thread(pacs.fetch, *reference)
+    result = await localize_handler.localize(runtime, data, opts, extras, call)
+    assert result.body is not None
+    body = result.body.model_dump(mode="json", exclude_unset=True)
+    body["stored"] = await _store(runtime, pacs, [result.body.dicom]) if store else []
+    return body

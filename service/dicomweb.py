@@ -1,0 +1,91 @@
+"""The PACS over DICOMweb (``dicomweb-client``): WADO-RS fetch of one instance, STOW-RS store of results.
+
+Every request has a bounded timeout (``XAAS_DICOMWEB_TIMEOUT``, connect and read); PACS failures become
+:class:`PacsUnavailable` (502), :class:`PacsTimeout` (504) or :class:`NotFound` (404, a missing instance), with
+details that name the operation and the HTTP status only, never a UID or PACS message (they may identify a patient).
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+from .config import Settings
+from .errors import BadOption, NotFound, PacsTimeout, PacsUnavailable, ServiceUnavailable
+
+__all__ = ["Pacs"]
+
+
+class Pacs:
+    def __init__(self, settings: Settings):
+        if not settings.dicomweb_url:
+            raise ServiceUnavailable("no PACS is configured (set XAAS_DICOMWEB_URL)")
+        self.url = settings.dicomweb_url.rstrip("/")
+        self.timeout = float(settings.dicomweb_timeout)
+        self.headers = _auth_header(settings)
+
+    def _client(self) -> Any:
+        import requests
+        from dicomweb_client.api import DICOMwebClient
+
+        session = requests.Session()
+        session.headers.update(self.headers)
+        original = session.request
+
+        def bounded(method: str, url: str, **kwargs: Any) -> Any:  # every PACS request gets the timeout
+            kwargs.setdefault("timeout", (self.timeout, self.timeout))
+            return original(method, url, **kwargs)
+
+        session.request = bounded  # type: ignore[method-assign]
+        client = DICOMwebClient(url=self.url, session=session)
+        # no hidden retries with exponential back-off: the answer's time stays bounded by one timeout per request
+        client.set_http_retry_params(retry=False)
+        return client
+
+    def fetch(self, study: str, series: str, instance: str) -> bytes:
+        """Part 10 bytes of one instance (WADO-RS)."""
+        for name, value in (("study", study), ("series", series), ("instance", instance)):
+            if not value or len(value) > 64 or not all(c.isdigit() or c == "." for c in value):
+                raise BadOption(f"{name} must be a DICOM UID (digits and dots, at most 64)")
+        dataset = self._call("retrieve", lambda client: client.retrieve_instance(study, series, instance))
+        buffer = io.BytesIO()
+        dataset.save_as(buffer, enforce_file_format=True)
+        return buffer.getvalue()
+
+    def store(self, objects: list[bytes]) -> list[str]:
+        """STOW-RS; returns the SOP Instance UIDs stored."""
+        import pydicom
+
+        datasets = [pydicom.dcmread(io.BytesIO(blob)) for blob in objects]
+        if datasets:
+            self._call("store", lambda client: client.store_instances(datasets))
+        return [str(ds.SOPInstanceUID) for ds in datasets]
+
+    def _call(self, operation: str, work: Any) -> Any:
+        import requests
+
+        try:
+            return work(self._client())
+        except requests.exceptions.Timeout:
+            raise PacsTimeout(f"the PACS did not answer the {operation} request within {self.timeout:g} s") from None
+        except requests.exceptions.HTTPError as exc:
+            status = exc.response.status_code if exc.response is not None else None
+            if status == 404 and operation == "retrieve":
+                raise NotFound("the PACS has no such instance (study/series/instance)") from None
+            raise PacsUnavailable(f"the PACS answered the {operation} request with HTTP {status}") from None
+        except requests.exceptions.RequestException as exc:
+            raise PacsUnavailable(f"the PACS could not be reached for the {operation} request "
+                                  f"({type(exc).__name__})") from None
+        except Exception as exc:  # noqa: BLE001 - a malformed PACS answer of any kind
+            raise PacsUnavailable(f"the PACS's {operation} answer could not be read ({type(exc).__name__})") from None
+
+
+def _auth_header(settings: Settings) -> dict[str, str]:
+    if settings.dicomweb_auth_file is None:
+        return {}
+    try:
+        line = settings.dicomweb_auth_file.read_text(encoding="utf-8").strip()
+    except OSError:
+        raise ServiceUnavailable("the PACS credentials file cannot be read") from None
+    name, _, value = line.partition(":")
+    return {name.strip(): value.strip()} if name.strip() and value.strip() else {}
