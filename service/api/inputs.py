@@ -103,16 +103,22 @@ async def _read_multipart(request: Request, options_model: type[BaseModel]) -> t
         await form.close()
 
 
-async def _read_json(request: Request) -> tuple[bytes, dict[str, Any]]:
-    body = await request.body()
+def parse_json_object(body: bytes, *, what: str, max_depth: int = MAX_JSON_DEPTH) -> dict[str, Any]:
+    """A JSON object body under the service's rules: no repeated members, no NaN/Infinity, bounded nesting.
+    ``what`` says what the object must hold, for the error."""
     try:
         payload = json.loads(body, object_pairs_hook=_unique_members, parse_constant=_no_constant)
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise BadOption(f"body is not valid JSON: {exc.__class__.__name__}") from None
     if not isinstance(payload, dict):
-        raise BadOption("JSON body must be an object with an 'image' member")
-    if _depth(payload) > MAX_JSON_DEPTH:
-        raise BadOption(f"JSON body is nested deeper than {MAX_JSON_DEPTH} levels")
+        raise BadOption(f"JSON body must be an object {what}")
+    if _depth(payload) > max_depth:
+        raise BadOption(f"JSON body is nested deeper than {max_depth} levels")
+    return payload
+
+
+async def _read_json(request: Request) -> tuple[bytes, dict[str, Any]]:
+    payload = parse_json_object(await request.body(), what="with an 'image' member")
     image = payload.pop("image", None)
     if image is None:
         raise BadOption("missing member 'image' (base64 of the image file)")
@@ -166,12 +172,7 @@ def parse_infer_body(body: bytes, header_length: str | None) -> tuple[Any, bytes
             raise BadOption(f"Inference-Header-Content-Length must be the JSON header's length (0..{len(body)})",
                             errors=[FieldError("Inference-Header-Content-Length", "invalid length")])
         body, binary = body[:int(header_length)], body[int(header_length):]
-    try:
-        payload = json.loads(body, object_pairs_hook=_unique_members, parse_constant=_no_constant)
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
-        raise BadOption(f"body is not valid JSON: {exc.__class__.__name__}") from None
-    if _depth(payload) > OIP_MAX_JSON_DEPTH:
-        raise BadOption(f"JSON body is nested deeper than {OIP_MAX_JSON_DEPTH} levels")
+    payload = parse_json_object(body, what="(an inference request)", max_depth=OIP_MAX_JSON_DEPTH)
     try:
         return OipInferRequest.model_validate(payload), binary
     except ValidationError as exc:

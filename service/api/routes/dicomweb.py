@@ -3,18 +3,16 @@ results optionally go back to it (STOW-RS). HTTP only: the work is the usual han
 
 from __future__ import annotations
 
-import base64
-import json
 from typing import Any
 
 from fastapi import APIRouter, Path, Request
 
-from ...dicomweb import Pacs
 from ...errors import BadOption, FieldError
+from ...handlers import dicomweb as dicomweb_handler
 from ...handlers import explain as explain_handler
 from ...handlers import localize as localize_handler
 from ..deps import CallDep, RuntimeDep
-from ..inputs import parse_options
+from ..inputs import parse_json_object, parse_options
 from ..schemas import ExplainOptions, LocalizeOptions, problem_responses
 
 router = APIRouter(tags=["dicomweb"])
@@ -24,12 +22,7 @@ _PROBLEMS = problem_responses(400, 401, 404, 422, 502, 503, 504)
 
 
 async def _reference_and_options(request: Request) -> tuple[tuple[str, str, str], bool, dict[str, Any]]:
-    try:
-        raw = json.loads(await request.body())
-    except (ValueError, UnicodeDecodeError):
-        raise BadOption("the body must be a JSON object {study, series, instance, ...options}") from None
-    if not isinstance(raw, dict):
-        raise BadOption("the body must be a JSON object {study, series, instance, ...options}")
+    raw = parse_json_object(await request.body(), what="{study, series, instance, ...options}")
     missing = [name for name in _REFERENCE if not isinstance(raw.get(name), str)]
     if missing:
         raise BadOption(f"missing or not a string: {', '.join(missing)}",
@@ -45,11 +38,6 @@ def _split_extras(raw: dict[str, Any], names: frozenset[str], model: type) -> di
     return {k: raw.pop(k) for k in list(raw) if k in names and k not in model.model_fields}
 
 
-async def _store(runtime: Any, pacs: Pacs, dicom_members: list[dict[str, str] | None]) -> list[str]:
-    blobs = [base64.b64decode(value) for item in dicom_members if item for value in item.values()]
-    return await runtime.in_thread(pacs.store, blobs) if blobs else []
-
-
 @router.post("/dicomweb/explain/{method}", summary="Explain an instance fetched from the PACS (WADO-RS); with "
              "store, write the DICOM results back (STOW-RS)", responses=_PROBLEMS)
 async def dicomweb_explain(request: Request, runtime: RuntimeDep, call: CallDep,
@@ -58,13 +46,9 @@ async def dicomweb_explain(request: Request, runtime: RuntimeDep, call: CallDep,
     names = explain_handler.method_param_names(method)
     extras = _split_extras(raw, names, ExplainOptions)
     opts = parse_options(ExplainOptions, raw, names)
-    pacs = Pacs(runtime.settings)
-    data = await runtime.in_thread(pacs.fetch, *reference)
-    result = await explain_handler.explain(runtime, method, data, opts, extras, call)
-    assert result.body is not None
-    body = result.body.model_dump(mode="json", exclude_unset=True)
-    body["stored"] = await _store(runtime, pacs, [item.dicom for item in result.body.explanations]) if store else []
-    return body
+    return await dicomweb_handler.from_pacs(
+        runtime, reference, store, lambda data: explain_handler.explain(runtime, method, data, opts, extras, call),
+        lambda body: [item.dicom for item in body.explanations])
 
 
 @router.post("/dicomweb/localize", summary="Boxes for an instance fetched from the PACS; with store, write the SR "
@@ -74,10 +58,6 @@ async def dicomweb_localize(request: Request, runtime: RuntimeDep, call: CallDep
     names = localize_handler.param_names(raw)
     extras = _split_extras(raw, names, LocalizeOptions)
     opts = parse_options(LocalizeOptions, raw, names)
-    pacs = Pacs(runtime.settings)
-    data = await runtime.in_thread(pacs.fetch, *reference)
-    result = await localize_handler.localize(runtime, data, opts, extras, call)
-    assert result.body is not None
-    body = result.body.model_dump(mode="json", exclude_unset=True)
-    body["stored"] = await _store(runtime, pacs, [result.body.dicom]) if store else []
-    return body
+    return await dicomweb_handler.from_pacs(
+        runtime, reference, store, lambda data: localize_handler.localize(runtime, data, opts, extras, call),
+        lambda body: [body.dicom])
