@@ -36,7 +36,7 @@ def test_schemathesis_finds_nothing(tmp_path):
     with running_server(env={"XAAS_DEVICE": "cpu", "XAAS_REQUEST_TIMEOUT": "20", "XAAS_MAX_JOBS": "8"}) as server:
         cmd = [*_schemathesis(), "run", server.url + "/openapi.json", "--checks", "all",
                "--exclude-checks", "positive_data_acceptance", "--max-examples", str(MAX_EXAMPLES),
-               "--seed", str(SEED), "--workers", "2", "--suppress-health-check", "all",
+               "--seed", str(SEED), "--workers", "1", "--suppress-health-check", "all",
                "--generation-database", "none", "--no-color", "--request-timeout", "60"]
         run = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     summary = run.stdout[-6000:]
