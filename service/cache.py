@@ -62,13 +62,16 @@ class MapKey:
     top_k: int | None                  # without explicit targets (ignored, so None, with them)
     min_probability: float | None
     region: str | None = None          # segmentation: the region's canonical text (RegionRequest.key)
+    detection: str | None = None       # detection: the detection's canonical text (DetectionRequest.key)
 
     def digest(self) -> str:
         """sha256 of a canonical JSON rendering: the same across processes and restarts (unlike ``hash``)."""
         fields = [self.model, self.weights, self.config, self.image, self.frame, self.method,
                   [list(p) for p in self.params], self.layer, list(self.targets), self.top_k, self.min_probability]
         # Appended only when set, so classifiers' keys (and persisted entries) keep their digests.
-        return _sha256_json(fields + ([self.region] if self.region is not None else []))
+        extra = ([self.region] if self.region is not None else []) + \
+            ([{"detection": self.detection}] if self.detection is not None else [])
+        return _sha256_json(fields + extra)
 
 
 def entity_tag(key: MapKey, representation: Mapping[str, Any]) -> str:
@@ -101,7 +104,7 @@ class CachedMaps:
         for item in maps:
             heatmap = np.array(item.heatmap, dtype=np.float32, copy=True)
             heatmap.flags.writeable = False
-            rows.append(TargetMap(item.index, item.score, heatmap))
+            rows.append(TargetMap(item.index, item.score, heatmap, item.detection))
         return cls(tuple(rows), int(width), int(height))
 
     @property

@@ -56,11 +56,14 @@ class Capabilities:
     target_layer_reason: str | None = None
     layer_details: tuple[LayerDetail, ...] = ()
     caveats: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    #: Methods made for other tasks (D-RISE for detectors), with the reason: refused, but not listed as refusals.
+    other_tasks: Mapping[str, str] = field(default_factory=dict)
     _layer_set: frozenset[str] = field(default=frozenset(), repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "methods", MappingProxyType(dict(self.methods)))
         object.__setattr__(self, "caveats", MappingProxyType(dict(self.caveats)))
+        object.__setattr__(self, "other_tasks", MappingProxyType(dict(self.other_tasks)))
         object.__setattr__(self, "_layer_set", frozenset(self.layers))
 
     @property
@@ -70,6 +73,8 @@ class Capabilities:
     def check_method(self, model: str, method: str, *, layer: str | None = None) -> None:
         """Refuse a method the probe found inapplicable. With an explicit ``layer`` the probe's verdict (made at the
         default layer) may not hold, so only the engine can tell; hook-free models are refused regardless."""
+        if method in self.other_tasks:
+            raise MethodNotApplicable(method, model, self.other_tasks[method])
         reason = self.methods.get(method)
         if reason is not None and (layer is None or not self.hookable):
             raise MethodNotApplicable(method, model, reason)
@@ -89,12 +94,16 @@ def probe(module: nn.Module, *, input_shape: Sequence[int], task: str, target_la
     from .engine import METHODS
     from .engine.layers import trace_layers
 
+    mine = {name: m for name, m in METHODS.items() if m.tasks is None or task in m.tasks}
+    other_tasks = {name: f"{name} explains {' and '.join(m.tasks or ())} models; this one's task is {task}"
+                   for name, m in METHODS.items() if name not in mine}
     if isinstance(module, torch.jit.ScriptModule):
-        methods = {name: (None if name in HOOKLESS_METHODS else _UNHOOKABLE) for name in METHODS}
-        return Capabilities(methods, (), None, hookable=False, target_layer_reason=target_layer_reason)
+        methods = {name: (None if name in HOOKLESS_METHODS else _UNHOOKABLE) for name in mine}
+        return Capabilities(methods, (), None, hookable=False, target_layer_reason=target_layer_reason,
+                            other_tasks=other_tasks)
     verdicts: dict[str, str | None] = {}
     caveats: dict[str, tuple[str, ...]] = {}
-    for name, method in METHODS.items():
+    for name, method in mine.items():
         if target_layer is None and method.uses_layer:
             verdicts[name] = f"{name} needs a layer map and this model has none ({target_layer_reason})"
             continue
@@ -111,7 +120,7 @@ def probe(module: nn.Module, *, input_shape: Sequence[int], task: str, target_la
                     for i in trace_layers(module, input_shape)
                     if i.explainable and i.layout is not None and not i.identity)  # Dropout: its input's map
     return Capabilities(verdicts, tuple(d.name for d in details), target_layer, target_layer_reason=target_layer_reason,
-                        layer_details=details, caveats=caveats)
+                        layer_details=details, caveats=caveats, other_tasks=other_tasks)
 
 
 _NON_RELU = (nn.SiLU, nn.GELU, nn.Hardswish, nn.Mish, nn.ELU, nn.SELU, nn.Sigmoid, nn.Hardsigmoid, nn.Tanh)

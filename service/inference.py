@@ -18,6 +18,7 @@ import torch
 
 from .batching import Abandoned, batch_abandoned
 from .engine.base import Explained, logits_of
+from .engine.detection import Detection
 from .engine.passes import Steps
 from .engine.targets import (
     ClassLogit,
@@ -42,7 +43,7 @@ class PredictWork:
 
 @dataclass
 class PredictResult:
-    probabilities: torch.Tensor  # [num_classes] (segmentation: [C, H, W] per pixel), CPU float32
+    probabilities: torch.Tensor  # [num_classes] (segmentation: [C, H, W] per pixel; detection: [N, 6]), CPU float32
     logits: torch.Tensor  # [num_classes] (segmentation: [C, H, W]), CPU float32
 
 
@@ -55,8 +56,12 @@ def run_predict(model: LoadedModel, items: Sequence[PredictWork]) -> list[Predic
     inputs = torch.stack([work.inputs for work in items]).to(model.device, non_blocking=True)
     with torch.inference_mode():
         logits = logits_of(model.module(inputs), len(items)).float()
-        probs = segmentation_probabilities(logits, model.spec.activation) if model.task == "segmentation" \
-            else scores_from_logits(logits, model.task)
+        if model.task == "detection":
+            probs = logits   # [B, N, 6] detections: their scores are column 4
+        elif model.task == "segmentation":
+            probs = segmentation_probabilities(logits, model.spec.activation)
+        else:
+            probs = scores_from_logits(logits, model.task)
     logits, probs = logits.cpu(), probs.cpu()
     return [PredictResult(probs[i], logits[i]) for i in range(len(items))]
 
@@ -74,6 +79,7 @@ class ExplainWork:
     min_probability: float | None = None  # without targets: the top_k classes at least this probable
     region: Region | None = None  # segmentation: where each class is explained
     activation: str = "softmax"   # segmentation: the model's per-pixel activation
+    detection: Detection | None = None  # detection: the one detection explained (else the top_k detections)
 
     @property
     def batch_key(self) -> Hashable:
@@ -82,7 +88,15 @@ class ExplainWork:
 
     @property
     def rows(self) -> int:
-        return len(self.targets) or self.top_k
+        return 1 if self.detection is not None else len(self.targets) or self.top_k
+
+
+@dataclass(frozen=True)
+class DetectionRef:
+    """Which detection a row explains: its id (rank in the image's detections) and box in model-input pixels."""
+
+    id: int
+    box: tuple[float, float, float, float]
 
 
 @dataclass
@@ -90,6 +104,7 @@ class TargetMap:
     index: int
     score: float
     heatmap: np.ndarray  # [h, w] float32, native resolution, raw
+    detection: DetectionRef | None = None  # detection models: the detection this row explains
 
 
 def _target(item: ExplainWork, index: int) -> Target:
@@ -101,7 +116,8 @@ def _target(item: ExplainWork, index: int) -> Target:
 def explain_requests(items: Sequence[ExplainWork]) -> list[TargetRequest]:
     """Each item's targets for the engine: its explicit classes (over its region for a segmentation), else its top-k
     (with the probability floor)."""
-    return [TargetRequest(tuple(_target(item, t) for t in item.targets), item.top_k, item.min_probability)
+    return [TargetRequest((item.detection,) if item.detection is not None
+                          else tuple(_target(item, t) for t in item.targets), item.top_k, item.min_probability)
             for item in items]
 
 
@@ -126,8 +142,14 @@ def split_results(explained: Explained, count: int) -> list[list[TargetMap]]:
     maps = explained.maps.detach().float().cpu().numpy()
     scores = explained.scores.detach().float().cpu().tolist()
     rows = explained.rows
-    return [[TargetMap(rows.targets[r].index, scores[r], maps[r]) for r in rows.per_image[i]]  # type: ignore[attr-defined]
-            for i in range(count)]
+    return [[TargetMap(rows.targets[r].index, scores[r], maps[r], _detection_ref(rows.targets[r]))  # type: ignore
+             for r in rows.per_image[i]] for i in range(count)]
+
+
+def _detection_ref(target: Target) -> DetectionRef | None:
+    if isinstance(target, Detection) and target.id is not None and target.box is not None:
+        return DetectionRef(target.id, target.box)
+    return None
 
 
 def run_explain(model: LoadedModel, items: Sequence[ExplainWork]) -> list[list[TargetMap]]:

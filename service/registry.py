@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from torch import nn
 
 from .capabilities import Capabilities, probe
+from .engine.detection import DetectorOutputs
 from .errors import ConfigError, FieldError, InvalidOption, ModelNotReady, UnknownModel
 from .loaders import build_module, resolve_path, weights_digest
 
@@ -56,9 +57,11 @@ class ModelSpec(BaseModel):
     args: dict[str, Any] = Field(default_factory=dict)
     labels: list[str] | str | None = None
     num_classes: int | None = Field(None, ge=1)
-    task: Literal["multiclass", "multilabel", "segmentation"] = "multiclass"
+    task: Literal["multiclass", "multilabel", "segmentation", "detection"] = "multiclass"
     activation: Literal["softmax", "sigmoid"] = Field(
         "softmax", description="Segmentation: softmax over classes per pixel, or an independent sigmoid per class.")
+    score_threshold: float = Field(0.5, ge=0, le=1, description="Detection: the least score of a reported detection.")
+    max_detections: int = Field(100, ge=1, le=1000, description="Detection: detections kept per image, best first.")
     input_size: tuple[int, int] = (224, 224)
     mean: list[float] = Field(default_factory=lambda: [0.485, 0.456, 0.406])
     std: list[float] = Field(default_factory=lambda: [0.229, 0.224, 0.225])
@@ -104,6 +107,16 @@ class ModelSpec(BaseModel):
         return v
 
     @model_validator(mode="after")
+    def _detection_normalisation(self) -> ModelSpec:
+        # torchvision's detectors normalise inside (GeneralizedRCNNTransform): they take [0, 1] pixels.
+        if self.task == "detection":
+            if "mean" not in self.model_fields_set:
+                self.mean = [0.0]
+            if "std" not in self.model_fields_set:
+                self.std = [1.0]
+        return self
+
+    @model_validator(mode="after")
     def _norm_len(self) -> ModelSpec:
         for name in ("mean", "std"):
             if len(getattr(self, name)) not in (1, self.channels):
@@ -135,6 +148,8 @@ class LoadedModel:
         target layer), so a result cached or tagged under one models.yaml is never served under an edited one."""
         s = self.spec
         fields = [self.labels, s.task, list(s.input_size), s.mean, s.std, s.channels, self.target_layer]
+        if s.task == "detection":
+            fields += [s.score_threshold, s.max_detections]
         return hashlib.sha256(json.dumps(fields, separators=(",", ":")).encode()).hexdigest()
 
     @property
@@ -256,6 +271,8 @@ def load_model(spec: ModelSpec, *, base_dir: Path, device_policy: str = "auto") 
             raise ConfigError(f"field 'labels': {len(labels)} labels but num_classes is {spec.num_classes}")
         num_classes = spec.num_classes or (len(labels) if labels else None)
         module = build_module(spec.source, spec.weights, spec.args, num_classes=num_classes, base_dir=base_dir)
+        if spec.task == "detection":
+            module = DetectorOutputs(module, spec.max_detections)
         module.eval()
         for p in module.parameters():
             p.requires_grad_(False)
@@ -290,6 +307,8 @@ def _warm_up(module: nn.Module, spec: ModelSpec, device: torch.device) -> tuple[
             seconds = (time.perf_counter() - t0) / 2
     except Exception as exc:  # noqa: BLE001
         raise ConfigError(f"field 'input_size': warm-up forward pass on {tuple(dummy.shape)} failed: {exc}") from None
+    if spec.task == "detection":
+        return _detector_classes(module), seconds
     if spec.task == "segmentation" and isinstance(out, dict):
         out = out.get("out")   # torchvision's segmentation models
     wanted = 4 if spec.task == "segmentation" else 2
@@ -298,6 +317,30 @@ def _warm_up(module: nn.Module, spec: ModelSpec, device: torch.device) -> tuple[
         layout = "[batch, classes, height, width]" if wanted == 4 else "[batch, classes]"
         raise ConfigError(f"field 'source': a {spec.task} model must return logits {layout}, got {shape}")
     return int(out.shape[1]), seconds
+
+
+def _detector_classes(module: DetectorOutputs) -> int:
+    """The class count of a torchvision detector (background included, as its labels count), from its head."""
+    for path in ("roi_heads.box_predictor.cls_score.out_features", "head.classification_head.num_classes"):
+        value: Any = module
+        for attr in path.split("."):
+            value = getattr(value, attr, None)
+        if isinstance(value, int):
+            return value
+    raise ConfigError("field 'num_classes': cannot tell this detector's class count; set num_classes or labels")
+
+
+def _detection_layer(module: nn.Module, shape: tuple[int, ...]) -> tuple[str, str] | None:
+    """A detector's default CAM layer: the last map of its backbone's body (before the FPN mixes the scales), else
+    of its backbone; the heads after it see one anchor or RoI at a time, so their maps are no image map."""
+    from .engine.layers import trace_layers
+
+    infos = [i for i in trace_layers(module, shape) if i.preferred]
+    for prefix in ("backbone.body.", "backbone."):
+        found = [i for i in infos if i.name.startswith(prefix)]
+        if found:
+            return found[-1].name, f"the last spatial map of the detector's {prefix[:-1]} (before the heads)"
+    return None
 
 
 def _is_scripted(module: nn.Module) -> bool:
@@ -316,6 +359,9 @@ def _target_layer(module: nn.Module, spec: ModelSpec, num_classes: int) -> tuple
     if spec.tokens is not None:
         set_token_layout(module, spec.tokens.grid, spec.tokens.prefix)
     if spec.target_layer is None:
+        picked = _detection_layer(module, shape) if spec.task == "detection" else None
+        if picked is not None:
+            return picked
         try:
             return choose_target_layer(module, shape, num_classes=num_classes)
         except InvalidOption as exc:

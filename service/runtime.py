@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 from .batching import DynamicBatcher
 from .cache import ResultCache
 from .config import Settings
+from .engine.detection import Detection
 from .engine.targets import Region
 from .errors import ConfigError, ModelNotReady, ShuttingDown, TooManyTargets
 from .imaging import DecodedImage, ImageLimits, decode_image, to_model_input
@@ -172,16 +173,18 @@ class Runtime:
 
     async def explain(self, model: LoadedModel, inputs: Any, *, method: str, params: dict[str, Any], layer: str | None,
                       targets: list[int], top_k: int, min_probability: float | None = None,
-                      timeout: float | None = None, region: Region | None = None) -> list[TargetMap]:
+                      timeout: float | None = None, region: Region | None = None,
+                      detection: Detection | None = None) -> list[TargetMap]:
         work = ExplainWork(inputs, method, tuple(sorted(params.items())), layer, tuple(targets), top_k, min_probability,
-                           region, model.spec.activation)
+                           region, model.spec.activation, detection)
         return await self.batcher(model).run(work.batch_key, work, size=work.rows,
                                              timeout=timeout or self.settings.request_timeout)
 
     def submit_explanation(self, model: LoadedModel, inputs: Any, *, method: str, params: dict[str, Any],
                            layer: str | None, targets: list[int], top_k: int, min_probability: float | None = None,
                            kind: str, meta: dict[str, Any], finish: Callable[[list[TargetMap]], dict[str, Any]],
-                           ready: list[TargetMap] | None = None, region: Region | None = None) -> Job:
+                           ready: list[TargetMap] | None = None, region: Region | None = None,
+                           detection: Detection | None = None) -> Job:
         """Queue an explanation as an asynchronous job on the model's worker (in short steps between live batches);
         ``finish(maps)`` renders its result in the I/O pool once the maps are computed (``ready``: already known,
         e.g. cached — the job is then done at its first slice)."""
@@ -189,7 +192,7 @@ class Runtime:
             return self.jobs.submit(self.batcher(model), ReadyWork(ready), kind=kind, model=model.name, meta=meta,
                                     finish=finish)
         work = ExplainWork(inputs, method, tuple(sorted(params.items())), layer, tuple(targets), top_k, min_probability,
-                           region, model.spec.activation)
+                           region, model.spec.activation, detection)
         chunk = self.job_chunk(model)
         steps = StepsWork(lambda: explain_steps(model, [work], chunk=chunk))
         return self.jobs.submit(self.batcher(model), steps, kind=kind, model=model.name, meta=meta,

@@ -49,6 +49,9 @@ Triple = Annotated[list[int], Field(min_length=3, max_length=3)]
 Quad = Annotated[list[int], Field(min_length=4, max_length=4)]
 
 
+Task = Literal["multiclass", "multilabel", "segmentation", "detection"]
+Box = Annotated[list[float], Field(min_length=4, max_length=4, description="[x0, y0, x1, y1] in original pixels.")]
+
 TIMEOUT_DESCRIPTION = ("Deadline in seconds, at least 1 (a request may shorten the server's XAAS_REQUEST_TIMEOUT, "
                        "never extend it).")
 
@@ -136,6 +139,19 @@ class ExplainOptions(ImageOptions):
                                description="Segmentation models: where the class is explained (its logits summed "
                                            "there, Seg-Grad-CAM): predicted (default), all, a box x0,y0,x1,y1 in "
                                            "original pixels, or mask:<base64 PNG> (non-zero = inside, image size).")
+    detection: Target | None = Field(None, description="Detection models: the detection explained: its id from "
+                                     "/predict, or a box x0,y0,x1,y1 in original pixels with target = its label "
+                                     "(matched by IoU >= 0.5); target alone: that class's most confident detection. "
+                                     "Default: the top_k most confident detections.")
+    box_regression: bool = Field(False, description="Detection models: explain the detection's score plus its box's "
+                                                    "IoU with the explained box (where the box is, not only what).")
+
+    @field_validator("detection")
+    @classmethod
+    def _detection_length(cls, v: int | str | None) -> int | str | None:
+        if isinstance(v, str) and not (0 < len(v) <= 200):
+            raise ValueError("a detection is an id or a box of 1 to 200 characters")
+        return v
 
     @field_validator("outputs", mode="before")
     @classmethod
@@ -156,10 +172,17 @@ class RawMap(BaseModel):
     data: str = Field(description="Base64 of the little-endian float32 values, row-major.")
 
 
+class ExplainedDetection(BaseModel):
+    id: int = Field(description="The detection's id in the model's detections of this image (as /predict numbers "
+                                "them).")
+    box: Box
+
+
 class Explanation(BaseModel):
     index: int
     label: str
-    score: float = Field(description="The class's probability (softmax or sigmoid).")
+    score: float = Field(description="The class's probability (softmax or sigmoid); a detection's score.")
+    detection: ExplainedDetection | None = Field(None, description="Detection models: the detection explained.")
     heatmap: str | None = Field(None, description="8-bit grey PNG (base64) at the original image size; "
                                                   "255 = the map's max.")
     overlay: str | None = Field(None, description="RGB PNG (base64): colour-mapped heatmap blended over the image.")
@@ -246,6 +269,7 @@ class MethodInfo(BaseModel):
     signed: bool
     sanity: str | None = None
     caveats: list[str] = Field(default_factory=list, description="What holds wherever the method applies.")
+    tasks: list[Task] | None = Field(None, description="The model tasks the method is made for (null: all).")
 
 
 class MethodList(BaseModel):
@@ -262,11 +286,14 @@ class Prediction(BaseModel):
                                                              "pixels predicted as it (0 when there are none).")
     mask: str | None = Field(None, description="Segmentation: binary PNG (base64, 255 = the class) at the original "
                                                "size.")
+    id: int | None = Field(None, description="Detection: the detection's id (its rank by score), for /explain's "
+                                             "detection.")
+    box: Box | None = Field(None, description="Detection: [x0, y0, x1, y1] in original pixels.")
 
 
 class PredictResponse(BaseModel):
     model: str
-    task: Literal["multiclass", "multilabel", "segmentation"]
+    task: Task
     image: ImageInfo
     predictions: list[Prediction]
     labelmap: str | None = Field(None, description="Segmentation with outputs=labelmap: 8-bit PNG (base64) of the "
@@ -279,8 +306,9 @@ class ModelInfo(BaseModel):
     model_config = ConfigDict(protected_namespaces=())
 
     name: str
-    task: Literal["multiclass", "multilabel", "segmentation"]
+    task: Task
     num_classes: int
+    score_threshold: float | None = Field(None, description="Detection: the least score of a reported detection.")
     input_size: Pair = Field(description="[height, width] the image is resized to.")
     channels: int
     device: str

@@ -36,7 +36,7 @@ from .cam import CAM, GradCAM, GradCAMCounterfactual, GradCAMPlusPlus, HiResCAM,
 from .fusion import FusedCAM
 from .gradients import GuidedBackprop, GuidedGradCAM, IntegratedGradients, Saliency, SmoothGrad
 from .layers import find_target_layer, spatial_layers
-from .perturbation import RISE, Occlusion
+from .perturbation import DRISE, RISE, Occlusion
 
 __all__ = [
     "BACKWARD_CHUNK",
@@ -70,6 +70,7 @@ METHODS: dict[str, Explainer] = {
         HiResCAM(),
         XGradCAM(),
         RISE(),
+        DRISE(),
         FusedCAM(),
         AttentionRollout(),
         AttentionGradients(),
@@ -125,6 +126,8 @@ def usable_methods(model: nn.Module, input_shape: Sequence[int], *, layer: str |
     structural requirements: CAM's GAP→linear head, guided backprop's ReLUs, a spatial layer for CAM methods)."""
     usable = []
     for name, method in METHODS.items():
+        if method.tasks is not None and task not in method.tasks:
+            continue
         try:
             method.check_model(model, input_shape, layer=layer, task=task)
         except InvalidOption:

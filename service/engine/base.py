@@ -38,7 +38,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import BadOption, FieldError, InvalidOption, ModelExecutionError
-from .targets import ClassLogit, ClassRegion, Region, Rows, TargetRequest
+from .targets import ClassLogit, ClassRegion, Region, Rows, Target, TargetRequest
 
 if TYPE_CHECKING:
     from .passes import Steps
@@ -67,7 +67,7 @@ FORWARD_CHUNK_CUDA = 256
 #: :data:`FORWARD_CHUNK` because a backward keeps every activation alive (resnet50 at 224 px: ~0.1 GB per image).
 BACKWARD_CHUNK = 16
 
-TASKS = ("multiclass", "multilabel", "segmentation")
+TASKS = ("multiclass", "multilabel", "segmentation", "detection")
 
 # Engine-level keyword arguments that ``explain`` accepts besides the validated method parameters. They describe the
 # model rather than the request, so the HTTP layer passes them and clients never see them.
@@ -254,6 +254,7 @@ class Explainer(ABC):
     * ``uses_layer``: whether ``layer`` matters (``None`` = auto, see :func:`service.engine.find_target_layer`).
     * ``signed``: the map may contain negative values (attributions rather than a ReLU'd heatmap).
     * ``sanity``: a warning when the method is known to fail model-randomisation sanity checks.
+    * ``tasks``: the model tasks it is made for (D-RISE: detection), ``None`` for all.
     """
 
     name: ClassVar[str]
@@ -265,6 +266,8 @@ class Explainer(ABC):
     sanity: ClassVar[str | None] = None
     #: What a user should know wherever the method applies (e.g. "class-agnostic").
     caveats: ClassVar[tuple[str, ...]] = ()
+    #: The model tasks the method is made for (None: every task); the probe leaves the others out.
+    tasks: ClassVar[tuple[str, ...] | None] = None
 
     #: Per-instance overrides of the module-level chunk sizes (None = use the module default at call time).
     forward_chunk: int | None = None
@@ -308,8 +311,8 @@ class Explainer(ABC):
         with torch.inference_mode(False):
             x, t = prepare_batch(model, inputs, targets, task)
         # A segmentation class is explained over every pixel here (the row-wise form has no regions).
-        requests = [TargetRequest((ClassRegion(int(c), Region("all")) if task == "segmentation"
-                                   else ClassLogit(int(c)),)) for c in t.tolist()]
+        # A detection model's target is a detection id (0: each image's most confident detection).
+        requests = [TargetRequest((_row_target(int(c), task),)) for c in t.tolist()]
         return complete(self.steps(model, x, requests, layer=layer, task=task, **params)).maps
 
     def __call__(self, model: nn.Module, inputs: Tensor, targets: Tensor, *, layer: str | None = None,
@@ -332,6 +335,7 @@ class Explainer(ABC):
             "signed": self.signed,
             "sanity": self.sanity,
             "caveats": list(self.caveats),
+            "tasks": list(self.tasks) if self.tasks is not None else None,
         }
 
     # helpers for subclasses -------------------------------------------------------------------------------------
@@ -377,6 +381,16 @@ def prepare_inputs(inputs: Tensor) -> Tensor:
     return inputs.clone() if inputs.is_inference() else inputs.detach()
 
 
+def _row_target(value: int, task: str) -> Target:
+    if task == "segmentation":
+        return ClassRegion(value, Region("all"))
+    if task == "detection":
+        from .detection import Detection
+
+        return Detection(value)
+    return ClassLogit(value)
+
+
 def prepare_batch(model: nn.Module, inputs: Tensor, targets: Tensor, task: str) -> tuple[Tensor, Tensor]:
     """Check shapes and return ``(x, targets)`` ready for autograd: ``x`` detached from any caller graph and not an
     inference tensor (a batch built under ``torch.inference_mode()`` cannot take part in a backward pass)."""
@@ -410,10 +424,10 @@ def logits_of(output: Any, batch: int | None = None) -> Tensor:
         out = out.logits
     elif isinstance(out, (tuple, list)) and out:
         out = out[0]
-    if not isinstance(out, Tensor) or out.dim() not in (2, 4) or (batch is not None and out.shape[0] != batch):
+    if not isinstance(out, Tensor) or out.dim() not in (2, 3, 4) or (batch is not None and out.shape[0] != batch):
         shape = tuple(out.shape) if isinstance(out, Tensor) else type(output).__name__
         raise ModelExecutionError("the model must return logits of shape [B, num_classes] (or [B, C, H, W] for "
-                                  f"segmentation), got {shape}")
+                                  f"segmentation, [B, N, 6] detections for a wrapped detector), got {shape}")
     return out
 
 

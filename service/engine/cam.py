@@ -127,6 +127,9 @@ class CAM(_CAMFamily):
 
     def check_model(self, model: nn.Module, input_shape: Sequence[int], *, layer: str | None = None,
                     task: str = "multiclass") -> None:
+        if task == "detection":
+            raise InvalidOption("cam reads a classifier's global-average-pool → linear head; a detector has none "
+                                "(gradcam weighs the maps by gradients instead)")
         x, t = probe_batch(model, input_shape)
         self.explain(model, x, t, layer=layer, task=task)
 

@@ -134,6 +134,8 @@ def _token_layout(model: nn.Module, tokens: int, input_hw: tuple[int, int]) -> L
 
 
 def _layout(model: nn.Module, shape: tuple[int, ...], input_hw: tuple[int, int]) -> Layout | None:
+    if not shape or shape[0] != 1:
+        return None   # traced with one image: a tensor of another batch size (per-RoI, per-anchor) is no image map
     if len(shape) == 4:
         _, a, b, c = shape
         if a == b and c > a and c >= 16:   # [B, h, w, C] channels-last (Swin): a square grid, more channels

@@ -25,9 +25,9 @@ from ..errors import FieldError, InvalidOption
 from .base import Explained, Explainer, ParamSpec, forward_chunk_size, logits_of
 from .baselines import BASELINES, make_baseline
 from .passes import Steps, rows_of_samples, run_in_chunks
-from .targets import TargetRequest, plan_rows, reported_scores, target_scores
+from .targets import Rows, TargetRequest, plan_rows, reported_scores, target_scores
 
-__all__ = ["MAX_OCCLUSION_WINDOWS", "RISE", "Occlusion", "occlusion_starts", "rise_masks", "rise_upsample"]
+__all__ = ["DRISE", "MAX_OCCLUSION_WINDOWS", "RISE", "Occlusion", "occlusion_starts", "rise_masks", "rise_upsample"]
 
 #: Upper bound on occluded copies per row; a request beyond it is refused rather than left to run for minutes.
 MAX_OCCLUSION_WINDOWS = 4096
@@ -212,13 +212,48 @@ class RISE(Explainer):
                     state["rows"] = plan_rows(state["logits"], requests, task)
                     state["total"] = torch.zeros((len(state["rows"]), h, w), device=x.device, dtype=torch.float32)
                 sample_rows = rows_of_samples(state["rows"], image)
-                probs = reported_scores(out, sample_rows, task)
+                probs = self.mask_weights(out, sample_rows, task)
                 state["total"].index_add_(0, sample_rows.slot, probs.view(-1, 1, 1) * masks[sample_rows.image, 0]
                                           .float())
 
         yield from run_in_chunks(b * n, max(1, chunk - b) if rides_along else chunk, masked, "masks")
         rows = state["rows"]
         return Explained(rows, state["total"] / (n * p["p"]), reported_scores(state["logits"], rows, task))
+
+    def mask_weights(self, output: Tensor, rows: Rows, task: str) -> Tensor:
+        """``[R]`` weight of each masked forward's mask for its row: the target's reported score (a probability)."""
+        return reported_scores(output, rows, task)
+
+
+class DRISE(RISE):
+    r"""D-RISE (Petsiuk et al., CVPR 2021): RISE for object detectors. The same random masks, each weighted by how
+    well the masked image still holds the explained detection ``d_t``: the best match over its detections ``d_j``,
+
+        w_i = \max_j \mathrm{IoU}(L_t, L_j) \cdot \cos(P_t, P_j) \cdot O_j,
+        M = \frac{1}{N p} \sum_{i=1}^{N} w_i \, m_i
+
+    (:func:`~service.engine.detection.drise_similarity`: torchvision reports one class and score per detection, so
+    ``cos(P_t, P_j) O_j`` is the detection's score for the same label and 0 for another). Detection models only;
+    non-negative; ``masks`` forwards per image (the paper uses 5000).
+
+    Example::
+
+        DRISE().explain(detector, x, torch.tensor([0]), layer=None, task="detection", masks=1000)
+    """
+
+    name = "drise"
+    tasks = ("detection",)
+    description = "D-RISE: random masks weighted by how well the masked image keeps the detection (IoU x score)."
+
+    def check_model(self, model: nn.Module, input_shape: Sequence[int], *, layer: str | None = None,
+                    task: str = "multiclass") -> None:
+        if task != "detection":
+            raise InvalidOption("drise explains detections; use rise for classifiers and segmentation models")
+
+    def mask_weights(self, output: Tensor, rows: Rows, task: str) -> Tensor:
+        from .detection import drise_similarity
+
+        return drise_similarity(output, rows.image, rows.targets)
 
 
 def _mask_spans(masks: list[int]) -> list[tuple[int, int]]:

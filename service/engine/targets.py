@@ -259,11 +259,18 @@ class TargetRequest:
     top_k: int = 1
     min_probability: float | None = None
 
-    def resolve(self, probabilities: Tensor) -> tuple[Target, ...]:
+    def resolve(self, probabilities: Tensor, task: str = "multiclass") -> tuple[Target, ...]:
         """The targets for an image whose class probabilities are ``probabilities`` ``[K]`` (or ``[C, H, W]`` for a
-        segmentation, whose classes rank by mean probability and are explained over their predicted regions)."""
+        segmentation, whose classes rank by mean probability and are explained over their predicted regions; or a
+        detector's ``[N, 6]`` detections, explained in their order of score, those at least ``min_probability``)."""
         if self.targets:
             return self.targets
+        if task == "detection":
+            from .detection import Detection, detection_count
+
+            scores = probabilities[: detection_count(probabilities), 4][: self.top_k]
+            keep = scores if self.min_probability is None else scores[scores >= self.min_probability]
+            return tuple(Detection(i) for i in range(keep.shape[0]))
         if probabilities.dim() == 3:
             mean = probabilities.mean((1, 2))
             top = mean.topk(min(self.top_k, mean.shape[0]))
@@ -297,13 +304,16 @@ def plan_rows(output: Tensor, requests: Sequence[TargetRequest], task: str) -> R
     if len(requests) != output.shape[0]:
         raise ValueError(f"{len(requests)} target requests for a batch of {output.shape[0]} images")
     needs_probabilities = any(not r.targets for r in requests)
-    probabilities = class_probabilities(output.detach(), task) if needs_probabilities else None
+    probabilities = None
+    if needs_probabilities:
+        # A detector's detections are their own ranking (sorted by score); classes rank by probability.
+        probabilities = output.detach() if task == "detection" else class_probabilities(output.detach(), task)
     image: list[int] = []
     slot: list[int] = []
     targets: list[Target] = []
     per_image: list[list[int]] = []
     for i, request in enumerate(requests):
-        chosen = request.resolve(probabilities[i]) if probabilities is not None and not request.targets \
+        chosen = request.resolve(probabilities[i], task) if probabilities is not None and not request.targets \
             else request.targets
         mine = []
         for j, target in enumerate(chosen):

@@ -22,7 +22,15 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ..api.schemas import ExplainOptions, ExplainResponse, Explanation, ImageInfo, ImageOptions, JobAccepted
+from ..api.schemas import (
+    ExplainedDetection,
+    ExplainOptions,
+    ExplainResponse,
+    Explanation,
+    ImageInfo,
+    ImageOptions,
+    JobAccepted,
+)
 from ..cache import CachedMaps, MapKey, entity_tag
 from ..dicom_outputs import DICOM_OUTPUTS, build_outputs, read_source, refuse_non_dicom
 from ..engine import Explainer, get_method, validate_params
@@ -34,6 +42,7 @@ from ..registry import LoadedModel
 from ..rendering import encode_raw, map_stats, render_heatmap, render_overlay, validate_overlay_options
 from ..runtime import Runtime
 from . import CallInfo, Conditional, HeldTags
+from .detections import DetectionRequest, box_to_original, parse_detection
 from .regions import RegionRequest, parse_region
 
 __all__ = ["ExplanationPlan", "ExplanationRun", "explain", "explain_async", "image_digest", "map_key",
@@ -66,6 +75,7 @@ class ExplanationPlan:
     min_probability: float | None
     timeout: float
     region: RegionRequest | None = None   # segmentation models: where each class is explained
+    detection: DetectionRequest | None = None   # detection models: the detection explained (else the top_k)
 
     @property
     def explained_layer(self) -> str | None:
@@ -104,6 +114,17 @@ def plan(runtime: Runtime, explainer: Explainer, opts: ImageOptions, extras: Map
         caps.check_layer(model.name, layer)
     targets = runtime.resolve_targets(model, opts.target)
     region = parse_region(getattr(opts, "region", None), model.task)
+    detection = parse_detection(getattr(opts, "detection", None), model.task, targets,
+                                box_regression=bool(getattr(opts, "box_regression", False)))
+    if model.task == "detection":
+        # A detector's targets are detections: the label (if any) went into the detection request; without one the
+        # top_k most confident detections that reach the entry's score threshold are explained.
+        targets = []
+        min_probability = model.spec.score_threshold
+        cap = min(model.spec.max_detections, runtime.settings.max_targets)
+        top_k = min(opts.top_k or 1, cap)
+        return ExplanationPlan(model, explainer, params, layer, targets, top_k, min_probability,
+                               runtime.timeout(opts.timeout), detection=detection)
     cap = min(model.num_classes, runtime.settings.max_targets)
     top_k = cap if all_likely else min(opts.top_k or 1, cap)
     return ExplanationPlan(model, explainer, params, layer, targets, top_k,
@@ -127,7 +148,8 @@ async def map_key(runtime: Runtime, plan: ExplanationPlan, data: bytes, *, frame
                   image=await image_digest(runtime, data), frame=frame or 0, method=plan.explainer.name,
                   params=tuple(sorted(plan.params.items())), layer=plan.explained_layer, targets=explicit,
                   top_k=None if explicit else plan.top_k, min_probability=None if explicit else plan.min_probability,
-                  region=plan.region.key() if plan.region is not None else None)
+                  region=plan.region.key() if plan.region is not None else None,
+                  detection=plan.detection.key() if plan.detection is not None else None)
 
 
 async def run(runtime: Runtime, plan: ExplanationPlan, data: bytes, key: MapKey, *, frame: int | None, call: CallInfo,
@@ -145,7 +167,7 @@ async def run(runtime: Runtime, plan: ExplanationPlan, data: bytes, key: MapKey,
         maps = await runtime.explain(plan.model, tensor, method=plan.explainer.name, params=plan.params,
                                      layer=plan.layer, targets=plan.targets, top_k=plan.top_k,
                                      min_probability=plan.min_probability, timeout=plan.timeout,
-                                     region=_bound(plan, image))
+                                     region=_bound(plan, image), detection=_bound_detection(plan, image))
     except DeadlineExceeded as exc:  # past its deadline: say how to run it as a job instead
         raise DeadlineExceeded(f"{exc.detail}; {ASYNC_HINT}") from None
     call.rows = len(maps)
@@ -171,13 +193,29 @@ async def submit(runtime: Runtime, plan: ExplanationPlan, data: bytes, key: MapK
     job = runtime.submit_explanation(
         plan.model, tensor, method=plan.explainer.name, params=plan.params, layer=plan.layer, targets=plan.targets,
         top_k=plan.top_k, min_probability=plan.min_probability, kind=kind, meta={"method": plan.explainer.name},
-        finish=finish, ready=list(cached.maps) if cached is not None else None, region=_bound(plan, image))
+        finish=finish, ready=list(cached.maps) if cached is not None else None, region=_bound(plan, image),
+        detection=_bound_detection(plan, image))
     return JobAccepted(id=job.id, status=job.status)
 
 
 def _bound(plan: ExplanationPlan, image: DecodedImage) -> Any:
     """The plan's segmentation region checked against the decoded image (None for classifiers)."""
     return plan.region.bind(image.width, image.height) if plan.region is not None else None
+
+
+def _bound_detection(plan: ExplanationPlan, image: DecodedImage) -> Any:
+    """The plan's detection checked against the decoded image, its box in model-input pixels (None: top_k)."""
+    if plan.detection is None:
+        return None
+    return plan.detection.bind(image.width, image.height, plan.model.spec.input_size)
+
+
+def explained_detection(result: ExplanationRun, item: TargetMap) -> ExplainedDetection | None:
+    """A row's detection for the response, its box in original pixels."""
+    if item.detection is None:
+        return None
+    box = box_to_original(item.detection.box, result.width, result.height, result.plan.model.spec.input_size)
+    return ExplainedDetection(id=item.detection.id, box=box)
 
 
 def rendering_options(opts: ExplainOptions) -> dict[str, Any]:
@@ -282,6 +320,9 @@ def _render_all(result: ExplanationRun, opts: ExplainOptions, data: bytes | None
                                                                                  overlay_png).items()}
         if "raw" in opts.outputs:
             fields["raw"] = encode_raw(item.heatmap)
+        detection = explained_detection(result, item)
+        if detection is not None:
+            fields["detection"] = detection
         out.append(Explanation(index=item.index, label=labels[item.index], score=item.score, empty=stats.empty,
                                nonfinite=stats.nonfinite, min=stats.min, max=stats.max, **fields))
     return out

@@ -22,6 +22,7 @@ def model_info(runtime: Runtime, model: LoadedModel) -> ModelInfo:
         target_layer_reason=model.capabilities.target_layer_reason,
         methods=model.capabilities.usable_methods,
         default=model.name == runtime.registry.default_name,
+        score_threshold=model.spec.score_threshold if model.task == "detection" else None,
     )
 
 

@@ -9,10 +9,12 @@ import torch
 import torch.nn.functional as F
 
 from ..api.schemas import ImageInfo, Prediction, PredictOptions, PredictResponse
+from ..engine.detection import detection_count
 from ..engine.targets import predicted_masks
 from ..rendering import encode_png
 from ..runtime import Runtime
 from . import CallInfo
+from .detections import box_to_original
 
 __all__ = ["DEFAULT_TOP_K", "predict"]
 
@@ -27,6 +29,8 @@ async def predict(runtime: Runtime, data: bytes, opts: PredictOptions, call: Cal
     image, tensor = await runtime.load_image(model, data, frame=opts.frame)
     result = await runtime.predict(model, tensor, timeout=runtime.timeout(opts.timeout))
     probs = result.probabilities
+    if model.task == "detection":
+        return _detections(model, result.logits, targets, opts, image.width, image.height)
     if model.task == "segmentation":
         return await runtime.in_thread(_segmentation, model, result.logits, probs, targets, opts, image.width,
                                        image.height)
@@ -41,6 +45,32 @@ async def predict(runtime: Runtime, data: bytes, opts: PredictOptions, call: Cal
         image=ImageInfo(width=image.width, height=image.height),
         predictions=[Prediction(index=i, label=model.labels[i], score=float(probs[i])) for i in chosen],
     )
+
+
+def _detections(model, detections: torch.Tensor, targets: list[int], opts: PredictOptions, width: int,
+                height: int) -> PredictResponse:
+    """The detections that reach the entry's score threshold, best first, their boxes in original pixels; ``id`` is
+    the rank /explain's ``detection`` takes. ``target`` keeps those classes, ``top_k`` the first k."""
+    keep = detections[: detection_count(detections)]
+    predictions = []
+    wanted = set(targets)
+    limit = opts.top_k or model.spec.max_detections
+    for i, row in enumerate(keep.tolist()):
+        if row[4] < model.spec.score_threshold:
+            break
+        label = int(row[5])
+        if wanted and label not in wanted:
+            continue
+        predictions.append(Prediction(index=label, label=_label(model, label), score=row[4], id=i,
+                                      box=box_to_original(row[:4], width, height, model.spec.input_size)))
+        if len(predictions) >= limit:
+            break
+    return PredictResponse(model=model.name, task=model.task, image=ImageInfo(width=width, height=height),
+                           predictions=predictions)
+
+
+def _label(model, index: int) -> str:
+    return model.labels[index] if 0 <= index < len(model.labels) else str(index)
 
 
 def _png(pixels: np.ndarray) -> str:

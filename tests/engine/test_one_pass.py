@@ -74,7 +74,7 @@ def test_single_pass_methods_run_exactly_one_forward_per_batch(counted, method, 
 
 
 # attention methods refuse CNNs; their batching and one-forward rows are tested on a tiny ViT (test_engine_batching)
-CNN_METHODS = [m for m in METHODS if METHODS[m].family != "attention"]
+CNN_METHODS = [m for m in METHODS if METHODS[m].family != "attention" and METHODS[m].tasks is None]
 
 
 @pytest.mark.parametrize("method", [m for m in CNN_METHODS if m not in SINGLE_FORWARD])
