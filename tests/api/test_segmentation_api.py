@@ -142,3 +142,73 @@ def test_cam_is_not_offered_for_the_segmentation_model(seg_client):
     resp = seg_client.post("/explain/cam", files={"image": ("x.png", data, "image/png")},
                            data={"model": "seg", "target": "1"})
     assert 400 <= resp.status_code < 500, resp.text
+
+
+def _iou(a, b) -> float:
+    ix = max(0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+
+
+def _truth_boxes(masks) -> list[list[int]]:
+    """The box of each object's exact generator mask (x1/y1 exclusive)."""
+    out = []
+    for mask in masks:
+        ys, xs = np.nonzero(mask)
+        out.append([int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1])
+    return out
+
+
+def test_localize_on_demo_seg_boxes_the_predicted_mask_beside_the_explanation(client):
+    """On the shipped demo-seg model and a synthetic image, every object's class has a mask box matching the object's
+    true box (IoU >= 0.5), with the class's mean probability inside; the explanation's boxes are there too."""
+    from service.demo.data import CLASSES, generate_sample_with_masks, sample_rng
+
+    image, objects, masks = generate_sample_with_masks(sample_rng(5150, 9))   # circle, square, ring
+    assert len({o["class"] for o in objects}) == len(objects) >= 2
+    classes = [1 + CLASSES.index(o["class"]) for o in objects]
+    data = png_bytes(np.asarray(image))
+    resp = client.post("/localize", files={"image": ("x.png", data, "image/png")},
+                       data={"model": "demo-seg", "target": [str(c) for c in classes], "min_area": "20"})
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    assert {b["index"] for b in body["boxes"]} == set(classes)
+    assert all(len(b["box"]) == 4 and b["area"] > 0 for b in body["boxes"])
+    for cls, truth in zip(classes, _truth_boxes(masks)):
+        mine = [m for m in body["mask_boxes"] if m["index"] == cls]
+        assert mine, (cls, body["mask_boxes"])
+        best = max(mine, key=lambda m: _iou(m["box"], truth))
+        assert _iou(best["box"], truth) >= 0.5, (best, truth)
+        assert 0.5 < best["mean_probability"] <= 1.0
+        assert best["label"] == CLASSES[cls - 1]
+
+
+def test_mask_boxes_are_the_components_of_the_predicted_mask_png(client):
+    """A mask box is the box of a component of /predict's mask PNG of the class, and its mean probability is the
+    softmax's mean over that component (the same forward, at the original size)."""
+    from scipy import ndimage
+
+    from service.demo.data import generate_sample_with_masks, sample_rng
+
+    image, objects, _ = generate_sample_with_masks(sample_rng(5150, 2))
+    data = png_bytes(np.asarray(image.resize((160, 144))))
+    predicted = client.post("/predict", files={"image": ("x.png", data, "image/png")},
+                            data={"model": "demo-seg", "target": "0"}).json()
+    mask = decode_png(predicted["predictions"][0]["mask"]) > 0
+    labels, count = ndimage.label(mask, structure=np.ones((3, 3)))
+    boxes = sorted([s[1].start, s[0].start, s[1].stop, s[0].stop] for s in ndimage.find_objects(labels))
+    body = client.post("/localize", files={"image": ("x.png", data, "image/png")},
+                       data={"model": "demo-seg", "target": "0", "region": "all"}).json()
+    assert sorted(m["box"] for m in body["mask_boxes"]) == boxes
+    assert sum(m["area"] for m in body["mask_boxes"]) == int(mask.sum())
+    assert all(0.5 < m["mean_probability"] <= 1 for m in body["mask_boxes"])
+
+
+def test_localize_of_a_classifier_has_no_mask_boxes(client, demo_sample):
+    resp = client.post("/localize", files={"image": ("x.png", demo_sample[0], "image/png")})
+    assert resp.status_code == 200, resp.text
+    assert "mask_boxes" not in resp.json() and resp.json()["boxes"]
+    refused = client.post("/localize", files={"image": ("x.png", demo_sample[0], "image/png")},
+                          data={"region": "all"})
+    assert refused.status_code == 422 and any(e["field"] == "region" for e in refused.json()["errors"])
