@@ -212,3 +212,68 @@ def test_localize_of_a_classifier_has_no_mask_boxes(client, demo_sample):
     refused = client.post("/localize", files={"image": ("x.png", demo_sample[0], "image/png")},
                           data={"region": "all"})
     assert refused.status_code == 422 and any(e["field"] == "region" for e in refused.json()["errors"])
+
+
+@pytest.mark.parametrize("region", ["predicted", "all", "6,3,28,29", "mask"])
+def test_served_map_agrees_with_pytorch_grad_cam_and_hand_autograd(seg_client, region):
+    """Issue #14's bar, over HTTP: the raw map of a class-and-region request correlates (r >= 0.98) with
+    pytorch-grad-cam's GradCAM + SemanticSegmentationTarget on the same layer and the same pixel mask, and equals a
+    hand autograd Grad-CAM of sum(Y^c * M)."""
+    pytest.importorskip("pytorch_grad_cam")
+    import copy
+
+    from pytorch_grad_cam import GradCAM
+    from pytorch_grad_cam.utils.model_targets import SemanticSegmentationTarget
+    from torch import nn
+
+    data, _ = _image(6, size=SIZE)   # the input size: original pixels are the output grid's
+    model, x = _model_and_input(data)
+    with torch.no_grad():
+        out = model(x)["out"]
+    cls = int(torch.bincount(out.argmax(1).flatten(), minlength=3).argmax())
+    mask = torch.zeros(SIZE, SIZE)
+    fields = {"model": "seg", "target": str(cls), "outputs": "raw"}
+    if region == "predicted":
+        mask = (out.argmax(1)[0] == cls).float()
+    elif region == "all":
+        mask[:] = 1
+    elif region == "mask":
+        mask[5:20, 8:30] = 1
+        region = "mask:" + base64.b64encode(png_bytes((mask.numpy() * 255).astype(np.uint8))).decode()
+    else:
+        mask[3:29, 6:28] = 1
+    fields["region"] = region
+    resp = seg_client.post("/explain/gradcam", files={"image": ("x.png", data, "image/png")}, data=fields)
+    assert resp.status_code == 200, resp.text
+    served = torch.from_numpy(np.array(decode_raw(resp.json()["explanations"][0]["raw"])))
+    layer_name = seg_client.get("/models/seg").json()["target_layer"]
+
+    class Unwrap(nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, t):
+            return self.inner(t)["out"]
+
+    wrapped = Unwrap(copy.deepcopy(model)).requires_grad_(True)
+    layer = dict(wrapped.inner.named_modules())[layer_name]
+    target = SemanticSegmentationTarget(cls, mask.numpy())
+    with GradCAM(model=wrapped, target_layers=[layer]) as cam:
+        output = cam.activations_and_grads(x)
+        wrapped.zero_grad()
+        target(output[0]).backward()
+        acts = cam.activations_and_grads.activations[-1].cpu().numpy()
+        grads = cam.activations_and_grads.gradients[-1].cpu().numpy()
+        theirs = torch.from_numpy(np.maximum(cam.get_cam_image(x, [layer], [target], acts, grads, False), 0))[0]
+    assert served.shape == theirs.shape and float(served.std()) > 0
+    r = float(torch.corrcoef(torch.stack([served.flatten(), theirs.float().flatten()]))[0, 1])
+    assert r >= 0.98, r
+
+    trainable = copy.deepcopy(model).requires_grad_(True)
+    acts_hand = []
+    handle = dict(trainable.named_modules())[layer_name].register_forward_hook(lambda m, a, o: acts_hand.append(o))
+    (grad,) = torch.autograd.grad((trainable(x)["out"][0, cls] * mask).sum(), acts_hand[0])
+    handle.remove()
+    hand = (grad.mean((2, 3), keepdim=True) * acts_hand[0]).sum(1).relu()[0].detach()
+    torch.testing.assert_close(served, hand, rtol=1e-3, atol=1e-5 * float(hand.max()))
