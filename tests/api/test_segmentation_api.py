@@ -277,3 +277,30 @@ def test_served_map_agrees_with_pytorch_grad_cam_and_hand_autograd(seg_client, r
     handle.remove()
     hand = (grad.mean((2, 3), keepdim=True) * acts_hand[0]).sum(1).relu()[0].detach()
     torch.testing.assert_close(served, hand, rtol=1e-3, atol=1e-5 * float(hand.max()))
+
+
+def test_mask_boxes_survive_the_result_cache_and_async_jobs(client):
+    """Maps cached by /explain carry the clean forward's mask, so a /localize cache hit still has its mask boxes; a
+    /localize job's result is the synchronous body."""
+    import time
+
+    from service.demo.data import generate_sample_with_masks, sample_rng
+
+    image, _, _ = generate_sample_with_masks(sample_rng(5150, 4))   # cross, ring
+    data = png_bytes(np.asarray(image))
+    fields = {"model": "demo-seg", "target": ["4", "5"], "region": "4,4,120,120"}
+    first = client.post("/explain/gradcam", files={"image": ("x.png", data, "image/png")}, data=fields)
+    assert first.status_code == 200 and first.headers["x-cache"] == "miss"
+    hit = client.post("/localize", files={"image": ("x.png", data, "image/png")}, data=fields)
+    assert hit.status_code == 200 and hit.headers["x-cache"] == "hit", hit.text
+    body = hit.json()
+    assert {m["index"] for m in body["mask_boxes"]} == {4, 5}
+    accepted = client.post("/localize", files={"image": ("x.png", data, "image/png")}, data=fields,
+                           headers={"Prefer": "respond-async"})
+    assert accepted.status_code == 202, accepted.text
+    deadline = time.monotonic() + 60
+    while (job := client.get(f"/jobs/{accepted.json()['id']}").json())["status"] not in ("done", "failed"):
+        assert time.monotonic() < deadline, job
+        time.sleep(0.05)
+    assert job["status"] == "done", job
+    assert job["result"]["mask_boxes"] == body["mask_boxes"] and job["result"]["boxes"] == body["boxes"]
