@@ -68,13 +68,16 @@ def test_predict_segmentation_members_and_labelmap(xaas: Client, shapes):
         without.labelmap_png()
 
 
-def test_explain_region_forms_agree(xaas: Client, shapes):
-    """A box tuple, its string, the same pixels as a bool array, PNG bytes or a PIL image: one map; 'all' another."""
+def test_explain_region_forms_agree(xaas: Client, shapes, tmp_path: Path):
+    """A box tuple, its string, the same pixels as a bool array, PNG bytes, a PNG file's Path or a PIL image: one
+    map; 'all' another."""
     data, _, _ = shapes
     mask = _box_mask()
     png = io.BytesIO()
     Image.fromarray(mask.astype(np.uint8) * 255).save(png, format="PNG")
-    forms = [BOX, list(BOX), "16,20,80,90", mask, png.getvalue(), Image.open(io.BytesIO(png.getvalue()))]
+    (tmp_path / "roi.png").write_bytes(png.getvalue())
+    forms = [BOX, list(BOX), "16,20,80,90", mask, png.getvalue(), tmp_path / "roi.png",
+             Image.open(io.BytesIO(png.getvalue()))]
     maps = [xaas.explain("gradcam", data, model=SEG, target=1, region=r, outputs="raw").explanations[0].raw_array()
             for r in forms]
     assert float(maps[0].max()) > 0

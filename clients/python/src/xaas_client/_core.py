@@ -219,7 +219,8 @@ def predict(image: ImageInput, *, model: str | None = None, target: Targets = No
 
 Region = str | Sequence[float] | bytes | Any
 """A segmentation region: ``"predicted"``, ``"all"``, a box ``(x0, y0, x1, y1)`` in original pixels, or a mask — PNG
-file bytes, a PIL image or a 2-D NumPy array (non-zero = inside) at the image's size."""
+file bytes, a :class:`pathlib.Path` to a PNG, a PIL image or a 2-D NumPy array (non-zero = inside) at the image's
+size. A ``str`` is sent as written (``"x0,y0,x1,y1"`` and ``"mask:<base64>"`` too), never read as a path."""
 
 
 def region_text(region: Region | None) -> str | None:
@@ -233,7 +234,7 @@ def region_text(region: Region | None) -> str | None:
         if len(region) != 4 or not all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in region):
             raise ValueError(f"a box region is (x0, y0, x1, y1), got {region!r}")
         return ",".join(_text(v) for v in region)
-    encoded = encode_image(region)  # a PIL image or an array: PNG (bool arrays → 0/255)
+    encoded = encode_image(region)  # a Path: its bytes; a PIL image or an array: PNG (bool arrays → 0/255)
     return "mask:" + base64.b64encode(encoded.content).decode("ascii")
 
 
