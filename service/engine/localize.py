@@ -5,6 +5,9 @@ Given a non-negative map :math:`M` upsampled (bilinearly) to the original image,
 (8-connectivity) and box the largest one. ``all_components`` boxes every component of at least ``min_area`` pixels
 instead. Boxes are ``[x0, y0, x1, y1]`` in original-image pixels with ``x1``/``y1`` exclusive.
 
+For segmentation models :func:`mask_boxes` boxes every component of the model's own predicted mask (resized to the
+image as ``/predict``'s mask PNG is) with the class's mean probability inside, through the same labelling.
+
 :func:`component_boxes` is the one box routine: ``/localize`` (:func:`boxes_from_map`), ``xaas calibrate`` and
 ``bench/quality.py`` (:func:`service.quality.box_sweep`) all call it, so a calibrated threshold is tuned for exactly
 the boxes ``/localize`` returns. This is CPU/NumPy post-processing that runs in the I/O thread pool, not on the
