@@ -102,14 +102,23 @@ class CachedMaps:
         neither keep the whole batch alive (its size would be wrong) nor share memory another request can write."""
         rows = []
         for item in maps:
-            heatmap = np.array(item.heatmap, dtype=np.float32, copy=True)
-            heatmap.flags.writeable = False
-            rows.append(TargetMap(item.index, item.score, heatmap, item.detection))
+            heatmap = _frozen(item.heatmap, np.float32)
+            probability = _frozen(item.probability, np.float32) if item.probability is not None else None
+            predicted = _frozen(item.predicted, bool) if item.predicted is not None else None
+            rows.append(TargetMap(item.index, item.score, heatmap, probability, predicted, item.detection))
         return cls(tuple(rows), int(width), int(height))
 
     @property
     def nbytes(self) -> int:
-        return ENTRY_OVERHEAD * (1 + len(self.maps)) + sum(int(m.heatmap.nbytes) for m in self.maps)
+        planes = sum(int(a.nbytes) for m in self.maps for a in (m.heatmap, m.probability, m.predicted)
+                     if a is not None)
+        return ENTRY_OVERHEAD * (1 + len(self.maps)) + planes
+
+
+def _frozen(array: np.ndarray, dtype: Any) -> np.ndarray:
+    copy = np.array(array, dtype=dtype, copy=True)
+    copy.flags.writeable = False
+    return copy
 
 
 class CacheObserver:

@@ -104,7 +104,17 @@ class TargetMap:
     index: int
     score: float
     heatmap: np.ndarray  # [h, w] float32, native resolution, raw
+    #: Segmentation rows: the clean forward's probability of the class (float32) and where the model predicts it
+    #: (bool), ``[H, W]`` on the output grid — what ``/localize`` boxes beside the explanation, from the same pass.
+    probability: np.ndarray | None = None
+    predicted: np.ndarray | None = None
     detection: DetectionRef | None = None  # detection models: the detection this row explains
+
+
+def _segmentation_planes(target: Target) -> tuple[np.ndarray | None, np.ndarray | None]:
+    if not isinstance(target, ClassRegion) or target.probability is None or target.predicted is None:
+        return None, None
+    return (target.probability.detach().float().cpu().numpy(), target.predicted.detach().cpu().numpy().astype(bool))
 
 
 def _target(item: ExplainWork, index: int) -> Target:
@@ -117,8 +127,8 @@ def explain_requests(items: Sequence[ExplainWork]) -> list[TargetRequest]:
     """Each item's targets for the engine: its explicit classes (over its region for a segmentation), else its top-k
     (with the probability floor)."""
     return [TargetRequest((item.detection,) if item.detection is not None
-                          else tuple(_target(item, t) for t in item.targets), item.top_k, item.min_probability)
-            for item in items]
+                          else tuple(_target(item, t) for t in item.targets), item.top_k, item.min_probability,
+                          item.region, item.activation) for item in items]
 
 
 def explain_steps(model: LoadedModel, items: Sequence[ExplainWork], *, chunk: int | None = None) -> Steps[Explained]:
@@ -142,7 +152,8 @@ def split_results(explained: Explained, count: int) -> list[list[TargetMap]]:
     maps = explained.maps.detach().float().cpu().numpy()
     scores = explained.scores.detach().float().cpu().tolist()
     rows = explained.rows
-    return [[TargetMap(rows.targets[r].index, scores[r], maps[r], _detection_ref(rows.targets[r]))  # type: ignore
+    return [[TargetMap(rows.targets[r].index, scores[r], maps[r],  # type: ignore[attr-defined]
+                       *_segmentation_planes(rows.targets[r]), detection=_detection_ref(rows.targets[r]))
              for r in rows.per_image[i]] for i in range(count)]
 
 

@@ -77,6 +77,7 @@ __all__ = [
     "parse_thresholds",
     "perturbation_ranks",
     "pointing_baselines",
+    "pointing_in_mask",
     "pointing_hit",
     "randomized_model",
     "rank_correlation",
@@ -247,6 +248,16 @@ def pointing_hit(unit: np.ndarray, gt_boxes: Sequence[Sequence[int]], tolerance:
         return False
     y, x = np.unravel_index(int(np.argmax(unit)), unit.shape)
     return any(x0 <= x < x1 and y0 <= y < y1 for x0, y0, x1, y1 in (_dilated(b, tolerance) for b in gt_boxes))
+
+
+def pointing_in_mask(unit: np.ndarray, mask: np.ndarray) -> bool:
+    """Pointing game against an exact mask (segmentation): the map's maximum (first in row-major order on ties)
+    is a pixel of ``mask`` (same shape). An all-zero map points nowhere (a miss)."""
+    if unit.shape != mask.shape:
+        raise ValueError(f"map {unit.shape} and mask {mask.shape} differ in shape")
+    if not unit.size or not unit.max() > 0:
+        return False
+    return bool(mask.flat[int(np.argmax(unit))])
 
 
 def pointing_baselines(gt_boxes: Sequence[Sequence[int]], size: tuple[int, int],

@@ -117,6 +117,10 @@ class ImageInfo(BaseModel):
     height: int
 
 
+REGION_DESCRIPTION = ("Segmentation models: where the class is explained (its logits summed there, Seg-Grad-CAM): "
+                      "predicted (default), all, a box x0,y0,x1,y1 in original pixels, or mask:<base64 PNG> "
+                      "(non-zero = inside, image size).")
+
 Output = Literal["heatmap", "overlay", "raw", "dicom-pm", "dicom-seg", "dicom-sc"]
 
 
@@ -135,10 +139,7 @@ class ExplainOptions(ImageOptions):
                                                                "thresholded map) or FRACTIONAL (the map in [0, 1]).")
     colormap: str = Field("jet", max_length=64, description="Matplotlib colour map of the overlay.")
     alpha: Number = Field(0.5, ge=0, le=1, description="Overlay opacity of the heatmap.")
-    region: str | None = Field(None, max_length=4_000_000,
-                               description="Segmentation models: where the class is explained (its logits summed "
-                                           "there, Seg-Grad-CAM): predicted (default), all, a box x0,y0,x1,y1 in "
-                                           "original pixels, or mask:<base64 PNG> (non-zero = inside, image size).")
+    region: str | None = Field(None, max_length=4_000_000, description=REGION_DESCRIPTION)
     detection: Target | None = Field(None, description="Detection models: the detection explained: its id from "
                                      "/predict, or a box x0,y0,x1,y1 in original pixels with target = its label "
                                      "(matched by IoU >= 0.5); target alone: that class's most confident detection. "
@@ -214,7 +215,9 @@ class LocalizeOptions(ImageOptions):
     threshold: Number | None = Field(None, gt=0, le=1, description="Fraction of the map's maximum (default: the "
                                      "model's calibrated value, else 0.15).")
     all_components: bool = Field(False, description="Box every connected component instead of the largest.")
-    min_area: Int = Field(0, ge=0, le=10**9, description="With all_components: smallest component kept, in pixels.")
+    min_area: Int = Field(0, ge=0, le=10**9, description="With all_components: smallest component kept, in pixels "
+                                                         "(segmentation models: also of the mask_boxes).")
+    region: str | None = Field(None, max_length=4_000_000, description=REGION_DESCRIPTION)
     outputs: list[Literal["dicom-sr"]] = Field(default_factory=list, max_length=1,
                                                description="dicom-sr (DICOM inputs): the boxes as a TID 1500 "
                                                            "Measurement Report, base64 Part 10 in `dicom.sr`.")
@@ -235,6 +238,16 @@ class LocalizedBox(BaseModel):
     area: int = Field(description="Pixels of the connected component.")
 
 
+class MaskBox(BaseModel):
+    """A connected component of a segmentation model's own predicted mask of an explained class."""
+
+    index: int
+    label: str
+    box: Quad = Field(description="[x0, y0, x1, y1] in original-image pixels, x1/y1 exclusive.")
+    area: int = Field(description="Pixels of the component (of the mask at the original size).")
+    mean_probability: float = Field(description="The class's mean probability over the component's pixels.")
+
+
 class LocalizeResponse(BaseModel):
     model_config = ConfigDict(protected_namespaces=())
 
@@ -243,7 +256,11 @@ class LocalizeResponse(BaseModel):
     layer: str | None
     threshold: float
     image: ImageInfo
-    boxes: list[LocalizedBox]
+    boxes: list[LocalizedBox] = Field(description="Boxes of the explanation maps (thresholded heatmaps).")
+    mask_boxes: list[MaskBox] | None = Field(
+        None, description="Segmentation models only: per explained class, every connected component (8-connected, "
+                          "at least min_area pixels, largest first) of the model's predicted mask at the original "
+                          "size — the mask /predict returns — beside the explanation's boxes.")
     dicom: dict[str, str] | None = Field(None, description="With outputs dicom-sr: {\"sr\": base64 Part 10}; it "
                                          "carries the source's patient and study, nothing else here does.")
 

@@ -5,6 +5,9 @@ Given a non-negative map :math:`M` upsampled (bilinearly) to the original image,
 (8-connectivity) and box the largest one. ``all_components`` boxes every component of at least ``min_area`` pixels
 instead. Boxes are ``[x0, y0, x1, y1]`` in original-image pixels with ``x1``/``y1`` exclusive.
 
+For segmentation models :func:`mask_boxes` boxes every component of the model's own predicted mask (resized to the
+image as ``/predict``'s mask PNG is) with the class's mean probability inside, through the same labelling.
+
 :func:`component_boxes` is the one box routine: ``/localize`` (:func:`boxes_from_map`), ``xaas calibrate`` and
 ``bench/quality.py`` (:func:`service.quality.box_sweep`) all call it, so a calibrated threshold is tuned for exactly
 the boxes ``/localize`` returns. This is CPU/NumPy post-processing that runs in the I/O thread pool, not on the
@@ -25,7 +28,8 @@ from scipy import ndimage
 
 from ..rendering import normalised_map
 
-__all__ = ["Box", "DEFAULT_THRESHOLD", "boxes_from_map", "boxes_from_mask", "component_boxes"]
+__all__ = ["Box", "DEFAULT_THRESHOLD", "MaskBox", "boxes_from_map", "boxes_from_mask", "component_boxes",
+           "mask_boxes"]
 
 DEFAULT_THRESHOLD = 0.15
 _EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
@@ -61,6 +65,44 @@ def boxes_from_mask(mask: np.ndarray, *, all_components: bool = False, min_area:
     return _as_boxes(*_components(mask), all_components=all_components, min_area=min_area)
 
 
+@dataclass(frozen=True)
+class MaskBox:
+    """A connected component of a segmentation model's predicted mask: its box and the class's mean probability over
+    the component's own pixels."""
+
+    box: Box
+    mean_probability: float
+
+
+def mask_boxes(predicted: np.ndarray, probability: np.ndarray, size: tuple[int, int], *,
+               min_area: int = 0) -> list[MaskBox]:
+    """Every 8-connected component of at least ``min_area`` pixels (largest first) of a predicted mask ``[H, W]``
+    (the model's output grid), resized to ``size`` = (width, height) by nearest neighbour — the pixels of
+    ``/predict``'s mask PNG — each with the mean of ``probability`` (same grid, resized the same way) inside it."""
+    width, height = size
+    mask = _nearest(predicted.astype(np.float32), width, height) > 0.5
+    values = _nearest(probability.astype(np.float32), width, height)
+    labels, boxes, areas, order = _labelled(mask)
+    if not len(order):
+        return []
+    means = np.asarray(ndimage.mean(values, labels, index=order + 1), dtype=np.float64).reshape(-1)
+    return [MaskBox(Box(*b, a), float(m)) for b, a, m in zip(boxes.tolist(), areas.tolist(), means.tolist())
+            if a >= min_area]
+
+
+def _nearest(plane: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Nearest-neighbour resize by torch's rule, the one ``/predict`` draws its mask PNGs with (so a mask box is
+    the box of the served mask's component)."""
+    import torch
+    import torch.nn.functional as F
+
+    if plane.shape == (height, width):
+        return plane
+    resized = F.interpolate(torch.from_numpy(np.ascontiguousarray(plane))[None, None], size=(height, width),
+                            mode="nearest")
+    return resized[0, 0].numpy()
+
+
 def boxes_from_map(heatmap: np.ndarray, size: tuple[int, int], *, threshold: float = DEFAULT_THRESHOLD,
                    all_components: bool = False, min_area: int = 0) -> list[Box]:
     """Boxes for one raw map (``[h, w]``, any scale) on an image of ``size`` = (width, height).
@@ -75,16 +117,24 @@ def boxes_from_map(heatmap: np.ndarray, size: tuple[int, int], *, threshold: flo
 
 
 def _components(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Label, box and order the components of a mask: ``ndimage.find_objects`` gives each label's bounding slices in
-    one pass (C), so the cost is one label plus two scans of the image, not a Python loop over pixels."""
+    """Boxes and areas of the components of a mask, largest first (see :func:`_labelled`)."""
+    _, boxes, areas, _ = _labelled(mask)
+    return boxes, areas
+
+
+def _labelled(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Label, box and order the components of a mask: the label image, boxes ``[K, 4]`` and areas ``[K]`` largest
+    first, and ``order`` (label - 1 of each, in that order). ``ndimage.find_objects`` gives each label's bounding
+    slices in one pass (C), so the cost is one label plus two scans of the image, not a Python loop over pixels."""
     labels, count = ndimage.label(mask, structure=_EIGHT_CONNECTED)
     if count == 0:
-        return np.zeros((0, 4), dtype=np.int64), np.zeros(0, dtype=np.int64)
+        empty = np.zeros(0, dtype=np.int64)
+        return labels, np.zeros((0, 4), dtype=np.int64), empty, empty
     areas = np.bincount(labels.ravel(), minlength=count + 1)[1:]
     boxes = np.array([(xs.start, ys.start, xs.stop, ys.stop) for ys, xs in ndimage.find_objects(labels)],
                      dtype=np.int64)
     order = np.argsort(-areas, kind="stable")
-    return boxes[order], areas[order].astype(np.int64, copy=False)
+    return labels, boxes[order], areas[order].astype(np.int64, copy=False), order
 
 
 def _as_boxes(boxes: np.ndarray, areas: np.ndarray, *, all_components: bool, min_area: int) -> list[Box]:

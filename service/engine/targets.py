@@ -208,6 +208,10 @@ class ClassRegion(Target):
     activation: str = "softmax"
     #: The region on the output grid once bound (engine-internal; equality and hashing use the request fields).
     grid: Tensor | None = field(default=None, compare=False, repr=False)
+    #: Once bound, the clean forward's per-pixel probability of the class and where the model predicts it (``[H, W]``
+    #: on the output grid): ``/localize`` boxes the predicted mask beside the explanation from the same pass.
+    probability: Tensor | None = field(default=None, compare=False, repr=False)
+    predicted: Tensor | None = field(default=None, compare=False, repr=False)
 
     def check(self, output: Tensor) -> None:
         if output.dim() != 4:
@@ -223,11 +227,11 @@ class ClassRegion(Target):
     def bind(self, output: Tensor, image: int) -> ClassRegion:
         self.check(output)
         size = (int(output.shape[2]), int(output.shape[3]))
-        if self.region.kind == "predicted":
-            grid = predicted_masks(output.detach()[image:image + 1], self.activation)[0, self.index].float()
-        else:
-            grid = self.region.grid(size, output.device)
-        return ClassRegion(self.index, self.region, self.activation, grid)
+        clean = output.detach()[image:image + 1]
+        predicted = predicted_masks(clean, self.activation)[0, self.index]
+        grid = predicted.float() if self.region.kind == "predicted" else self.region.grid(size, output.device)
+        probability = segmentation_probabilities(clean, self.activation)[0, self.index]
+        return ClassRegion(self.index, self.region, self.activation, grid, probability, predicted)
 
     def _grid(self, output: Tensor) -> Tensor:
         if self.grid is None:
@@ -258,11 +262,15 @@ class TargetRequest:
     targets: tuple[Target, ...] = ()
     top_k: int = 1
     min_probability: float | None = None
+    #: Segmentation: the region and activation of the top-k classes' targets (explicit targets carry their own).
+    region: Region | None = None
+    activation: str = "softmax"
 
     def resolve(self, probabilities: Tensor, task: str = "multiclass") -> tuple[Target, ...]:
         """The targets for an image whose class probabilities are ``probabilities`` ``[K]`` (or ``[C, H, W]`` for a
-        segmentation, whose classes rank by mean probability and are explained over their predicted regions; or a
-        detector's ``[N, 6]`` detections, explained in their order of score, those at least ``min_probability``)."""
+        segmentation, whose classes rank by mean probability — under this request's activation — and are explained
+        over its region, by default their predicted ones; or a detector's ``[N, 6]`` detections, explained in their
+        order of score, those at least ``min_probability``)."""
         if self.targets:
             return self.targets
         if task == "detection":
@@ -275,7 +283,8 @@ class TargetRequest:
             mean = probabilities.mean((1, 2))
             top = mean.topk(min(self.top_k, mean.shape[0]))
             keep = top.indices if self.min_probability is None else top.indices[top.values >= self.min_probability]
-            return tuple(ClassRegion(int(i)) for i in keep.tolist())
+            region = self.region or Region()
+            return tuple(ClassRegion(int(i), region, self.activation) for i in keep.tolist())
         top = probabilities.topk(min(self.top_k, probabilities.shape[0]))
         keep = top.indices if self.min_probability is None else top.indices[top.values >= self.min_probability]
         return tuple(ClassLogit(int(i)) for i in keep.tolist())
@@ -303,7 +312,7 @@ def plan_rows(output: Tensor, requests: Sequence[TargetRequest], task: str) -> R
     """Resolve every image's targets from the first forward's ``output`` and lay out the rows."""
     if len(requests) != output.shape[0]:
         raise ValueError(f"{len(requests)} target requests for a batch of {output.shape[0]} images")
-    needs_probabilities = any(not r.targets for r in requests)
+    needs_probabilities = any(not r.targets for r in requests) and output.dim() != 4
     probabilities = None
     if needs_probabilities:
         # A detector's detections are their own ranking (sorted by score); classes rank by probability.
@@ -313,8 +322,14 @@ def plan_rows(output: Tensor, requests: Sequence[TargetRequest], task: str) -> R
     targets: list[Target] = []
     per_image: list[list[int]] = []
     for i, request in enumerate(requests):
-        chosen = request.resolve(probabilities[i], task) if probabilities is not None and not request.targets \
-            else request.targets
+        if request.targets:
+            chosen = request.targets
+        elif output.dim() == 4:
+            # Segmentation classes rank under the model's own activation (a sigmoid model's softmax would not
+            # be its probabilities).
+            chosen = request.resolve(segmentation_probabilities(output.detach()[i], request.activation))
+        else:
+            chosen = request.resolve(probabilities[i], task)  # type: ignore[index]
         mine = []
         for j, target in enumerate(chosen):
             target = target.bind(output, i)

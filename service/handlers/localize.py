@@ -6,11 +6,11 @@ import base64
 from collections.abc import Mapping
 from typing import Any
 
-from ..api.schemas import ImageInfo, JobAccepted, LocalizedBox, LocalizeOptions, LocalizeResponse
+from ..api.schemas import ImageInfo, JobAccepted, LocalizedBox, LocalizeOptions, LocalizeResponse, MaskBox
 from ..cache import entity_tag
 from ..dicom_outputs import build_report, read_source, refuse_non_dicom
 from ..engine import get_method
-from ..engine.localize import DEFAULT_THRESHOLD, boxes_from_map
+from ..engine.localize import DEFAULT_THRESHOLD, boxes_from_map, mask_boxes
 from ..registry import LoadedModel
 from ..runtime import Runtime
 from . import CallInfo, Conditional, HeldTags
@@ -33,7 +33,8 @@ def param_names(raw: Mapping[str, Any]) -> frozenset[str]:
 async def localize(runtime: Runtime, data: bytes, opts: LocalizeOptions, extras: Mapping[str, Any],
                    call: CallInfo, held: HeldTags | None = None) -> Conditional[LocalizeResponse]:
     """Without ``target``/``top_k``, a multi-label model gets a box for every class with p >= 0.5, a multi-class one
-    for its top class. Method and threshold default to the model's calibrated ones, else Grad-CAM at 0.15.
+    for its top class (a segmentation model: its class of highest mean probability, and ``mask_boxes`` beside).
+    Method and threshold default to the model's calibrated ones, else Grad-CAM at 0.15.
 
     The maps come from the result cache shared with ``/explain`` (same key: same image, method, parameters, layer and
     targets); the box options only shape the response, so they are part of its entity tag, not of the map key."""
@@ -79,6 +80,8 @@ def render_response(result: explaining.ExplanationRun, opts: LocalizeOptions, th
         report = build_report(read_source(data), [(box.label, box.score, box.box) for box in boxes],
                               method=plan.explainer.name, model=plan.model.name, version=__version__)
         extra["dicom"] = {"sr": base64.b64encode(report).decode("ascii")}
+    if plan.model.task == "segmentation":
+        extra["mask_boxes"] = _mask_boxes(plan.model, result, opts)
     return LocalizeResponse(model=plan.model.name, method=plan.explainer.name, layer=plan.explained_layer,
                             threshold=threshold, image=ImageInfo(width=result.width, height=result.height),
                             boxes=boxes, **extra)
@@ -106,3 +109,16 @@ def _boxes(model: LoadedModel, result: explaining.ExplanationRun, threshold: flo
         for box in boxes_from_map(item.heatmap, result.size, threshold=threshold, all_components=opts.all_components,
                                   min_area=opts.min_area)
     ]
+
+
+def _mask_boxes(model: LoadedModel, result: explaining.ExplanationRun, opts: LocalizeOptions) -> list[MaskBox]:
+    """Runs in the thread pool: the components of the model's own predicted mask of every explained class, from the
+    explanation's clean forward (no second pass), by the component code of the explanation boxes."""
+    out = []
+    for item in result.maps:
+        if item.predicted is None or item.probability is None:
+            raise RuntimeError("a segmentation explanation row lacks its predicted mask")
+        for found in mask_boxes(item.predicted, item.probability, result.size, min_area=opts.min_area):
+            out.append(MaskBox(index=item.index, label=model.labels[item.index], box=found.box.as_list(),
+                               area=found.box.area, mean_probability=found.mean_probability))
+    return out

@@ -24,3 +24,14 @@ class TinySeg(nn.Module):
 def tiny_seg(classes: int = 3, seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
     return TinySeg(classes)
+
+
+def tiny_sigmoid_seg(classes: int = 3, seed: int = 0) -> nn.Module:
+    """:func:`tiny_seg` read through a sigmoid per class, its classifier scaled (logits of unit spread) and biased so
+    that classes 0 and 1 each pass 0.5 on about half of a random image's pixels, often the same ones (multi-label
+    masks overlap: argmax and ``> 0.5`` disagree), and class 2 on fewer."""
+    model = tiny_seg(classes, seed)
+    with torch.no_grad():
+        model.classifier.weight.mul_(10.0)
+        model.classifier.bias.copy_(torch.tensor([0.1, 1.7, 0.5])[:classes])
+    return model

@@ -70,3 +70,25 @@ def test_nan_pixels_count_as_zero():
 def test_bad_threshold():
     with pytest.raises(ValueError):
         boxes_from_map(np.ones((2, 2), np.float32), (2, 2), threshold=0)
+
+
+def test_mask_boxes_by_hand():
+    """Components of a predicted mask on the output grid, resized by nearest neighbour to the image, each with the
+    mean probability over its own pixels; min_area drops small ones."""
+    from service.engine.localize import mask_boxes
+
+    predicted = np.zeros((4, 4), dtype=bool)
+    predicted[0:2, 0:2] = True          # 4 cells -> 16 pixels at 8x8
+    predicted[3, 3] = True              # 1 cell -> 4 pixels
+    probability = np.full((4, 4), 0.1, dtype=np.float32)
+    probability[0, 0], probability[0, 1], probability[1, 0], probability[1, 1] = 0.6, 0.7, 0.8, 0.9
+    probability[3, 3] = 0.55
+    found = mask_boxes(predicted, probability, (8, 8))
+    assert [m.box.as_list() for m in found] == [[0, 0, 4, 4], [6, 6, 8, 8]]
+    assert [m.box.area for m in found] == [16, 4]
+    assert found[0].mean_probability == pytest.approx(0.75) and found[1].mean_probability == pytest.approx(0.55)
+    assert [m.box.area for m in mask_boxes(predicted, probability, (8, 8), min_area=5)] == [16]
+    assert mask_boxes(np.zeros((4, 4), bool), probability, (8, 8)) == []
+    # Same grid as the image: no resizing; a non-square image stretches each axis on its own.
+    assert mask_boxes(predicted, probability, (4, 4))[0].box.as_list() == [0, 0, 2, 2]
+    assert mask_boxes(predicted, probability, (12, 8))[0].box.as_list() == [0, 0, 6, 4]

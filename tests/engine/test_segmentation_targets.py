@@ -212,3 +212,22 @@ def test_top_k_ranks_segmentation_classes_by_mean_probability():
                                                      task="segmentation"))
     mean = torch.softmax(model(x)["out"], 1)[0].mean((1, 2))
     assert [t.index for t in explained.rows.targets] == mean.topk(2).indices.tolist()
+
+
+def test_top_k_targets_take_the_request_region_and_activation_and_keep_the_clean_planes():
+    """Top-k segmentation targets rank by the request's activation, are explained over its region, and carry the
+    clean forward's class probability and predicted mask (what /localize boxes)."""
+    model, x = _tiny(), _x()
+    logits = model(x)["out"]
+    request = TargetRequest(top_k=2, region=Region("all"), activation="sigmoid")
+    explained = complete(get_method("gradcam").steps(model, x, [request], layer="encoder", task="segmentation"))
+    sigmoid = torch.sigmoid(logits)[0]
+    assert [t.index for t in explained.rows.targets] == sigmoid.mean((1, 2)).topk(2).indices.tolist()
+    for target, score in zip(explained.rows.targets, explained.scores):
+        assert target.region == Region("all") and target.activation == "sigmoid"
+        torch.testing.assert_close(target.probability, sigmoid[target.index])
+        assert torch.equal(target.predicted, logits[0, target.index] > 0)
+        torch.testing.assert_close(score, sigmoid[target.index].mean())   # region all: the mean over the image
+    softmax_target = ClassRegion(1).bind(logits, 0)
+    assert torch.equal(softmax_target.predicted, logits.argmax(1)[0] == 1)
+    torch.testing.assert_close(softmax_target.probability, torch.softmax(logits, 1)[0, 1])

@@ -7,6 +7,7 @@ the asyncio clients are two ten-line drivers over the same logic rather than two
 
 from __future__ import annotations
 
+import base64
 import numbers
 import random
 import time
@@ -205,28 +206,62 @@ def methods() -> Call[list[MethodInfo]]:
 
 
 def predict(image: ImageInput, *, model: str | None = None, target: Targets = None, top_k: int | None = None,
-            frame: int | None = None) -> Call[PredictResponse]:
+            frame: int | None = None, outputs: str | Sequence[str] | None = None) -> Call[PredictResponse]:
     """Scores of ``image`` (``POST /predict``): the ``target`` classes (index or label, one or many), else the
-    ``top_k`` best (server default 5). ``frame`` picks a frame of a multi-frame DICOM/GIF/TIFF."""
+    ``top_k`` best (server default 5). ``frame`` picks a frame of a multi-frame DICOM/GIF/TIFF.
+
+    Segmentation models answer per class ``pixel_fraction``, ``mean_probability`` and a ``mask`` PNG
+    (``mask_array()``); ``outputs`` picks ``mask`` (server default) and/or ``labelmap`` (``labelmap_array()``)."""
     return _image_call("/predict", PredictResponse.model_validate, image,
-                       {"model": model, "target": _targets(target), "top_k": top_k, "frame": frame})
+                       {"model": model, "target": _targets(target), "top_k": top_k, "frame": frame,
+                        "outputs": _list(outputs)})
+
+
+Region = str | Sequence[float] | bytes | Any
+"""A segmentation region: ``"predicted"``, ``"all"``, a box ``(x0, y0, x1, y1)`` in original pixels, or a mask — PNG
+file bytes, a :class:`pathlib.Path` to a PNG, a PIL image or a 2-D NumPy array (non-zero = inside) at the image's
+size. A ``str`` is sent as written (``"x0,y0,x1,y1"`` and ``"mask:<base64>"`` too), never read as a path."""
+
+
+def region_text(region: Region | None) -> str | None:
+    """The ``region`` option's text: names and ``x0,y0,x1,y1`` / ``mask:...`` strings pass through, a box becomes
+    ``x0,y0,x1,y1``, a mask ``mask:<base64 PNG>``."""
+    if region is None or isinstance(region, str):
+        return region
+    if isinstance(region, (bytes, bytearray, memoryview)):
+        return "mask:" + base64.b64encode(bytes(region)).decode("ascii")
+    if isinstance(region, (list, tuple)):
+        if len(region) != 4 or not all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in region):
+            raise ValueError(f"a box region is (x0, y0, x1, y1), got {region!r}")
+        return ",".join(_text(v) for v in region)
+    encoded = encode_image(region)  # a Path: its bytes; a PIL image or an array: PNG (bool arrays → 0/255)
+    return "mask:" + base64.b64encode(encoded.content).decode("ascii")
+
+
+def _list(value: str | Sequence[str] | None) -> list[str] | None:
+    if value is None:
+        return None
+    return [value] if isinstance(value, str) else list(value)
 
 
 def explain(method: str, image: ImageInput, *, model: str | None = None, target: Targets = None,
             top_k: int | None = None, layer: str | None = None, outputs: str | Sequence[str] = ("heatmap",),
             colormap: str | None = None, alpha: float | None = None, frame: int | None = None, wait: bool = True,
-            **method_params: FormValue) -> Call[ExplainResponse]:
+            region: Region | None = None, **method_params: FormValue) -> Call[ExplainResponse]:
     """Heatmaps of ``method`` for each target (``POST /explain/{method}``); one explanation per target.
 
     ``outputs``: any of ``heatmap``, ``overlay`` (uses ``colormap``/``alpha``), ``raw``. ``layer`` selects the
-    layer of CAM methods. Other keywords are the method's own parameters (see :meth:`methods`), e.g.
+    layer of CAM methods. ``region`` (segmentation models): where each class is explained — ``"predicted"``
+    (server default), ``"all"``, a box ``(x0, y0, x1, y1)`` in original pixels, or a mask (PNG bytes, PIL image or
+    2-D array, non-zero = inside). Other keywords are the method's own parameters (see :meth:`methods`), e.g.
     ``window=16, stride=8`` for occlusion. ``wait=False`` runs it as a job on the server (``Prefer:
     respond-async``, for slow methods such as Score-CAM or RISE on large models) and returns a :class:`JobHandle`
     at once: ``.progress``, ``.refresh()``, ``.result(timeout)`` (the same :class:`ExplainResponse`), ``.cancel()``.
     """
     options: dict[str, FormValue] = {"model": model, "target": _targets(target), "top_k": top_k, "layer": layer,
                                      "outputs": [outputs] if isinstance(outputs, str) else list(outputs),
-                                     "colormap": colormap, "alpha": alpha, "frame": frame}
+                                     "colormap": colormap, "alpha": alpha, "frame": frame,
+                                     "region": region_text(region)}
     path = f"/explain/{quote(method, safe='')}"
     if not wait:
         return _job_call(path, image, {**method_params, **options}, Job.explanation)  # type: ignore[return-value]
@@ -236,16 +271,18 @@ def explain(method: str, image: ImageInput, *, model: str | None = None, target:
 def localize(image: ImageInput, *, method: str | None = None, threshold: float | None = None,
              all_components: bool | None = None, min_area: int | None = None, model: str | None = None,
              target: Targets = None, top_k: int | None = None, layer: str | None = None, frame: int | None = None,
-             wait: bool = True, **method_params: FormValue) -> Call[LocalizeResponse]:
+             wait: bool = True, region: Region | None = None, **method_params: FormValue) -> Call[LocalizeResponse]:
     """Boxes derived from heatmaps (``POST /localize``), as ``(x0, y0, x1, y1)`` in original-image pixels.
 
     ``threshold`` is a fraction of the map's maximum; ``all_components`` boxes every connected region rather than
     the largest, keeping those of at least ``min_area`` pixels. For multi-label models without ``target``, every
-    class with probability >= 0.5 is boxed. ``wait=False``: as a job, returning a :class:`JobHandle`.
+    class with probability >= 0.5 is boxed. Segmentation models explain each class over ``region`` (as for
+    :meth:`explain`) and add ``mask_boxes``: the components of the model's predicted mask of each class, with its
+    mean probability inside. ``wait=False``: as a job, returning a :class:`JobHandle`.
     """
     options: dict[str, FormValue] = {"method": method, "threshold": threshold, "all_components": all_components,
                                      "min_area": min_area, "model": model, "target": _targets(target),
-                                     "top_k": top_k, "layer": layer, "frame": frame}
+                                     "top_k": top_k, "layer": layer, "frame": frame, "region": region_text(region)}
     if not wait:
         return _job_call("/localize", image, {**method_params, **options}, Job.localization)  # type: ignore[return-value]
     return _image_call("/localize", LocalizeResponse.model_validate, image, {**method_params, **options})

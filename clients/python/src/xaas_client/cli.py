@@ -28,7 +28,7 @@ EXIT_OK, EXIT_REQUEST_ERROR, EXIT_USAGE, EXIT_CONNECT = 0, 1, 2, 3
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".dcm", ".dicom"})
 # Options with a flag of their own must not sneak in as method parameters, where they would be sent twice.
 _RESERVED_PARAMS = frozenset({"model", "target", "top_k", "outputs", "method", "threshold", "all_components",
-                              "min_area"})
+                              "min_area", "region"})
 
 COMMANDS: dict[str, str] = {  # name -> summary; the service's `xaas --help` shows these for its aliases too
     "predict": "classify an image or a folder of images",
@@ -79,10 +79,13 @@ def build_parser(prog: str = "xaas-client") -> argparse.ArgumentParser:
         command.set_defaults(func=func)
         return command
 
-    add("predict", images, _predict)
+    p = add("predict", images, _predict)
+    p.add_argument("--labelmap", type=Path, metavar="PNG",
+                   help="segmentation models: write the labelmap (8-bit PNG of the class per pixel) here")
 
     p = add("explain", images, _explain)
     p.add_argument("--method", default="gradcam", help="explanation method (default gradcam; see GET /methods)")
+    _region_option(p)
     _param_option(p, "a method parameter, e.g. window=16; repeatable")
     p.add_argument("--out", type=Path, help="write the first explanation's heatmap PNG here; for a folder input, "
                                             "a folder receiving <name>.heatmap.png files")
@@ -94,6 +97,7 @@ def build_parser(prog: str = "xaas-client") -> argparse.ArgumentParser:
     p.add_argument("--threshold", type=float, help="fraction of the map's maximum (default: the server's)")
     p.add_argument("--all-components", action="store_true", default=None, help="box every region, not the largest")
     p.add_argument("--min-area", type=int, help="with --all-components: smallest region kept, in pixels")
+    _region_option(p)
     _async_options(p)
     _param_option(p, "a method parameter; repeatable")
 
@@ -149,6 +153,24 @@ def _async_options(parser: argparse.ArgumentParser) -> None:
                         help="with --async: seconds to wait for the job (default 600); then it is cancelled")
 
 
+def _region_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--region", type=_region, metavar="REGION",
+                        help="segmentation models: where each class is explained: predicted (server default), all, "
+                             "a box x0,y0,x1,y1 in original pixels, or mask:FILE.png (non-zero = inside)")
+
+
+def _region(text: str) -> str | bytes:
+    """``mask:FILE`` reads the mask PNG (sent as ``mask:<base64>``); anything else goes as written (the server
+    checks it and names ``region`` when it is wrong)."""
+    if text.lower().startswith("mask:"):
+        path = Path(text[5:])
+        try:
+            return path.read_bytes()
+        except OSError as exc:
+            raise argparse.ArgumentTypeError(f"cannot read the mask {path}: {exc.strerror or exc}") from None
+    return text
+
+
 def _param_option(parser: argparse.ArgumentParser, help: str) -> None:
     parser.add_argument("--param", action="append", default=[], type=_param, metavar="NAME=VALUE", help=help)
 
@@ -171,8 +193,20 @@ def _param(text: str) -> tuple[str, str]:
 # --- commands: one small function each ---------------------------------------------------------------------------
 
 def _predict(args: argparse.Namespace) -> int:
-    return _each_image(args, _image_files(args.image), lambda client, path: client.predict(path, **_classes(args)),
-                       _predict_table)
+    outputs = ["mask", "labelmap"] if args.labelmap is not None else None
+    if args.labelmap is not None and args.image.is_dir():
+        raise CommandError("--labelmap takes one image, not a folder", EXIT_USAGE)
+
+    def save(result: Any, path: Path) -> None:
+        if args.labelmap is not None:
+            try:
+                args.labelmap.write_bytes(result.labelmap_png())
+            except ValueError as exc:  # a classifier: no labelmap
+                raise CommandError(str(exc), EXIT_USAGE) from None
+
+    return _each_image(args, _image_files(args.image),
+                       lambda client, path: client.predict(path, outputs=outputs, **_classes(args)), _predict_table,
+                       save)
 
 
 def _explain(args: argparse.Namespace) -> int:
@@ -182,9 +216,11 @@ def _explain(args: argparse.Namespace) -> int:
 
     def ask(client: Client, path: Path) -> Any:
         if args.run_async:
-            started = client.explain(args.method, path, outputs=outputs, wait=False, **_classes(args), **_params(args))
+            started = client.explain(args.method, path, outputs=outputs, wait=False, region=args.region,
+                                     **_classes(args), **_params(args))
             return _await_job(client, started, args.wait, f"{args.method} {path.name}")
-        return client.explain(args.method, path, outputs=outputs, **_classes(args), **_params(args))
+        return client.explain(args.method, path, outputs=outputs, region=args.region, **_classes(args),
+                              **_params(args))
 
     def save(result: Any, path: Path) -> None:
         if out is not None:
@@ -197,7 +233,7 @@ def _explain(args: argparse.Namespace) -> int:
 def _localize(args: argparse.Namespace) -> int:
     def ask(client: Client, path: Path) -> Any:
         options = dict(method=args.method, threshold=args.threshold, all_components=args.all_components,
-                       min_area=args.min_area, **_classes(args), **_params(args))
+                       min_area=args.min_area, region=args.region, **_classes(args), **_params(args))
         if args.run_async:
             return _await_job(client, client.localize(path, wait=False, **options), args.wait, f"localize {path.name}")
         return client.localize(path, **options)
@@ -436,7 +472,12 @@ def _size(result: Any) -> str:
 
 
 def _predict_table(name: str, result: Any) -> str:
-    return format_table(f"{name}: {result.model} ({result.task}), {_size(result)}", ["index", "label", "score"],
+    title = f"{name}: {result.model} ({result.task}), {_size(result)}"
+    if any(p.pixel_fraction is not None for p in result.predictions):  # a segmentation model's statistics
+        return format_table(title, ["index", "label", "score", "pixels", "mean p"],
+                            [[str(p.index), p.label, f"{p.score:.4f}", f"{p.pixel_fraction or 0:.4f}",
+                              f"{p.mean_probability or 0:.4f}"] for p in result.predictions])
+    return format_table(title, ["index", "label", "score"],
                         [[str(p.index), p.label, f"{p.score:.4f}"] for p in result.predictions])
 
 
@@ -450,8 +491,13 @@ def _explain_table(name: str, result: Any) -> str:
 
 def _localize_table(name: str, result: Any) -> str:
     title = f"{name}: {result.method} boxes on {result.model} (threshold {result.threshold:g}), {_size(result)}"
-    return format_table(title, ["index", "label", "score", "x0", "y0", "x1", "y1"],
-                        [[str(b.index), b.label, f"{b.score:.4f}", *map(str, b.box)] for b in result.boxes])
+    if result.mask_boxes is None:
+        return format_table(title, ["index", "label", "score", "x0", "y0", "x1", "y1"],
+                            [[str(b.index), b.label, f"{b.score:.4f}", *map(str, b.box)] for b in result.boxes])
+    # Segmentation: the explanation's boxes and the predicted mask's, one table, told apart by "from".
+    rows = [[str(b.index), b.label, "heatmap", f"{b.score:.4f}", *map(str, b.box)] for b in result.boxes]
+    rows += [[str(m.index), m.label, "mask", f"{m.mean_probability:.4f}", *map(str, m.box)] for m in result.mask_boxes]
+    return format_table(title, ["index", "label", "from", "score", "x0", "y0", "x1", "y1"], rows)
 
 
 def _activations_table(result: Any) -> str:

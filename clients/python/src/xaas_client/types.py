@@ -32,6 +32,7 @@ __all__ = [
     "Job",
     "JobProgress",
     "LocalizeResponse",
+    "MaskBox",
     "MethodInfo",
     "MethodParam",
     "ModelDetail",
@@ -121,6 +122,15 @@ class Prediction(_Result):
     mean_probability: float | None = None  # segmentation: mean probability over those pixels
     mask: str | None = None                # segmentation: binary PNG (base64) at the original size
 
+    def mask_png(self) -> bytes:
+        """Segmentation: the class's mask PNG file (255 = the class, original size); needs no optional dependency."""
+        return _decode_b64(self.mask, "no mask: it is a segmentation output (outputs=('mask', ...))")
+
+    def mask_array(self) -> np.ndarray:
+        """Segmentation: the class's mask as a ``bool`` HxW array at the original image size."""
+        np = require("numpy", "mask_array()")
+        return np.asarray(_open_png(self.mask_png(), "L")) > 0
+
 
 class PredictResponse(_Result):
     model: str
@@ -128,6 +138,15 @@ class PredictResponse(_Result):
     image: ImageInfo
     predictions: list[Prediction]
     labelmap: str | None = None            # segmentation with outputs=labelmap: 8-bit PNG of class indices
+
+    def labelmap_png(self) -> bytes:
+        """Segmentation with ``outputs=("labelmap", ...)``: the 8-bit PNG file of the predicted class per pixel."""
+        return _decode_b64(self.labelmap, "no labelmap: ask a segmentation model for outputs=('labelmap', ...)")
+
+    def labelmap_array(self) -> np.ndarray:
+        """The labelmap as a ``uint8`` HxW array of class indices at the original image size."""
+        np = require("numpy", "labelmap_array()")
+        return np.asarray(_open_png(self.labelmap_png(), None), dtype=np.uint8)
 
 
 class RawMap(_Result):
@@ -213,13 +232,36 @@ class Box(_Result):
         return self.box[3] - self.box[1]
 
 
+class MaskBox(_Result):
+    """Segmentation models: a connected component of the model's own predicted mask of a class, ``box`` as
+    ``(x0, y0, x1, y1)`` in original-image pixels (exclusive ends), with the class's mean probability inside."""
+
+    index: int
+    label: str
+    box: tuple[int, int, int, int]
+    area: int
+    mean_probability: float
+
+    @property
+    def width(self) -> int:
+        return self.box[2] - self.box[0]
+
+    @property
+    def height(self) -> int:
+        return self.box[3] - self.box[1]
+
+
 class LocalizeResponse(_Result):
+    """``boxes`` come from the explanation maps; for segmentation models ``mask_boxes`` (else ``None``) from the
+    model's predicted masks of the same classes, side by side."""
+
     model: str
     method: str
     threshold: float
     layer: str | None = None
     image: ImageInfo
     boxes: list[Box]
+    mask_boxes: list[MaskBox] | None = None
 
 
 class ChannelStats(_Result):
