@@ -89,14 +89,16 @@ class Detection(Target):
     r"""One detection of an image: named by ``id`` (its rank in the clean forward's detections, as ``/predict``
     numbers them), by ``label`` and ``box`` (input pixels), matched to the clean forward's detection of that label
     with the largest IoU (≥ 0.5), or by ``label`` alone (its most confident detection). Once bound, all three are
-    set from the clean forward's detection.
+    set: the id of the clean forward's matching detection, and as reference box the caller's box when one was given
+    (so that ``box_regression`` explains the regression towards it), else that detection's own.
 
     Explained score (pytorch-grad-cam's ``FasterRCNNBoxScoreTarget``), for the output detection ``j`` of the same
     label with the largest IoU with the bound box, when that IoU is ≥ 0.5 (else 0):
 
         y = s_j  (+ \mathrm{IoU}(b, b_j)  with ``box_regression``)
 
-    The reported score is ``s_j``."""
+    The reported score is ``s_j``. At the clean image the IoU of a detection with its own box is 1, a maximum, so
+    the IoU term adds no gradient there: ``box_regression`` matters for a caller's box and for perturbed forwards."""
 
     id: int | None = None
     label: int | None = None
@@ -138,7 +140,7 @@ class Detection(Target):
             best = f" (best IoU {iou:.2f})" if j is not None else ""
             raise InvalidOption(f"no detection of class {self.label} overlaps the box with IoU >= {MATCH_IOU}{best}",
                                 errors=[FieldError("detection", "no matching detection")])
-        return Detection(j, self.label, _box(dets[j]), self.box_regression)
+        return Detection(j, self.label, self.box, self.box_regression)   # the caller's box stays the reference
 
     def _reference(self, output: Tensor) -> Tensor:
         if self.box is None or self.label is None:
