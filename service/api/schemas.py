@@ -124,7 +124,25 @@ REGION_DESCRIPTION = ("Segmentation models: where the class is explained (its lo
 Output = Literal["heatmap", "overlay", "raw", "dicom-pm", "dicom-seg", "dicom-sc"]
 
 
-class ExplainOptions(ImageOptions):
+class DetectionOptions(RequestOptions):
+    """The detection a detector's explanation is of (``/explain/{method}``, ``/localize``)."""
+
+    detection: Target | None = Field(None, description="Detection models: the detection explained: its id from "
+                                     "/predict, or a box x0,y0,x1,y1 in original pixels with target = its label "
+                                     "(matched by IoU >= 0.5); target alone: that class's most confident detection. "
+                                     "Default: the top_k most confident detections.")
+    box_regression: bool = Field(False, description="Detection models: explain the detection's score plus its box's "
+                                                    "IoU with the explained box (where the box is, not only what).")
+
+    @field_validator("detection")
+    @classmethod
+    def _detection_length(cls, v: int | str | None) -> int | str | None:
+        if isinstance(v, str) and not (0 < len(v) <= 200):
+            raise ValueError("a detection is an id or a box of 1 to 200 characters")
+        return v
+
+
+class ExplainOptions(ImageOptions, DetectionOptions):
     """Options of ``/explain/{method}``; the method's own parameters (see ``GET /methods``) are accepted too."""
 
     layer: str | None = Field(None, max_length=200, description="Target layer for CAM methods (default: the model's).")
@@ -140,19 +158,6 @@ class ExplainOptions(ImageOptions):
     colormap: str = Field("jet", max_length=64, description="Matplotlib colour map of the overlay.")
     alpha: Number = Field(0.5, ge=0, le=1, description="Overlay opacity of the heatmap.")
     region: str | None = Field(None, max_length=4_000_000, description=REGION_DESCRIPTION)
-    detection: Target | None = Field(None, description="Detection models: the detection explained: its id from "
-                                     "/predict, or a box x0,y0,x1,y1 in original pixels with target = its label "
-                                     "(matched by IoU >= 0.5); target alone: that class's most confident detection. "
-                                     "Default: the top_k most confident detections.")
-    box_regression: bool = Field(False, description="Detection models: explain the detection's score plus its box's "
-                                                    "IoU with the explained box (where the box is, not only what).")
-
-    @field_validator("detection")
-    @classmethod
-    def _detection_length(cls, v: int | str | None) -> int | str | None:
-        if isinstance(v, str) and not (0 < len(v) <= 200):
-            raise ValueError("a detection is an id or a box of 1 to 200 characters")
-        return v
 
     @field_validator("outputs", mode="before")
     @classmethod
@@ -207,7 +212,7 @@ class ExplainResponse(BaseModel):
     explanations: list[Explanation]
 
 
-class LocalizeOptions(ImageOptions):
+class LocalizeOptions(ImageOptions, DetectionOptions):
     """Options of ``/localize``; the chosen method's own parameters are accepted too."""
 
     method: str | None = Field(None, max_length=64, description="Heatmap method (default: the model's, else gradcam).")
@@ -236,6 +241,8 @@ class LocalizedBox(BaseModel):
     score: float
     box: Quad = Field(description="[x0, y0, x1, y1] in original-image pixels, x1/y1 exclusive.")
     area: int = Field(description="Pixels of the connected component.")
+    detection: ExplainedDetection | None = Field(None, description="Detection models: the detection explained "
+                                                 "(the model's own box beside the explanation's).")
 
 
 class MaskBox(BaseModel):

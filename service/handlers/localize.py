@@ -104,11 +104,16 @@ def _boxes(model: LoadedModel, result: explaining.ExplanationRun, threshold: flo
     """Runs in the thread pool: the box of every map, by the function calibration measures."""
     return [
         LocalizedBox(index=item.index, label=model.labels[item.index], score=item.score, box=box.as_list(),
-                     area=box.area)
+                     area=box.area, **_detection_of(result, item))
         for item in result.maps
         for box in boxes_from_map(item.heatmap, result.size, threshold=threshold, all_components=opts.all_components,
                                   min_area=opts.min_area)
     ]
+
+
+def _detection_of(result: explaining.ExplanationRun, item: Any) -> dict[str, Any]:
+    found = explaining.explained_detection(result, item)
+    return {"detection": found} if found is not None else {}
 
 
 def _mask_boxes(model: LoadedModel, result: explaining.ExplanationRun, opts: LocalizeOptions) -> list[MaskBox]:

@@ -7,8 +7,10 @@ An ``infer`` request carries one input tensor, either
 * ``FP32`` ``[N, C, H, W]``: model inputs already preprocessed (resized, normalised), matching the entry's channels
   and ``input_size``.
 
-Outputs: ``probabilities`` ``FP32 [N, K]`` (softmax or sigmoid per the task; segmentation models:
-``[N, K, H, W]`` per pixel, and parameter ``region``: ``predicted`` or ``all``). The xaas extension: request
+Outputs: ``probabilities`` ``FP32 [N, K]`` (softmax or sigmoid per the task; segmentation models: ``[N, K, H, W]``
+per pixel, and parameter ``region``: ``predicted`` or ``all``); detection models answer ``detections`` ``FP32 [N,
+max_detections, 6]`` instead (``x0, y0, x1, y1`` in model-input pixels, score, label; best first, padded with label
+-1), and parameter ``detection`` names the explained one by its row (default 0). The xaas extension: request
 parameter ``explain`` names a method (with ``target``, ``layer`` and the method's own parameters beside it); the
 answer then also holds ``heatmap`` ``FP32 [N, h, w]`` — the raw, un-normalised map at its native resolution (the
 layer's grid for CAM methods, the model input's otherwise) — and ``explained_class`` ``INT64 [N]``. Without a
@@ -42,6 +44,7 @@ from ..api.schemas_oip import (
     OipTensorSpec,
 )
 from ..engine import get_method, validate_params
+from ..engine.detection import Detection
 from ..engine.targets import Region
 from ..errors import BadOption, FieldError, InvalidOption, ModelNotReady
 from ..registry import LoadedModel
@@ -53,6 +56,11 @@ __all__ = ["MAX_INFER_IMAGES", "infer", "model_metadata", "model_ready", "server
 #: Images in one infer request (each is one row of the model's batches).
 MAX_INFER_IMAGES = 64
 _OUTPUTS = ("probabilities", "heatmap", "explained_class")
+_DETECTION_OUTPUTS = ("detections", "heatmap", "explained_class")
+
+
+def _outputs(model: LoadedModel) -> tuple[str, ...]:
+    return _DETECTION_OUTPUTS if model.task == "detection" else _OUTPUTS
 _EXTENSION = ("explain", "target", "layer")
 
 
@@ -71,7 +79,9 @@ def model_metadata(runtime: Runtime, name: str) -> OipModelMetadata:
         name=model.name, versions=[_version(model)], platform="pytorch",
         inputs=[OipTensorSpec(name="image", datatype="BYTES", shape=[-1]),
                 OipTensorSpec(name="input", datatype="FP32", shape=[-1, c, h, w])],
-        outputs=[OipTensorSpec(name="probabilities", datatype="FP32", shape=[-1, model.num_classes]),
+        outputs=[OipTensorSpec(name="detections", datatype="FP32", shape=[-1, model.spec.max_detections, 6])
+                 if model.task == "detection" else
+                 OipTensorSpec(name="probabilities", datatype="FP32", shape=[-1, model.num_classes]),
                  OipTensorSpec(name="heatmap", datatype="FP32", shape=[-1, -1, -1]),
                  OipTensorSpec(name="explained_class", datatype="INT64", shape=[-1])],
         parameters={"task": model.task, "labels": model.labels, "methods": model.capabilities.usable_methods},
@@ -100,11 +110,12 @@ async def infer(runtime: Runtime, name: str, request: OipInferRequest, call: Cal
     method = params.pop("explain", None)
     target, layer = params.pop("target", None), params.pop("layer", None)
     region = _region(model, params.pop("region", None))
+    detection = _detection(model, params.pop("detection", None))
     layer = str(layer) if layer is not None else None
     if isinstance(target, (bool, float)):
         raise BadOption("parameter 'target' is a class index or label", errors=[FieldError("parameters.target",
                                                                                      "index or label")])
-    wanted = _wanted_outputs(request, explaining=method is not None)
+    wanted = _wanted_outputs(request, _outputs(model), explaining=method is not None)
     explainer = None
     if method is not None:
         explainer = get_method(str(method))
@@ -124,14 +135,18 @@ async def infer(runtime: Runtime, name: str, request: OipInferRequest, call: Cal
     call.rows = len(tensors)
     timeout = runtime.timeout(None)
     outputs: list[OipOutputTensor] = []
-    if "probabilities" in wanted:
+    first = _outputs(model)[0]
+    if first in wanted:
         results = await asyncio.gather(*(runtime.predict(model, t, timeout=timeout) for t in tensors))
         probs = torch.stack([r.probabilities for r in results]).float()
-        outputs.append(_tensor("probabilities", probs.numpy(), "FP32"))
+        outputs.append(_tensor(first, probs.numpy(), "FP32"))
     if explainer is not None and wanted & {"heatmap", "explained_class"}:
         explained = await asyncio.gather(*(
             runtime.explain(model, t, method=explainer.name, params=method_params, layer=layer, targets=targets,
-                            top_k=1, timeout=timeout, region=region) for t in tensors))
+                            top_k=1, timeout=timeout, region=region, detection=detection) for t in tensors))
+        if any(not rows for rows in explained):
+            raise InvalidOption("the model found nothing to explain in an input (no detection)",
+                                errors=[FieldError("inputs.0", "no detection")])
         maps = [rows[0] for rows in explained]
         if "heatmap" in wanted:
             outputs.append(_tensor("heatmap", np.stack([m.heatmap for m in maps]).astype(np.float32), "FP32"))
@@ -154,8 +169,23 @@ def _region(model: LoadedModel, kind: Any) -> Region | None:
     return Region(kind or "predicted")
 
 
-def _wanted_outputs(request: OipInferRequest, *, explaining: bool) -> set[str]:
-    offered = _OUTPUTS if explaining else _OUTPUTS[:1]
+def _detection(model: LoadedModel, value: Any) -> Detection | None:
+    """Detection models explain one detection, by its row in ``detections`` (default: row 0, the best)."""
+    if model.task != "detection":
+        if value is not None:
+            raise InvalidOption("parameter 'detection' applies to detection models only",
+                                errors=[FieldError("parameters.detection", "not a detection model")])
+        return None
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise BadOption("parameter 'detection' is a row of 'detections' (an integer >= 0)",
+                        errors=[FieldError("parameters.detection", "not a detection row")])
+    return Detection(value)
+
+
+def _wanted_outputs(request: OipInferRequest, names: tuple[str, ...], *, explaining: bool) -> set[str]:
+    offered = names if explaining else names[:1]
     if not request.outputs:
         return set(offered)
     names = {o.name for o in request.outputs}

@@ -203,3 +203,41 @@ def test_a_detection_on_a_classifier_is_refused(det_client, client, demo_sample)
     resp = client.post("/explain/drise", files={"image": ("x.png", demo_sample[0], "image/png")})
     assert resp.status_code == 422, resp.text
     assert "detection" in resp.json()["detail"]
+
+
+def test_localize_boxes_the_explanation_beside_the_detections_own_box(det_client):
+    data = _image(8)
+    chosen = _post(det_client, "/predict", data).json()["predictions"][1]
+    resp = _post(det_client, "/localize", data, detection=str(chosen["id"]))
+    assert resp.status_code == 200, resp.text
+    boxes = resp.json()["boxes"]
+    assert boxes and all(b["detection"]["id"] == chosen["id"] for b in boxes)
+    assert boxes[0]["detection"]["box"] == pytest.approx(chosen["box"], abs=1e-3)
+    assert all(0 <= b["box"][0] < b["box"][2] <= WIDTH and 0 <= b["box"][1] < b["box"][3] <= HEIGHT for b in boxes)
+
+
+def test_oip_answers_detections_and_explains_a_chosen_row(det_client):
+    import base64
+
+    data = _image(9)
+    image = {"name": "image", "shape": [1], "datatype": "BYTES", "data": [base64.b64encode(data).decode()]}
+    meta = det_client.get("/v2/models/det").json()
+    assert meta["outputs"][0] == {"name": "detections", "datatype": "FP32", "shape": [-1, 50, 6]}
+    resp = det_client.post("/v2/models/det/infer", json={"inputs": [image], "parameters": {
+        "explain": "gradcam", "detection": 2}})
+    assert resp.status_code == 200, resp.text
+    outputs = {o["name"]: o for o in resp.json()["outputs"]}
+    dets = np.asarray(outputs["detections"]["data"], dtype=np.float32).reshape(outputs["detections"]["shape"])
+    model, x = _engine_input(data)
+    with torch.no_grad():
+        np.testing.assert_allclose(dets[0], model(x)[0].numpy(), rtol=1e-4, atol=1e-3)
+    assert outputs["explained_class"]["data"] == [int(dets[0, 2, 5])]
+    served = _post(det_client, "/explain/gradcam", data, detection="2", outputs="raw").json()["explanations"][0]
+    heat = np.asarray(outputs["heatmap"]["data"], dtype=np.float32).reshape(outputs["heatmap"]["shape"])[0]
+    np.testing.assert_allclose(heat, decode_raw(served["raw"]), rtol=1e-4, atol=1e-9)
+    bad = det_client.post("/v2/models/det/infer", json={"inputs": [image], "parameters": {
+        "explain": "gradcam", "detection": "first"}})
+    assert bad.status_code == 400 and "detection" in bad.json()["detail"]
+    missing = det_client.post("/v2/models/det/infer", json={"inputs": [image], "parameters": {
+        "explain": "gradcam", "detection": 999}})
+    assert missing.status_code == 422 and "does not exist" in missing.json()["detail"]
