@@ -238,6 +238,23 @@ def region_text(region: Region | None) -> str | None:
     return "mask:" + base64.b64encode(encoded.content).decode("ascii")
 
 
+DetectionRef = int | str | Sequence[float]
+"""A detection of a detector: its ``id`` from :meth:`predict`, or a box ``(x0, y0, x1, y1)`` in original pixels
+(with ``target`` = its label; the server matches it by IoU >= 0.5)."""
+
+
+def detection_text(detection: DetectionRef | None) -> str | None:
+    """The ``detection`` option's text: an id, or ``x0,y0,x1,y1``."""
+    if detection is None or isinstance(detection, str):
+        return detection
+    if isinstance(detection, int) and not isinstance(detection, bool):
+        return str(detection)
+    if isinstance(detection, (list, tuple)) and len(detection) == 4 and all(
+            isinstance(v, numbers.Real) and not isinstance(v, bool) for v in detection):
+        return ",".join(_text(v) for v in detection)
+    raise ValueError(f"a detection is an id or a box (x0, y0, x1, y1), got {detection!r}")
+
+
 def _list(value: str | Sequence[str] | None) -> list[str] | None:
     if value is None:
         return None
@@ -247,13 +264,17 @@ def _list(value: str | Sequence[str] | None) -> list[str] | None:
 def explain(method: str, image: ImageInput, *, model: str | None = None, target: Targets = None,
             top_k: int | None = None, layer: str | None = None, outputs: str | Sequence[str] = ("heatmap",),
             colormap: str | None = None, alpha: float | None = None, frame: int | None = None, wait: bool = True,
-            region: Region | None = None, **method_params: FormValue) -> Call[ExplainResponse]:
+            region: Region | None = None, detection: DetectionRef | None = None, box_regression: bool | None = None,
+            **method_params: FormValue) -> Call[ExplainResponse]:
     """Heatmaps of ``method`` for each target (``POST /explain/{method}``); one explanation per target.
 
     ``outputs``: any of ``heatmap``, ``overlay`` (uses ``colormap``/``alpha``), ``raw``. ``layer`` selects the
     layer of CAM methods. ``region`` (segmentation models): where each class is explained — ``"predicted"``
     (server default), ``"all"``, a box ``(x0, y0, x1, y1)`` in original pixels, or a mask (PNG bytes, PIL image or
-    2-D array, non-zero = inside). Other keywords are the method's own parameters (see :meth:`methods`), e.g.
+    2-D array, non-zero = inside). ``detection`` (detection models): the detection explained — its ``id`` from
+    :meth:`predict`, or a box ``(x0, y0, x1, y1)`` with ``target`` = its label; without it the ``top_k`` most
+    confident detections; ``box_regression`` adds the box's IoU to the explained score. Other keywords are the
+    method's own parameters (see :meth:`methods`), e.g.
     ``window=16, stride=8`` for occlusion. ``wait=False`` runs it as a job on the server (``Prefer:
     respond-async``, for slow methods such as Score-CAM or RISE on large models) and returns a :class:`JobHandle`
     at once: ``.progress``, ``.refresh()``, ``.result(timeout)`` (the same :class:`ExplainResponse`), ``.cancel()``.
@@ -261,7 +282,8 @@ def explain(method: str, image: ImageInput, *, model: str | None = None, target:
     options: dict[str, FormValue] = {"model": model, "target": _targets(target), "top_k": top_k, "layer": layer,
                                      "outputs": [outputs] if isinstance(outputs, str) else list(outputs),
                                      "colormap": colormap, "alpha": alpha, "frame": frame,
-                                     "region": region_text(region)}
+                                     "region": region_text(region), "detection": detection_text(detection),
+                                     "box_regression": box_regression}
     path = f"/explain/{quote(method, safe='')}"
     if not wait:
         return _job_call(path, image, {**method_params, **options}, Job.explanation)  # type: ignore[return-value]
@@ -271,18 +293,21 @@ def explain(method: str, image: ImageInput, *, model: str | None = None, target:
 def localize(image: ImageInput, *, method: str | None = None, threshold: float | None = None,
              all_components: bool | None = None, min_area: int | None = None, model: str | None = None,
              target: Targets = None, top_k: int | None = None, layer: str | None = None, frame: int | None = None,
-             wait: bool = True, region: Region | None = None, **method_params: FormValue) -> Call[LocalizeResponse]:
+             wait: bool = True, region: Region | None = None, detection: DetectionRef | None = None,
+             box_regression: bool | None = None, **method_params: FormValue) -> Call[LocalizeResponse]:
     """Boxes derived from heatmaps (``POST /localize``), as ``(x0, y0, x1, y1)`` in original-image pixels.
 
     ``threshold`` is a fraction of the map's maximum; ``all_components`` boxes every connected region rather than
     the largest, keeping those of at least ``min_area`` pixels. For multi-label models without ``target``, every
     class with probability >= 0.5 is boxed. Segmentation models explain each class over ``region`` (as for
     :meth:`explain`) and add ``mask_boxes``: the components of the model's predicted mask of each class, with its
-    mean probability inside. ``wait=False``: as a job, returning a :class:`JobHandle`.
+    mean probability inside. Detection models explain ``detection`` (as for :meth:`explain`); each box then
+    carries the detection's own box beside the explanation's. ``wait=False``: as a job, returning a :class:`JobHandle`.
     """
     options: dict[str, FormValue] = {"method": method, "threshold": threshold, "all_components": all_components,
                                      "min_area": min_area, "model": model, "target": _targets(target),
-                                     "top_k": top_k, "layer": layer, "frame": frame, "region": region_text(region)}
+                                     "top_k": top_k, "layer": layer, "frame": frame, "region": region_text(region),
+                                     "detection": detection_text(detection), "box_regression": box_regression}
     if not wait:
         return _job_call("/localize", image, {**method_params, **options}, Job.localization)  # type: ignore[return-value]
     return _image_call("/localize", LocalizeResponse.model_validate, image, {**method_params, **options})

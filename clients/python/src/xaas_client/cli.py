@@ -86,6 +86,7 @@ def build_parser(prog: str = "xaas-client") -> argparse.ArgumentParser:
     p = add("explain", images, _explain)
     p.add_argument("--method", default="gradcam", help="explanation method (default gradcam; see GET /methods)")
     _region_option(p)
+    _detection_options(p)
     _param_option(p, "a method parameter, e.g. window=16; repeatable")
     p.add_argument("--out", type=Path, help="write the first explanation's heatmap PNG here; for a folder input, "
                                             "a folder receiving <name>.heatmap.png files")
@@ -98,6 +99,7 @@ def build_parser(prog: str = "xaas-client") -> argparse.ArgumentParser:
     p.add_argument("--all-components", action="store_true", default=None, help="box every region, not the largest")
     p.add_argument("--min-area", type=int, help="with --all-components: smallest region kept, in pixels")
     _region_option(p)
+    _detection_options(p)
     _async_options(p)
     _param_option(p, "a method parameter; repeatable")
 
@@ -159,6 +161,14 @@ def _region_option(parser: argparse.ArgumentParser) -> None:
                              "a box x0,y0,x1,y1 in original pixels, or mask:FILE.png (non-zero = inside)")
 
 
+def _detection_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--detection", metavar="ID|BOX",
+                        help="detection models: the detection explained: its id (from predict) or a box "
+                             "x0,y0,x1,y1 in original pixels with --target its label")
+    parser.add_argument("--box-regression", action="store_true", default=None,
+                        help="detection models: explain the score plus the box's IoU (where the box is)")
+
+
 def _region(text: str) -> str | bytes:
     """``mask:FILE`` reads the mask PNG (sent as ``mask:<base64>``); anything else goes as written (the server
     checks it and names ``region`` when it is wrong)."""
@@ -217,10 +227,10 @@ def _explain(args: argparse.Namespace) -> int:
     def ask(client: Client, path: Path) -> Any:
         if args.run_async:
             started = client.explain(args.method, path, outputs=outputs, wait=False, region=args.region,
-                                     **_classes(args), **_params(args))
+                                     **_detection(args), **_classes(args), **_params(args))
             return _await_job(client, started, args.wait, f"{args.method} {path.name}")
-        return client.explain(args.method, path, outputs=outputs, region=args.region, **_classes(args),
-                              **_params(args))
+        return client.explain(args.method, path, outputs=outputs, region=args.region, **_detection(args),
+                              **_classes(args), **_params(args))
 
     def save(result: Any, path: Path) -> None:
         if out is not None:
@@ -233,12 +243,17 @@ def _explain(args: argparse.Namespace) -> int:
 def _localize(args: argparse.Namespace) -> int:
     def ask(client: Client, path: Path) -> Any:
         options = dict(method=args.method, threshold=args.threshold, all_components=args.all_components,
-                       min_area=args.min_area, region=args.region, **_classes(args), **_params(args))
+                       min_area=args.min_area, region=args.region, **_detection(args), **_classes(args),
+                       **_params(args))
         if args.run_async:
             return _await_job(client, client.localize(path, wait=False, **options), args.wait, f"localize {path.name}")
         return client.localize(path, **options)
 
     return _each_image(args, _image_files(args.image), ask, _localize_table)
+
+
+def _detection(args: argparse.Namespace) -> dict[str, Any]:
+    return {"detection": args.detection, "box_regression": args.box_regression}
 
 
 def _activations(args: argparse.Namespace) -> int:
@@ -477,6 +492,10 @@ def _predict_table(name: str, result: Any) -> str:
         return format_table(title, ["index", "label", "score", "pixels", "mean p"],
                             [[str(p.index), p.label, f"{p.score:.4f}", f"{p.pixel_fraction or 0:.4f}",
                               f"{p.mean_probability or 0:.4f}"] for p in result.predictions])
+    if any(p.box is not None for p in result.predictions):  # a detector's detections
+        return format_table(title, ["id", "index", "label", "score", "x0", "y0", "x1", "y1"],
+                            [[str(p.id), str(p.index), p.label, f"{p.score:.4f}", *(f"{v:.1f}" for v in p.box)]
+                             for p in result.predictions])
     return format_table(title, ["index", "label", "score"],
                         [[str(p.index), p.label, f"{p.score:.4f}"] for p in result.predictions])
 
@@ -485,6 +504,10 @@ def _explain_table(name: str, result: Any) -> str:
     layer = f", layer {result.layer}" if result.layer else ""
     rows = [[str(e.index), e.label, f"{e.score:.4f}", "empty" if e.empty else ("non-finite" if e.nonfinite else "")]
             for e in result.explanations]
+    if any(e.detection is not None for e in result.explanations):
+        rows = [[str(e.detection.id) if e.detection else "", *row] for e, row in zip(result.explanations, rows)]
+        return format_table(f"{name}: {result.method} on {result.model}{layer}, {_size(result)}",
+                            ["detection", "index", "label", "score", "map"], rows)
     return format_table(f"{name}: {result.method} on {result.model}{layer}, {_size(result)}",
                         ["index", "label", "score", "map"], rows)
 

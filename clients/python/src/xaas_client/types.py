@@ -114,10 +114,20 @@ class ImageInfo(_Result):
         return self.width, self.height
 
 
+class ExplainedDetection(_Result):
+    """Detection models: which detection a row explains — its ``id`` and ``box`` ``(x0, y0, x1, y1)`` in original
+    pixels (float: a detector's boxes are not on the pixel grid)."""
+
+    id: int
+    box: tuple[float, float, float, float]
+
+
 class Prediction(_Result):
     index: int
     label: str
     score: float
+    id: int | None = None                  # detection models: the detection's id (for explain's detection)
+    box: tuple[float, float, float, float] | None = None  # detection: (x0, y0, x1, y1) in original pixels
     pixel_fraction: float | None = None    # segmentation models: share of pixels predicted as the class
     mean_probability: float | None = None  # segmentation: mean probability over those pixels
     mask: str | None = None                # segmentation: binary PNG (base64) at the original size
@@ -161,6 +171,7 @@ class Explanation(_Result):
     index: int
     label: str
     score: float
+    detection: ExplainedDetection | None = None  # detection models: the detection explained
     heatmap: str | None = None
     overlay: str | None = None
     raw: RawMap | None = None
@@ -222,6 +233,7 @@ class Box(_Result):
     score: float
     box: tuple[int, int, int, int]
     area: int | None = None
+    detection: ExplainedDetection | None = None  # detection models: the detection explained (its own box)
 
     @property
     def width(self) -> int:
