@@ -176,6 +176,12 @@ def _box(row: Tensor) -> tuple[float, float, float, float]:
     return (x0, y0, x1, y1)
 
 
+def _iou(box: Tensor, boxes: Tensor) -> Tensor:
+    """IoU of ``box`` with each of ``boxes``; 0 (not NaN) where both are empty (0/0), as zero-area boxes of an
+    untrained detector are."""
+    return torch.nan_to_num(box_iou(box[None], boxes)[0], nan=0.0)
+
+
 def _best_match(dets: Tensor, box: Tensor, label: int | None, *, differentiable: bool = False
                 ) -> tuple[int | None, Any]:
     """``(j, IoU)`` of the detection of ``label`` that overlaps ``box`` most (``(None, 0)`` when there is none).
@@ -183,7 +189,7 @@ def _best_match(dets: Tensor, box: Tensor, label: int | None, *, differentiable:
     same = (dets[:, 5] == float(label)) if label is not None else dets[:, 5] >= 0
     if not bool(same.any()):
         return None, 0.0
-    ious = box_iou(box[None], dets[:, :4])[0]
+    ious = _iou(box, dets[:, :4])
     j = int(torch.where(same, ious.detach(), ious.new_tensor(-1.0)).argmax())
     return j, (ious[j] if differentiable else float(ious[j]))
 
@@ -203,7 +209,7 @@ def drise_similarity(output: Tensor, image: Tensor, targets: Sequence[Target]) -
             dets = output[image[r]]
             if not isinstance(t, Detection) or t.box is None:
                 raise ValueError("D-RISE scores bound Detection targets only")
-            ious = box_iou(torch.tensor(t.box, dtype=dets.dtype, device=dets.device)[None], dets[:, :4])[0]
+            ious = _iou(torch.tensor(t.box, dtype=dets.dtype, device=dets.device), dets[:, :4])
             same = (dets[:, 5] == float(t.label)).to(dets.dtype)
             out.append((ious * dets[:, 4] * same).max().clamp_min(0.0) if dets.shape[0] else dets.new_zeros(()))
     return torch.stack(out).float() if out else output.new_zeros(0)

@@ -196,3 +196,32 @@ def test_drise_and_cam_refuse_what_they_cannot_explain(detector):
         get_method("drise").check_model(detector, (3, SIZE, SIZE), task="multiclass")
     with pytest.raises(InvalidOption, match="detector"):
         get_method("cam").check_model(detector, (3, SIZE, SIZE), layer=LAYER, task="detection")
+
+
+@pytest.mark.parametrize("arch", ["retinanet_resnet50_fpn", "fcos_resnet50_fpn", "ssdlite320_mobilenet_v3_large"])
+def test_other_torchvision_detector_families_explain_a_detection(arch):
+    """RetinaNet, FCOS and SSDlite (random init, zero score threshold): wrapped, a default layer in the backbone,
+    Grad-CAM and saliency of detection 0 finite, its reported score the detection's own, no hooks left behind."""
+    from torchvision.models import get_model
+
+    from service.registry import _detection_layer
+
+    torch.manual_seed(0)
+    kw = {"weights": None, "weights_backbone": None, "num_classes": 3, "score_thresh": 0.0}
+    if "ssd" not in arch:
+        kw.update(min_size=SIZE, max_size=SIZE)
+    model = DetectorOutputs(get_model(arch, **kw), max_detections=20).eval().requires_grad_(False)
+    x = _x(seed=8)
+    layer, reason = _detection_layer(model, (3, SIZE, SIZE))
+    assert layer.startswith("backbone.") and "backbone" in reason
+    with torch.no_grad():
+        best = model(x)[0, 0]
+    for method in ("gradcam", "saliency"):
+        m = get_method(method)
+        explained = complete(m.steps(model, x, [TargetRequest((Detection(0),))], layer=layer if m.uses_layer
+                                     else None, task="detection"))
+        assert torch.isfinite(explained.maps).all()
+        assert explained.rows.targets[0].label == int(best[5])
+        if float(best[2] - best[0]) > 0 and float(best[3] - best[1]) > 0:   # FCOS at random init: empty boxes
+            torch.testing.assert_close(explained.scores[0], best[4], rtol=1e-5, atol=1e-6)
+    assert hook_free(model)
