@@ -169,6 +169,10 @@ def _torchvision(arch: str, weights: str | None, args: dict[str, Any], *, num_cl
     kwargs = dict(args)
     if num_classes is not None:
         kwargs.setdefault("num_classes", num_classes)
+    if arch in tvm.list_models(module=tvm.detection) or arch in tvm.list_models(module=tvm.segmentation):
+        # Their builders fetch an ImageNet backbone by default: a download at start-up, and a failure offline.
+        # Weights of the whole model come from 'weights'; name a backbone in 'args' to start from one.
+        kwargs.setdefault("weights_backbone", None)
     try:
         module = tvm.get_model(arch, weights=None, **kwargs)
     except Exception as exc:  # noqa: BLE001

@@ -306,6 +306,10 @@ def _warm_up(module: nn.Module, spec: ModelSpec, device: torch.device) -> tuple[
                 torch.cuda.synchronize(device)
             seconds = (time.perf_counter() - t0) / 2
     except Exception as exc:  # noqa: BLE001
+        if spec.task == "detection":
+            raise ConfigError("field 'source': a detection model must follow torchvision's detection API (a list of "
+                              "[C, H, W] images in, a list of {'boxes', 'labels', 'scores'} out); warm-up on "
+                              f"{tuple(dummy.shape)} failed: {exc}") from None
         raise ConfigError(f"field 'input_size': warm-up forward pass on {tuple(dummy.shape)} failed: {exc}") from None
     if spec.task == "detection":
         return _detector_classes(module), seconds

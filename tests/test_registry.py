@@ -150,3 +150,25 @@ def test_torchvision_random_init_with_labels_file(tmp_path):
         m.class_index(7)
     with pytest.raises(NotFound, match="available: tv"):
         reg.get("nope")
+
+
+def test_a_torchvision_detector_entry_loads_offline_with_its_defaults(tmp_path):
+    """task: detection on a torchvision builder: no ImageNet backbone download (weights_backbone defaults to None),
+    [0, 1] inputs (the detector normalises), the class count read off its head, a backbone layer, D-RISE offered and
+    CAM not; a classifier-style output is refused with the field named."""
+    from service.registry import ModelRegistry
+
+    path = tmp_path / "models.yaml"
+    path.write_text("models:\n  - name: det\n    source: torchvision:retinanet_resnet50_fpn\n    task: detection\n"
+                    "    input_size: [96, 96]\n    args: {num_classes: 3, min_size: 96, max_size: 96}\n")
+    registry = ModelRegistry.from_file(path)
+    registry.load_all()
+    model = registry.get("det")
+    assert model.spec.mean == [0.0] and model.spec.std == [1.0]
+    assert model.num_classes == 3 and model.target_layer == "backbone.body.layer4"
+    assert "drise" in model.capabilities.usable_methods and "cam" not in model.capabilities.usable_methods
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("models:\n  - name: det\n    source: torchvision:resnet18\n    task: detection\n"
+                   "    input_size: [64, 64]\n")
+    with pytest.raises(ConfigError, match="field 'source': a detection model must follow torchvision's detection API"):
+        ModelRegistry.from_file(bad).load_all()

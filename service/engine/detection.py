@@ -64,6 +64,10 @@ class DetectorOutputs(nn.Module):
         found = self.detector(list(x))
         n = self.max_detections
         pad = x.new_tensor([0.0, 0.0, 0.0, 0.0, 0.0, -1.0])
+        if not isinstance(found, (list, tuple)) or len(found) != x.shape[0] or not all(
+                isinstance(d, dict) and {"boxes", "labels", "scores"} <= d.keys() for d in found):
+            raise TypeError("the detector must answer one {'boxes', 'labels', 'scores'} dict per image, got "
+                            f"{type(found).__name__}")
         rows = []
         for det in found:
             order = torch.argsort(det["scores"].detach(), descending=True, stable=True)[:n]
