@@ -8,12 +8,18 @@ details that name the operation and the HTTP status only, never a UID or PACS me
 from __future__ import annotations
 
 import io
+import logging
 from typing import Any
 
 from .config import Settings
 from .errors import BadOption, NotFound, PacsTimeout, PacsUnavailable, ServiceUnavailable
 
 __all__ = ["Pacs"]
+
+# dicomweb-client logs the UIDs of every request at INFO, urllib3 every URL (UIDs in the path) at DEBUG: UIDs may
+# identify a patient, so only their warnings and errors reach the service's logs, whatever its log level.
+for _name in ("dicomweb_client", "urllib3.connectionpool"):
+    logging.getLogger(_name).setLevel(logging.WARNING)
 
 
 class Pacs:
@@ -32,8 +38,9 @@ class Pacs:
         session.headers.update(self.headers)
         original = session.request
 
-        def bounded(method: str, url: str, **kwargs: Any) -> Any:  # every PACS request gets the timeout
-            kwargs.setdefault("timeout", (self.timeout, self.timeout))
+        def bounded(method: str, url: str, **kwargs: Any) -> Any:
+            # set, not defaulted: dicomweb-client passes its own timeout (20 s) explicitly on every request
+            kwargs["timeout"] = (self.timeout, self.timeout)
             return original(method, url, **kwargs)
 
         session.request = bounded  # type: ignore[method-assign]

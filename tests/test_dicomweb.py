@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -14,6 +15,7 @@ import pytest
 
 pytest.importorskip("dicomweb_client")
 
+from tests.fake_pacs import FakePacs, closed_port
 from tests.support import make_client, wait_ready
 
 PM, SEG, SR = "1.2.840.10008.5.1.4.1.1.30", "1.2.840.10008.5.1.4.1.1.66.4", "1.2.840.10008.5.1.4.1.1.88.34"
@@ -50,17 +52,119 @@ def test_round_trip_stores_pm_seg_sr_into_the_source_study():
         assert result["source_sop"] in found
 
 
-def test_unreachable_pacs_is_a_502_in_bounded_time():
-    # port 9 (discard) on loopback has no listener here: connection refused at once
-    with make_client(dicomweb_url="http://127.0.0.1:9/dicom-web", dicomweb_timeout=2) as client:
+# --- PACS failures, against a scripted PACS on loopback (no Orthanc needed) ---------------------------------------
+
+PACS_TIMEOUT = 1.0
+REFERENCE = {"study": "1.2.826.0.1.3680043.2.1125.1", "series": "1.2.826.0.1.3680043.2.1125.2",
+             "instance": "1.2.826.0.1.3680043.2.1125.3"}
+
+
+@pytest.fixture(scope="module")
+def pacs():
+    with FakePacs() as fake:
+        yield fake
+
+
+@pytest.fixture(scope="module")
+def pacs_client(pacs):
+    with make_client(dicomweb_url=pacs.url, dicomweb_timeout=PACS_TIMEOUT) as client:
         wait_ready(client)
-        started = time.monotonic()
-        response = client.post("/dicomweb/explain/gradcam", json={"study": "1.2", "series": "1.2.3",
-                                                                  "instance": "1.2.3.4", "outputs": ["dicom-pm"]})
-        assert time.monotonic() - started < 10
-    assert response.status_code == 502
+        yield client
+
+
+@pytest.fixture()
+def mode(pacs):
+    """Set the scripted PACS's behaviour for one test."""
+    def set_mode(value: str) -> FakePacs:
+        pacs.mode = value
+        return pacs
+
+    yield set_mode
+    pacs.mode = "ok"
+    pacs.stored.clear()
+
+
+def _timed_post(client, path: str, body: dict) -> tuple[object, float]:
+    started = time.monotonic()
+    response = client.post(path, json=body)
+    return response, time.monotonic() - started
+
+
+def _assert_problem(response, status: int) -> dict:
+    assert response.status_code == status, response.text
     assert response.headers["content-type"].startswith("application/problem+json")
-    assert "1.2.3.4" not in response.text
+    problem = response.json()
+    for uid in REFERENCE.values():  # UIDs may identify a patient: never echoed in an error
+        assert uid not in response.text
+    return problem
+
+
+def test_a_pacs_that_never_answers_is_a_504_within_the_configured_timeout(pacs_client, mode):
+    mode("silent")
+    response, elapsed = _timed_post(pacs_client, "/dicomweb/explain/gradcam", {**REFERENCE, "outputs": ["dicom-pm"]})
+    problem = _assert_problem(response, 504)
+    assert PACS_TIMEOUT * 0.9 <= elapsed < PACS_TIMEOUT + 4, elapsed
+    assert "retrieve" in problem["detail"] and f"{PACS_TIMEOUT:g} s" in problem["detail"]
+
+
+def test_a_store_that_never_answers_is_a_504_too(pacs_client, mode):
+    mode("store-silent")  # the fetch works, then STOW-RS hangs: bounded by the same timeout
+    response, elapsed = _timed_post(pacs_client, "/dicomweb/localize",
+                                    {**REFERENCE, "outputs": ["dicom-sr"], "store": True})
+    problem = _assert_problem(response, 504)
+    assert "store" in problem["detail"] and elapsed < PACS_TIMEOUT + 10, elapsed
+
+
+def test_unreachable_pacs_is_a_502_in_bounded_time():
+    with make_client(dicomweb_url=f"http://127.0.0.1:{closed_port()}/dicom-web", dicomweb_timeout=2) as client:
+        wait_ready(client)
+        response, elapsed = _timed_post(client, "/dicomweb/explain/gradcam", {**REFERENCE, "outputs": ["dicom-pm"]})
+    assert elapsed < 10
+    problem = _assert_problem(response, 502)
+    assert "could not be reached" in problem["detail"]
+
+
+def test_a_pacs_answering_5xx_is_a_502_naming_the_status(pacs_client, mode):
+    mode("broken")
+    problem = _assert_problem(pacs_client.post("/dicomweb/localize", json=REFERENCE), 502)
+    assert "HTTP 503" in problem["detail"] and "retrieve" in problem["detail"]
+
+
+def test_a_failing_store_is_a_502(pacs_client, mode):
+    pacs = mode("store-fails")
+    problem = _assert_problem(pacs_client.post("/dicomweb/explain/gradcam",
+                                               json={**REFERENCE, "outputs": ["dicom-pm"], "store": True}), 502)
+    assert "store" in problem["detail"] and "HTTP 500" in problem["detail"]
+    assert pacs.stored == []
+
+
+def test_a_missing_instance_is_a_404(pacs_client, mode):
+    mode("missing")
+    problem = _assert_problem(pacs_client.post("/dicomweb/explain/gradcam", json=REFERENCE), 404)
+    assert "no such instance" in problem["detail"]
+
+
+def test_store_sends_the_results_and_answers_their_uids(pacs_client, mode, caplog):
+    import logging
+
+    import pydicom
+
+    caplog.set_level(logging.DEBUG)
+    pacs = mode("ok")
+    response = pacs_client.post("/dicomweb/explain/gradcam",
+                                json={**REFERENCE, "outputs": ["dicom-pm", "dicom-seg"], "store": True, "top_k": 1})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    received = [pydicom.dcmread(io.BytesIO(blob)) for blob in pacs.stored]
+    assert sorted(str(ds.SOPClassUID) for ds in received) == sorted([PM, SEG])
+    assert body["stored"] == [str(ds.SOPInstanceUID) for ds in received]
+    assert f"GET /dicom-web/studies/{REFERENCE['study']}/series/{REFERENCE['series']}/instances/" \
+           f"{REFERENCE['instance']}" in pacs.requests
+    # the request's UIDs stay out of the logs (dicomweb-client logs them at INFO)
+    assert not any(uid in record.getMessage() for record in caplog.records for uid in REFERENCE.values())
+    without_store = pacs_client.post("/dicomweb/explain/gradcam", json={**REFERENCE, "outputs": ["dicom-pm"]})
+    assert without_store.status_code == 200 and without_store.json()["stored"] == []
+    assert len(pacs.stored) == 2  # nothing more was sent
 
 
 def test_without_a_pacs_configured_the_endpoint_is_503_and_bad_uids_are_400():
