@@ -242,3 +242,36 @@ def test_accept_dicom_with_two_kinds_is_a_422_naming_outputs(client):
                            data={"outputs": "dicom-pm,dicom-seg"}, headers={"Accept": "application/dicom"})
     assert response.status_code == 422
     assert [error["field"] for error in response.json()["errors"]] == ["outputs"]
+
+
+# --- conditional requests: DICOM results are new objects every time ------------------------------------------------
+
+def test_dicom_results_carry_no_etag_and_are_never_304(client):
+    import base64
+    from pathlib import Path
+
+    data = Path(get_testdata_file("CT_small.dcm")).read_bytes()
+    image = {"image": ("ct.dcm", data, "application/dicom")}
+    plain = client.post("/explain/gradcam", files=image, data={"outputs": "heatmap"})
+    assert plain.status_code == 200 and plain.headers["etag"].startswith('W/"')
+    # the same maps without DICOM outputs are tagged, and "*" is then answered 304
+    assert client.post("/explain/gradcam", files=image, data={"outputs": "heatmap"},
+                       headers={"If-None-Match": "*"}).status_code == 304
+
+    uids = set()
+    for headers in ({}, {"If-None-Match": "*"}, {"If-None-Match": plain.headers["etag"]}):
+        response = client.post("/explain/gradcam", files=image, data={"outputs": "heatmap,dicom-pm"}, headers=headers)
+        assert response.status_code == 200, response.text
+        assert "etag" not in response.headers and response.headers["x-cache"] == "hit"  # maps cached, objects new
+        blob = base64.b64decode(response.json()["explanations"][0]["dicom"]["pm"])
+        uids.add(pydicom.dcmread(io.BytesIO(blob)).SOPInstanceUID)
+    assert len(uids) == 3
+
+    alone = client.post("/explain/gradcam", files=image, data={"outputs": "dicom-seg"},
+                        headers={"Accept": "application/dicom", "If-None-Match": "*"})
+    assert alone.status_code == 200 and alone.headers["content-type"] == "application/dicom"
+    assert "etag" not in alone.headers
+    report = client.post("/localize", files=image, data={"outputs": "dicom-sr"}, headers={"If-None-Match": "*"})
+    assert report.status_code == 200 and "etag" not in report.headers and report.json()["dicom"]["sr"]
+    boxes = client.post("/localize", files=image, headers={"If-None-Match": "*"})
+    assert boxes.status_code == 304  # without the SR, localize stays conditional

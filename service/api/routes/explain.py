@@ -41,10 +41,9 @@ async def explain(request: Request, response: Response, runtime: RuntimeDep, cal
         return accepted(await explain_handler.explain_async(runtime, method, data, opts, extras, call))
     as_dicom = wants_dicom(request, opts.outputs)
     # ``if_none_match`` documents the header; the parser reads every line of it, not only the first.
-    held = None if as_dicom else parse_if_none_match(request.headers.getlist("if-none-match"))
+    held = parse_if_none_match(request.headers.getlist("if-none-match"))
     result = await unless_disconnected(request, explain_handler.explain(runtime, method, data, opts, extras, call,
                                                                         held))
     if as_dicom and result.body is not None:
-        return dicom_response([item.dicom for item in result.body.explanations], result.etag,
-                              "hit" if result.cache_hit else "miss")
+        return dicom_response([item.dicom for item in result.body.explanations], "hit" if result.cache_hit else "miss")
     return answer(result, response)

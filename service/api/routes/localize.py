@@ -33,8 +33,8 @@ async def localize(request: Request, response: Response, runtime: RuntimeDep, ca
         return accepted(await localize_handler.localize_async(runtime, data, opts, extras, call))
     as_dicom = wants_dicom(request, opts.outputs)
     # ``if_none_match`` documents the header; the parser reads every line of it, not only the first.
-    held = None if as_dicom else parse_if_none_match(request.headers.getlist("if-none-match"))
+    held = parse_if_none_match(request.headers.getlist("if-none-match"))
     result = await unless_disconnected(request, localize_handler.localize(runtime, data, opts, extras, call, held))
     if as_dicom and result.body is not None:
-        return dicom_response([result.body.dicom], result.etag, "hit" if result.cache_hit else "miss")
+        return dicom_response([result.body.dicom], "hit" if result.cache_hit else "miss")
     return answer(result, response)
