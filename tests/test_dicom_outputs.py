@@ -275,3 +275,44 @@ def test_dicom_results_carry_no_etag_and_are_never_304(client):
     assert report.status_code == 200 and "etag" not in report.headers and report.json()["dicom"]["sr"]
     boxes = client.post("/localize", files=image, headers={"If-None-Match": "*"})
     assert boxes.status_code == 304  # without the SR, localize stays conditional
+
+
+# --- asynchronous jobs: the job's result holds the same DICOM objects --------------------------------------------
+
+def _job_result(client, response) -> dict:
+    import time
+
+    assert response.status_code == 202, response.text
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        doc = client.get(response.headers["location"]).json()
+        if doc["status"] not in ("queued", "running"):
+            assert doc["status"] == "done", doc
+            return doc["result"]
+        time.sleep(0.05)
+    raise AssertionError("the job did not finish in 120 s")
+
+
+def test_an_async_job_returns_dicom_objects_that_read_back(client):
+    import base64
+    from pathlib import Path
+
+    data = Path(get_testdata_file("MR_small.dcm")).read_bytes()
+    image = {"image": ("mr.dcm", data, "application/dicom")}
+    # saliency, not the other tests' gradcam: the job computes its maps instead of finding them cached
+    result = _job_result(client, client.post("/explain/saliency", files=image, data={"outputs": "raw,dicom-pm"},
+                                             headers={"Prefer": "respond-async"}))
+    explanation = result["explanations"][0]
+    source = _source("MR_small.dcm")
+    pm = hd.pm.ParametricMap.from_dataset(pydicom.dcmread(io.BytesIO(base64.b64decode(explanation["dicom"]["pm"]))))
+    np.testing.assert_allclose(np.squeeze(pm.pixel_array), source_grid_map(_raw(explanation), source), atol=1e-6)
+    assert pm.StudyInstanceUID == source.StudyInstanceUID
+    assert pm.SharedFunctionalGroupsSequence[0].RealWorldValueMappingSequence[0] \
+        .QuantityDefinitionSequence[0].ConceptCodeSequence[0].CodeValue == "130404"  # Saliency
+    assert source.PatientID not in str({**explanation, "dicom": None})
+
+    report = _job_result(client, client.post("/localize", files=image,
+                                             data={"outputs": "dicom-sr", "method": "saliency"},
+                                             headers={"Prefer": "respond-async"}))
+    sr = hd.sr.Comprehensive3DSR.from_dataset(pydicom.dcmread(io.BytesIO(base64.b64decode(report["dicom"]["sr"]))))
+    assert len(sr.content.get_planar_roi_measurement_groups()) == len(report["boxes"])
