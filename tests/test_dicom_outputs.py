@@ -96,6 +96,21 @@ def test_every_object_passes_dciodvfy(name, tmp_path):
         assert _dciodvfy_errors(data, tmp_path) == [], kind
 
 
+@pytest.mark.skipif(shutil.which("dciodvfy") is None, reason="dciodvfy (Debian dicom3tools) is not installed")
+@pytest.mark.parametrize("name", SOURCES)
+def test_fractional_segmentation_passes_dciodvfy_and_holds_the_normalised_map(name, tmp_path):
+    source = _source(name)
+    out = build_outputs(["dicom-seg"], source, _map(), overlay_rgb=None, threshold=0.5, label="lesion",
+                        method="gradcam", family="cam", model="demo", version="1.2.3", fractional=True)
+    assert _dciodvfy_errors(out["seg"], tmp_path) == []
+    seg = hd.seg.Segmentation.from_dataset(pydicom.dcmread(io.BytesIO(out["seg"])))
+    assert seg.SegmentationType == "FRACTIONAL"
+    grid = source_grid_map(_map(), source)
+    values = np.squeeze(seg.pixel_array).astype(np.float64) / float(seg.MaximumFractionalValue)
+    # stored as 8-bit fractions (of MaximumFractionalValue): within one step of the normalised map
+    np.testing.assert_allclose(values, np.clip(grid / grid.max(), 0, 1), atol=1 / 255 + 1e-6)
+
+
 def test_uids_are_new_per_object():
     _, first = _build("CT_small.dcm", ["dicom-pm"])
     _, second = _build("CT_small.dcm", ["dicom-pm"])
