@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import io
 import logging
+import re
 from typing import Any
 
 from .config import Settings
-from .errors import BadOption, NotFound, PacsTimeout, PacsUnavailable, ServiceUnavailable
+from .errors import BadOption, FieldError, NotFound, PacsTimeout, PacsUnavailable, ServiceUnavailable
 
 __all__ = ["Pacs"]
+
+_UID = re.compile(r"[0-9]+(\.[0-9]+)*")  # DICOM_UID_PATTERN of the API schemas
 
 # dicomweb-client logs the UIDs of every request at INFO, urllib3 every URL (UIDs in the path) at DEBUG: UIDs may
 # identify a patient, so only their warnings and errors reach the service's logs, whatever its log level.
@@ -52,8 +55,10 @@ class Pacs:
     def fetch(self, study: str, series: str, instance: str) -> bytes:
         """Part 10 bytes of one instance (WADO-RS)."""
         for name, value in (("study", study), ("series", series), ("instance", instance)):
-            if not value or len(value) > 64 or not all(c.isdigit() or c == "." for c in value):
-                raise BadOption(f"{name} must be a DICOM UID (digits and dots, at most 64)")
+            # the ASCII pattern dicomweb-client checks too (str.isdigit() would pass "٣", which it then refuses)
+            if len(value) > 64 or not _UID.fullmatch(value):
+                raise BadOption(f"{name} must be a DICOM UID (components of ASCII digits joined by dots, at most 64 "
+                                f"characters)", errors=[FieldError(name, "a DICOM UID")])
         dataset = self._call("retrieve", lambda client: client.retrieve_instance(study, series, instance))
         buffer = io.BytesIO()
         dataset.save_as(buffer, enforce_file_format=True)

@@ -178,3 +178,12 @@ def test_without_a_pacs_configured_the_endpoint_is_503_and_bad_uids_are_400():
         assert response.status_code == 400
         response = client.post("/dicomweb/localize", json={"series": "1.2.3", "instance": "1.2.3.4"})
         assert response.status_code == 400 and response.json()["errors"][0]["field"] == "study"
+
+
+@pytest.mark.parametrize("uid", ["1.\u0663", "1..2", "1.2.", "", "1" * 65, "1.2/3"])
+def test_a_malformed_uid_is_a_400_naming_it_before_any_pacs_request(pacs_client, pacs, uid):
+    before = len(pacs.requests)
+    response = pacs_client.post("/dicomweb/explain/gradcam", json={**REFERENCE, "series": uid})
+    problem = _assert_problem(response, 400)
+    assert [error["field"] for error in problem["errors"]] == ["series"]
+    assert len(pacs.requests) == before

@@ -14,9 +14,18 @@ from fastapi import Request, Response
 
 from ..errors import FieldError, InvalidOption
 
-__all__ = ["DICOM_MEDIA_TYPE", "dicom_response", "wants_dicom"]
+__all__ = ["DICOM_MEDIA_TYPE", "dicom_response", "with_dicom_alternative", "wants_dicom"]
 
 DICOM_MEDIA_TYPE = "application/dicom"
+
+
+def with_dicom_alternative(responses: dict[int | str, dict[str, Any]]) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` whose 200 also documents the application/dicom representation (a copy)."""
+    ok = dict(responses.get(200, {"description": "Successful Response"}))
+    ok["description"] = (f"{ok.get('description', 'Successful Response')}. With Accept: {DICOM_MEDIA_TYPE} and "
+                         "exactly one dicom-* output for one target: that DICOM object itself (Part 10), no ETag.")
+    ok["content"] = {**ok.get("content", {}), DICOM_MEDIA_TYPE: {"schema": {"type": "string", "format": "binary"}}}
+    return {**responses, 200: ok}
 
 
 def wants_dicom(request: Request, outputs: list[str]) -> bool:

@@ -225,6 +225,44 @@ class LocalizeResponse(BaseModel):
                                          "carries the source's patient and study, nothing else here does.")
 
 
+# ---------------------------------------------------------------------------------------------------- DICOMweb
+
+#: A DICOM UID as the PACS requests take it: dot-separated components of ASCII digits (at most 64 characters).
+DICOM_UID_PATTERN = r"^[0-9]+(\.[0-9]+)*$"
+
+
+class DicomwebReference(BaseModel):
+    """The PACS instance of a ``/dicomweb/*`` request, and whether its DICOM results go back; the endpoint's usual
+    options are members of the same JSON object."""
+
+    study: str = Field(pattern=DICOM_UID_PATTERN, max_length=64, description="Study Instance UID.")
+    series: str = Field(pattern=DICOM_UID_PATTERN, max_length=64, description="Series Instance UID.")
+    instance: str = Field(pattern=DICOM_UID_PATTERN, max_length=64, description="SOP Instance UID.")
+    store: bool = Field(False, description="Write the DICOM results (the dicom-* outputs) back to the PACS by "
+                                           "STOW-RS; they land in the source's study.")
+
+
+_STORED_DESCRIPTION = ("SOP Instance UIDs of the DICOM results the PACS accepted (STOW-RS), in the order of the "
+                       "body's objects; empty without store or without dicom-* outputs.")
+
+
+class DicomwebExplainResponse(ExplainResponse):
+    stored: list[str] = Field(description=_STORED_DESCRIPTION)
+
+
+class DicomwebLocalizeResponse(LocalizeResponse):
+    stored: list[str] = Field(description=_STORED_DESCRIPTION)
+
+
+def dicomweb_request_body(options_model: type[BaseModel]) -> dict[str, Any]:
+    """OpenAPI ``requestBody`` of a ``/dicomweb/*`` endpoint: one JSON object with the reference and the options."""
+    properties = {**DicomwebReference.model_json_schema()["properties"],
+                  **options_model.model_json_schema().get("properties", {})}
+    schema = {"type": "object", "required": ["study", "series", "instance"], "properties": properties,
+              "additionalProperties": False}
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+
+
 class MethodParam(BaseModel):
     type: str
     default: Any = None
