@@ -187,3 +187,14 @@ def test_a_malformed_uid_is_a_400_naming_it_before_any_pacs_request(pacs_client,
     problem = _assert_problem(response, 400)
     assert [error["field"] for error in problem["errors"]] == ["series"]
     assert len(pacs.requests) == before
+
+
+@pytest.mark.parametrize(("member", "status"), [({"all_components": 0}, 422), ({"store": "true"}, 400),
+                                                ({"store": 1}, 400), ({"study": 12}, 400)])
+def test_a_boolean_or_uid_of_the_wrong_type_is_refused(pacs_client, pacs, member, status):
+    # 0 is not false (pydantic alone would take it), "true" is not true in JSON, 12 is not a UID string
+    before = len(pacs.requests)
+    response = pacs_client.post("/dicomweb/localize", json={**REFERENCE, **member})
+    problem = _assert_problem(response, status)
+    assert [error["field"] for error in problem["errors"]] == list(member)
+    assert len(pacs.requests) == before

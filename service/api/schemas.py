@@ -1,8 +1,9 @@
 """Pydantic v2 schemas of the HTTP contract (kept apart from engine and registry types).
 
-Request options share :class:`RequestOptions`: unknown members are refused, NaN/inf are refused, and number fields
+Request options share :class:`RequestOptions`: unknown members are refused, NaN/inf are refused, number fields
 take only numbers — never booleans (``"seed": false`` is not 0) and, from form fields, only ASCII digits (``"¹"``,
-``"١"`` or ``"1_000"`` are malformed, though Python would read some of them). Fixed-length arrays are described as
+``"١"`` or ``"1_000"`` are malformed, though Python would read some of them) — and boolean fields never numbers
+(``0`` is not false). Fixed-length arrays are described as
 arrays with ``minItems``/``maxItems`` rather than tuple typing (``prefixItems``), which several OpenAPI tools and
 client generators cannot read.
 """
@@ -41,6 +42,14 @@ def _target_input(value: Any) -> Any:
     return value
 
 
+def _boolean_input(value: Any) -> Any:
+    # a JSON boolean or a form field's text ("true", "false", ...); pydantic alone would also take 0 and 1
+    if not isinstance(value, bool | str):
+        raise ValueError("expected a boolean (true or false)")
+    return value
+
+
+Bool = Annotated[bool, BeforeValidator(_boolean_input)]
 Int = Annotated[int, BeforeValidator(_integer_input)]
 Number = Annotated[float, BeforeValidator(_number_input)]
 Target = Annotated[int | str, BeforeValidator(_target_input)]
@@ -190,7 +199,7 @@ class LocalizeOptions(ImageOptions):
     layer: str | None = Field(None, max_length=200, description="Target layer for CAM methods.")
     threshold: Number | None = Field(None, gt=0, le=1, description="Fraction of the map's maximum (default: the "
                                      "model's calibrated value, else 0.15).")
-    all_components: bool = Field(False, description="Box every connected component instead of the largest.")
+    all_components: Bool = Field(False, description="Box every connected component instead of the largest.")
     min_area: Int = Field(0, ge=0, le=10**9, description="With all_components: smallest component kept, in pixels.")
     outputs: list[Literal["dicom-sr"]] = Field(default_factory=list, max_length=1,
                                                description="dicom-sr (DICOM inputs): the boxes as a TID 1500 "
@@ -254,12 +263,14 @@ class DicomwebLocalizeResponse(LocalizeResponse):
     stored: list[str] = Field(description=_STORED_DESCRIPTION)
 
 
-def dicomweb_request_body(options_model: type[BaseModel]) -> dict[str, Any]:
-    """OpenAPI ``requestBody`` of a ``/dicomweb/*`` endpoint: one JSON object with the reference and the options."""
-    properties = {**DicomwebReference.model_json_schema()["properties"],
-                  **options_model.model_json_schema().get("properties", {})}
-    schema = {"type": "object", "required": ["study", "series", "instance"], "properties": properties,
-              "additionalProperties": False}
+def dicomweb_request_body(endpoint: str) -> dict[str, Any]:
+    """OpenAPI ``requestBody`` of a ``/dicomweb/*`` endpoint: one JSON object, the reference and the options of
+    ``endpoint``. The options are named, not typed, here: they are validated exactly as that endpoint's (the same
+    leniencies: a lone target, comma-separated outputs, numbers as text), which its own request body documents."""
+    schema = {"type": "object", "required": ["study", "series", "instance"],
+              "properties": DicomwebReference.model_json_schema()["properties"], "additionalProperties": True,
+              "description": f"The instance, store, and the options of {endpoint} (model, target, top_k, outputs, "
+                             f"...; see its request body) as further members."}
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
 
 

@@ -47,7 +47,7 @@ def _split_extras(raw: dict[str, Any], names: frozenset[str], model: type) -> di
 
 @router.post("/dicomweb/explain/{method}", response_model=DicomwebExplainResponse, response_model_exclude_unset=True,
              summary="Explain an instance fetched from the PACS (WADO-RS); with store, write the DICOM results back "
-             "(STOW-RS)", responses=_PROBLEMS, openapi_extra=dicomweb_request_body(ExplainOptions))
+             "(STOW-RS)", responses=_PROBLEMS, openapi_extra=dicomweb_request_body("POST /explain/{method}"))
 async def dicomweb_explain(request: Request, runtime: RuntimeDep, call: CallDep,
                            method: str = Path(max_length=64, description="See GET /methods.")
                            ) -> DicomwebExplainResponse:
@@ -62,7 +62,7 @@ async def dicomweb_explain(request: Request, runtime: RuntimeDep, call: CallDep,
 
 @router.post("/dicomweb/localize", response_model=DicomwebLocalizeResponse, response_model_exclude_unset=True,
              summary="Boxes for an instance fetched from the PACS; with store, write the SR back (STOW-RS)",
-             responses=_PROBLEMS, openapi_extra=dicomweb_request_body(LocalizeOptions))
+             responses=_PROBLEMS, openapi_extra=dicomweb_request_body("POST /localize"))
 async def dicomweb_localize(request: Request, runtime: RuntimeDep, call: CallDep) -> DicomwebLocalizeResponse:
     reference, store, raw = await _reference_and_options(request)
     names = localize_handler.param_names(raw)
