@@ -100,4 +100,7 @@ def _auth_header(settings: Settings) -> dict[str, str]:
     except OSError:
         raise ServiceUnavailable("the PACS credentials file cannot be read") from None
     name, _, value = line.partition(":")
-    return {name.strip(): value.strip()} if name.strip() and value.strip() else {}
+    if not (name.strip() and value.strip()) or "\n" in line:
+        # refused rather than ignored: requests without the credentials would fail at the PACS, less clearly
+        raise ServiceUnavailable("the PACS credentials file must hold one 'Header-Name: value' line")
+    return {name.strip(): value.strip()}

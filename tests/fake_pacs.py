@@ -30,6 +30,7 @@ class FakePacs:
         self.instance = instance
         self.stored: list[bytes] = []
         self.requests: list[str] = []
+        self.headers: list[dict[str, str]] = []  # of each request, in order
         self._release = threading.Event()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
@@ -54,6 +55,7 @@ class FakePacs:
 
             def do_GET(self) -> None:
                 pacs.requests.append(f"GET {self.path}")
+                pacs.headers.append(dict(self.headers))
                 if pacs.mode == "silent":
                     pacs._release.wait(120)
                     return
@@ -70,6 +72,7 @@ class FakePacs:
 
             def do_POST(self) -> None:
                 pacs.requests.append(f"POST {self.path}")
+                pacs.headers.append(dict(self.headers))
                 body = self._read_body()
                 if pacs.mode in ("silent", "store-silent"):
                     pacs._release.wait(120)

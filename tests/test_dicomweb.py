@@ -198,3 +198,27 @@ def test_a_boolean_or_uid_of_the_wrong_type_is_refused(pacs_client, pacs, member
     problem = _assert_problem(response, status)
     assert [error["field"] for error in problem["errors"]] == list(member)
     assert len(pacs.requests) == before
+
+
+def test_the_auth_file_header_goes_to_the_pacs_and_nowhere_else(pacs, mode, tmp_path, caplog):
+    import logging
+
+    caplog.set_level(logging.DEBUG)
+    mode("ok")
+    secret = "Bearer s3cr3t-token"
+    auth = tmp_path / "pacs-auth"
+    auth.write_text(f"Authorization: {secret}\n")
+    with make_client(dicomweb_url=pacs.url, dicomweb_auth_file=auth, dicomweb_timeout=PACS_TIMEOUT) as client:
+        wait_ready(client)
+        before = len(pacs.headers)
+        response = client.post("/dicomweb/localize", json={**REFERENCE, "store": True, "outputs": ["dicom-sr"]})
+        assert response.status_code == 200, response.text
+        assert [headers.get("Authorization") for headers in pacs.headers[before:]] == [secret, secret]  # GET, STOW
+        assert secret not in response.text
+        assert not any("s3cr3t" in record.getMessage() for record in caplog.records)
+        auth.write_text("no header here\n")  # read per request: a broken file is a clear 503, not a silent drop
+        problem = _assert_problem(client.post("/dicomweb/localize", json=REFERENCE), 503)
+        assert "credentials file" in problem["detail"] and "no header" not in problem["detail"]
+        auth.unlink()
+        problem = _assert_problem(client.post("/dicomweb/localize", json=REFERENCE), 503)
+        assert "cannot be read" in problem["detail"]
