@@ -222,3 +222,26 @@ def test_the_auth_file_header_goes_to_the_pacs_and_nowhere_else(pacs, mode, tmp_
         auth.unlink()
         problem = _assert_problem(client.post("/dicomweb/localize", json=REFERENCE), 503)
         assert "cannot be read" in problem["detail"]
+
+
+HOSTILE = [True, False, None, [], {}, [[1]], 2**70, -0.0, 0.5, "¹", "a\x00b", "", "x" * 5000, [None], "1.2", "0"]
+
+
+def _dicomweb_options() -> list[tuple[str, str]]:
+    from service.api.schemas import DicomwebReference, ExplainOptions, LocalizeOptions
+
+    reference = list(DicomwebReference.model_fields)
+    return ([("/dicomweb/explain/gradcam", name) for name in reference + list(ExplainOptions.model_fields)]
+            + [("/dicomweb/localize", name) for name in reference + list(LocalizeOptions.model_fields)])
+
+
+@pytest.mark.parametrize(("path", "option"), _dicomweb_options(), ids=[f"{p}:{o}" for p, o in _dicomweb_options()])
+def test_hostile_option_values_get_an_answer_or_a_problem_never_a_5xx(pacs_client, mode, path, option):
+    mode("ok")
+    for value in HOSTILE:
+        response = pacs_client.post(path, json={**REFERENCE, "timeout": 20, option: value})
+        what = f"{path} {option}={str(value)[:20]!r}"
+        assert response.status_code < 500, f"{what}: {response.status_code} {response.text[:300]}"
+        if response.status_code >= 400:
+            assert response.headers["content-type"].startswith("application/problem+json"), what
+            assert all(set(item) == {"field", "message"} for item in response.json().get("errors", [])), what
