@@ -41,7 +41,7 @@ COMMANDS: dict[str, str] = {  # name -> summary; the service's `xaas --help` sho
     "impression": "a class impression: an input optimised for a class (background job)",
     "dicomweb": "explain or localize an instance of the server's PACS (DICOMweb), optionally storing the DICOM results",
 }
-# The DICOM result asked for when --outputs is not given, and the outputs each action accepts.
+# dicomweb actions, each with the DICOM result it asks for when --outputs is not given.
 _DICOM_DEFAULT = {"explain": "dicom-pm", "localize": "dicom-sr"}
 
 Ask = Callable[[Client, Path], Any]
