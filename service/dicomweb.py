@@ -1,6 +1,7 @@
 """The PACS over DICOMweb (``dicomweb-client``): WADO-RS fetch of one instance, STOW-RS store of results.
 
-Every request has a bounded timeout (``XAAS_DICOMWEB_TIMEOUT``, connect and read); PACS failures become
+Every request has a bounded timeout (``XAAS_DICOMWEB_TIMEOUT``: on the connection and each read here, on the whole
+request in :mod:`service.handlers.dicomweb`, which awaits it); PACS failures become
 :class:`PacsUnavailable` (502), :class:`PacsTimeout` (504) or :class:`NotFound` (404, a missing instance), with
 details that name the operation and the HTTP status only, never a UID or PACS message (they may identify a patient).
 """
@@ -79,7 +80,7 @@ class Pacs:
         try:
             return work(self._client())
         except requests.exceptions.Timeout:
-            raise PacsTimeout(f"the PACS did not answer the {operation} request within {self.timeout:g} s") from None
+            raise PacsTimeout(operation, self.timeout) from None
         except requests.exceptions.HTTPError as exc:
             status = exc.response.status_code if exc.response is not None else None
             if status == 404 and operation == "retrieve":

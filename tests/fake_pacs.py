@@ -7,7 +7,9 @@
 - ``"missing"``: every request is a 404; ``"broken"``: every request is a 503;
 - ``"store-fails"``: WADO-RS as ``"ok"``, STOW-RS a 500;
 - ``"silent"``: connections are accepted and read, then never answered (until the fake stops); ``"store-silent"``:
-  WADO-RS as ``"ok"``, STOW-RS never answered.
+  WADO-RS as ``"ok"``, STOW-RS never answered;
+- ``"trickle"``: WADO-RS answers its headers, then one byte of the body every 0.2 s (for at most 30 s), so that no
+  single read ever waits long enough for a socket timeout.
 """
 
 from __future__ import annotations
@@ -61,6 +63,18 @@ class FakePacs:
                     return
                 if pacs.mode in ("missing", "broken"):
                     self._empty(404 if pacs.mode == "missing" else 503)
+                    return
+                if pacs.mode == "trickle":
+                    self.send_response(200)
+                    self.send_header("Content-Type", f'multipart/related; type="application/dicom"; '
+                                                     f'boundary={BOUNDARY}')
+                    self.send_header("Content-Length", "1000000")
+                    self.end_headers()
+                    for _ in range(150):
+                        if pacs._release.wait(0.2):
+                            return
+                        self.wfile.write(b"-")
+                        self.wfile.flush()
                     return
                 body = (f"--{BOUNDARY}\r\nContent-Type: application/dicom\r\n\r\n".encode() + pacs.instance
                         + f"\r\n--{BOUNDARY}--\r\n".encode())

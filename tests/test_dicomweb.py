@@ -54,7 +54,7 @@ def test_round_trip_stores_pm_seg_sr_into_the_source_study():
 
 # --- PACS failures, against a scripted PACS on loopback (no Orthanc needed) ---------------------------------------
 
-PACS_TIMEOUT = 1.0
+PACS_TIMEOUT = 2.0
 REFERENCE = {"study": "1.2.826.0.1.3680043.2.1125.1", "series": "1.2.826.0.1.3680043.2.1125.2",
              "instance": "1.2.826.0.1.3680043.2.1125.3"}
 
@@ -105,6 +105,14 @@ def test_a_pacs_that_never_answers_is_a_504_within_the_configured_timeout(pacs_c
     problem = _assert_problem(response, 504)
     assert PACS_TIMEOUT * 0.9 <= elapsed < PACS_TIMEOUT + 4, elapsed
     assert "retrieve" in problem["detail"] and f"{PACS_TIMEOUT:g} s" in problem["detail"]
+
+
+def test_a_pacs_that_trickles_its_answer_is_a_504_within_the_timeout_too(pacs_client, mode):
+    mode("trickle")  # every read gets a byte in time: only a bound on the whole request ends it
+    response, elapsed = _timed_post(pacs_client, "/dicomweb/explain/gradcam", {**REFERENCE, "outputs": ["dicom-pm"]})
+    problem = _assert_problem(response, 504)
+    assert PACS_TIMEOUT * 0.9 <= elapsed < PACS_TIMEOUT + 4, elapsed
+    assert "retrieve" in problem["detail"]
 
 
 def test_a_store_that_never_answers_is_a_504_too(pacs_client, mode):
