@@ -8,6 +8,7 @@ details that name the operation and the HTTP status only, never a UID or PACS me
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import re
@@ -33,6 +34,14 @@ class Pacs:
         self.url = settings.dicomweb_url.rstrip("/")
         self.timeout = float(settings.dicomweb_timeout)
         self.headers = _auth_header(settings)
+        self._answers: list[Any] = []  # responses whose body may still be read (see abort)
+
+    def abort(self) -> None:
+        """Stop reading the answers in flight (from another thread): a request past its deadline frees its thread
+        now instead of at the end of a slow body. The blocked read fails, and that request's result is dropped."""
+        for response in list(self._answers):
+            with contextlib.suppress(Exception):  # best effort: the response may be finished or closed already
+                response.raw.shutdown()
 
     def _client(self) -> Any:
         import requests
@@ -48,6 +57,8 @@ class Pacs:
             return original(method, url, **kwargs)
 
         session.request = bounded  # type: ignore[method-assign]
+        # requests calls response hooks once the headers are in, before it reads the body: abort() can reach it
+        session.hooks["response"].append(lambda response, *args, **kwargs: self._answers.append(response))
         client = DICOMwebClient(url=self.url, session=session)
         # no hidden retries with exponential back-off: the answer's time stays bounded by one timeout per request
         client.set_http_retry_params(retry=False)

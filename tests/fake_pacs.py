@@ -34,6 +34,7 @@ class FakePacs:
         self.requests: list[str] = []
         self.headers: list[dict[str, str]] = []  # of each request, in order
         self._release = threading.Event()
+        self.hung_up = threading.Event()  # set when a client closes a trickled answer
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}/dicom-web"
@@ -73,8 +74,12 @@ class FakePacs:
                     for _ in range(150):
                         if pacs._release.wait(0.2):
                             return
-                        self.wfile.write(b"-")
-                        self.wfile.flush()
+                        try:
+                            self.wfile.write(b"-")
+                            self.wfile.flush()
+                        except OSError:  # the client hung up
+                            pacs.hung_up.set()
+                            return
                     return
                 body = (f"--{BOUNDARY}\r\nContent-Type: application/dicom\r\n\r\n".encode() + pacs.instance
                         + f"\r\n--{BOUNDARY}--\r\n".encode())

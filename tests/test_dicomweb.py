@@ -108,11 +108,14 @@ def test_a_pacs_that_never_answers_is_a_504_within_the_configured_timeout(pacs_c
 
 
 def test_a_pacs_that_trickles_its_answer_is_a_504_within_the_timeout_too(pacs_client, mode):
-    mode("trickle")  # every read gets a byte in time: only a bound on the whole request ends it
+    pacs = mode("trickle")  # every read gets a byte in time: only a bound on the whole request ends it
+    pacs.hung_up.clear()
     response, elapsed = _timed_post(pacs_client, "/dicomweb/explain/gradcam", {**REFERENCE, "outputs": ["dicom-pm"]})
     problem = _assert_problem(response, 504)
     assert PACS_TIMEOUT * 0.9 <= elapsed < PACS_TIMEOUT + 4, elapsed
     assert "retrieve" in problem["detail"]
+    # and the service stopped reading: its thread is free, the PACS sees the connection closed
+    assert pacs.hung_up.wait(5)
 
 
 def test_a_store_that_never_answers_is_a_504_too(pacs_client, mode):

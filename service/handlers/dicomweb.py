@@ -39,9 +39,10 @@ async def from_pacs(runtime: Runtime, reference: tuple[str, str, str], store: bo
 
 async def _within(pacs: Pacs, operation: str, work: Awaitable[T]) -> T:
     """The PACS request's answer within the timeout in all. Socket timeouts bound each read only: a PACS that
-    trickles its answer a byte at a time would hold the request for ever. Past the deadline the thread is left to
-    its socket timeouts (nothing can stop a blocking read from outside) but the client is answered now."""
+    trickles its answer a byte at a time would hold the request for ever. Past the deadline the client is answered
+    at once, and the body being read is shut down so that the thread is free again."""
     try:
         return await asyncio.wait_for(work, pacs.timeout)
     except TimeoutError:
+        pacs.abort()
         raise PacsTimeout(operation, pacs.timeout) from None
