@@ -1,6 +1,6 @@
 """``xaas`` command line: serve, demo data/training/evaluation, calibration, OpenAPI export.
 
-predict/explain/localize/activations/filters/impression are aliases of the client's ``xaas-client`` commands.
+predict/explain/localize/activations/filters/impression/dicomweb are aliases of the client's ``xaas-client`` commands.
 """
 
 from __future__ import annotations
@@ -238,7 +238,7 @@ def _export_openapi(args: argparse.Namespace) -> int:
 
 # Implemented once, in the client package (xaas_client.cli), which installs without torch; `xaas predict ...` forwards
 # its argv there unchanged so both spellings behave the same.
-CLIENT_COMMANDS = ("predict", "explain", "localize", "activations", "filters", "impression")
+CLIENT_COMMANDS = ("predict", "explain", "localize", "activations", "filters", "impression", "dicomweb")
 
 
 def _add_client_aliases(sub: argparse._SubParsersAction) -> None:

@@ -28,7 +28,8 @@ class Settings(BaseSettings):
     dicomweb_url: str | None = Field(None, description="DICOMweb root of the PACS (e.g. http://pacs/dicom-web).")
     dicomweb_auth_file: Path | None = Field(None, description="File holding one 'Header-Name: value' line sent to "
                                             "the PACS (e.g. 'Authorization: Bearer ...').")
-    dicomweb_timeout: float = Field(10.0, gt=0, le=600, description="Seconds per PACS request (connect and read).")
+    dicomweb_timeout: float = Field(10.0, gt=0, le=600,
+                                    description="Seconds each PACS request (fetch, store) may take in all.")
 
     # Input limits: checked before any expensive work.
     max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024, description="Largest accepted request body (bytes).")

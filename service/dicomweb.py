@@ -1,19 +1,30 @@
 """The PACS over DICOMweb (``dicomweb-client``): WADO-RS fetch of one instance, STOW-RS store of results.
 
-Every request has a bounded timeout (``XAAS_DICOMWEB_TIMEOUT``, connect and read); PACS failures become
+Every request has a bounded timeout (``XAAS_DICOMWEB_TIMEOUT``: on the connection and each read here, on the whole
+request in :mod:`service.handlers.dicomweb`, which awaits it); PACS failures become
 :class:`PacsUnavailable` (502), :class:`PacsTimeout` (504) or :class:`NotFound` (404, a missing instance), with
 details that name the operation and the HTTP status only, never a UID or PACS message (they may identify a patient).
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
+import logging
+import re
 from typing import Any
 
 from .config import Settings
-from .errors import BadOption, NotFound, PacsTimeout, PacsUnavailable, ServiceUnavailable
+from .errors import BadOption, FieldError, NotFound, PacsTimeout, PacsUnavailable, ServiceUnavailable
 
 __all__ = ["Pacs"]
+
+_UID = re.compile(r"[0-9]+(\.[0-9]+)*")  # DICOM_UID_PATTERN of the API schemas
+
+# dicomweb-client logs the UIDs of every request at INFO, urllib3 every URL (UIDs in the path) at DEBUG: UIDs may
+# identify a patient, so only their warnings and errors reach the service's logs, whatever its log level.
+for _name in ("dicomweb_client", "urllib3.connectionpool"):
+    logging.getLogger(_name).setLevel(logging.WARNING)
 
 
 class Pacs:
@@ -23,6 +34,14 @@ class Pacs:
         self.url = settings.dicomweb_url.rstrip("/")
         self.timeout = float(settings.dicomweb_timeout)
         self.headers = _auth_header(settings)
+        self._answers: list[Any] = []  # responses whose body may still be read (see abort)
+
+    def abort(self) -> None:
+        """Stop reading the answers in flight (from another thread): a request past its deadline frees its thread
+        now instead of at the end of a slow body. The blocked read fails, and that request's result is dropped."""
+        for response in list(self._answers):
+            with contextlib.suppress(Exception):  # best effort: the response may be finished or closed already
+                response.raw.shutdown()
 
     def _client(self) -> Any:
         import requests
@@ -32,11 +51,14 @@ class Pacs:
         session.headers.update(self.headers)
         original = session.request
 
-        def bounded(method: str, url: str, **kwargs: Any) -> Any:  # every PACS request gets the timeout
-            kwargs.setdefault("timeout", (self.timeout, self.timeout))
+        def bounded(method: str, url: str, **kwargs: Any) -> Any:
+            # set, not defaulted: dicomweb-client passes its own timeout (20 s) explicitly on every request
+            kwargs["timeout"] = (self.timeout, self.timeout)
             return original(method, url, **kwargs)
 
         session.request = bounded  # type: ignore[method-assign]
+        # requests calls response hooks once the headers are in, before it reads the body: abort() can reach it
+        session.hooks["response"].append(lambda response, *args, **kwargs: self._answers.append(response))
         client = DICOMwebClient(url=self.url, session=session)
         # no hidden retries with exponential back-off: the answer's time stays bounded by one timeout per request
         client.set_http_retry_params(retry=False)
@@ -45,8 +67,10 @@ class Pacs:
     def fetch(self, study: str, series: str, instance: str) -> bytes:
         """Part 10 bytes of one instance (WADO-RS)."""
         for name, value in (("study", study), ("series", series), ("instance", instance)):
-            if not value or len(value) > 64 or not all(c.isdigit() or c == "." for c in value):
-                raise BadOption(f"{name} must be a DICOM UID (digits and dots, at most 64)")
+            # the ASCII pattern dicomweb-client checks too (str.isdigit() would pass "٣", which it then refuses)
+            if len(value) > 64 or not _UID.fullmatch(value):
+                raise BadOption(f"{name} must be a DICOM UID (components of ASCII digits joined by dots, at most 64 "
+                                f"characters)", errors=[FieldError(name, "a DICOM UID")])
         dataset = self._call("retrieve", lambda client: client.retrieve_instance(study, series, instance))
         buffer = io.BytesIO()
         dataset.save_as(buffer, enforce_file_format=True)
@@ -67,7 +91,7 @@ class Pacs:
         try:
             return work(self._client())
         except requests.exceptions.Timeout:
-            raise PacsTimeout(f"the PACS did not answer the {operation} request within {self.timeout:g} s") from None
+            raise PacsTimeout(operation, self.timeout) from None
         except requests.exceptions.HTTPError as exc:
             status = exc.response.status_code if exc.response is not None else None
             if status == 404 and operation == "retrieve":
@@ -88,4 +112,7 @@ def _auth_header(settings: Settings) -> dict[str, str]:
     except OSError:
         raise ServiceUnavailable("the PACS credentials file cannot be read") from None
     name, _, value = line.partition(":")
-    return {name.strip(): value.strip()} if name.strip() and value.strip() else {}
+    if not (name.strip() and value.strip()) or "\n" in line:
+        # refused rather than ignored: requests without the credentials would fail at the PACS, less clearly
+        raise ServiceUnavailable("the PACS credentials file must hold one 'Header-Name: value' line")
+    return {name.strip(): value.strip()}

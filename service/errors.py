@@ -180,6 +180,9 @@ class PacsUnavailable(XaasError):
 class PacsTimeout(XaasError):
     status, code, title = 504, "pacs-timeout", "PACS did not answer in time"
 
+    def __init__(self, operation: str, seconds: float) -> None:
+        super().__init__(f"the PACS did not answer the {operation} request within {seconds:g} s")
+
 
 class ModelExecutionError(XaasError):
     """The model failed on a job for a reason that is not the client's fault."""

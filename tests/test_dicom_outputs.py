@@ -96,6 +96,21 @@ def test_every_object_passes_dciodvfy(name, tmp_path):
         assert _dciodvfy_errors(data, tmp_path) == [], kind
 
 
+@pytest.mark.skipif(shutil.which("dciodvfy") is None, reason="dciodvfy (Debian dicom3tools) is not installed")
+@pytest.mark.parametrize("name", SOURCES)
+def test_fractional_segmentation_passes_dciodvfy_and_holds_the_normalised_map(name, tmp_path):
+    source = _source(name)
+    out = build_outputs(["dicom-seg"], source, _map(), overlay_rgb=None, threshold=0.5, label="lesion",
+                        method="gradcam", family="cam", model="demo", version="1.2.3", fractional=True)
+    assert _dciodvfy_errors(out["seg"], tmp_path) == []
+    seg = hd.seg.Segmentation.from_dataset(pydicom.dcmread(io.BytesIO(out["seg"])))
+    assert seg.SegmentationType == "FRACTIONAL"
+    grid = source_grid_map(_map(), source)
+    values = np.squeeze(seg.pixel_array).astype(np.float64) / float(seg.MaximumFractionalValue)
+    # stored as 8-bit fractions (of MaximumFractionalValue): within one step of the normalised map
+    np.testing.assert_allclose(values, np.clip(grid / grid.max(), 0, 1), atol=1 / 255 + 1e-6)
+
+
 def test_uids_are_new_per_object():
     _, first = _build("CT_small.dcm", ["dicom-pm"])
     _, second = _build("CT_small.dcm", ["dicom-pm"])
@@ -242,3 +257,77 @@ def test_accept_dicom_with_two_kinds_is_a_422_naming_outputs(client):
                            data={"outputs": "dicom-pm,dicom-seg"}, headers={"Accept": "application/dicom"})
     assert response.status_code == 422
     assert [error["field"] for error in response.json()["errors"]] == ["outputs"]
+
+
+# --- conditional requests: DICOM results are new objects every time ------------------------------------------------
+
+def test_dicom_results_carry_no_etag_and_are_never_304(client):
+    import base64
+    from pathlib import Path
+
+    data = Path(get_testdata_file("CT_small.dcm")).read_bytes()
+    image = {"image": ("ct.dcm", data, "application/dicom")}
+    plain = client.post("/explain/gradcam", files=image, data={"outputs": "heatmap"})
+    assert plain.status_code == 200 and plain.headers["etag"].startswith('W/"')
+    # the same maps without DICOM outputs are tagged, and "*" is then answered 304
+    assert client.post("/explain/gradcam", files=image, data={"outputs": "heatmap"},
+                       headers={"If-None-Match": "*"}).status_code == 304
+
+    uids = set()
+    for headers in ({}, {"If-None-Match": "*"}, {"If-None-Match": plain.headers["etag"]}):
+        response = client.post("/explain/gradcam", files=image, data={"outputs": "heatmap,dicom-pm"}, headers=headers)
+        assert response.status_code == 200, response.text
+        assert "etag" not in response.headers and response.headers["x-cache"] == "hit"  # maps cached, objects new
+        blob = base64.b64decode(response.json()["explanations"][0]["dicom"]["pm"])
+        uids.add(pydicom.dcmread(io.BytesIO(blob)).SOPInstanceUID)
+    assert len(uids) == 3
+
+    alone = client.post("/explain/gradcam", files=image, data={"outputs": "dicom-seg"},
+                        headers={"Accept": "application/dicom", "If-None-Match": "*"})
+    assert alone.status_code == 200 and alone.headers["content-type"] == "application/dicom"
+    assert "etag" not in alone.headers
+    report = client.post("/localize", files=image, data={"outputs": "dicom-sr"}, headers={"If-None-Match": "*"})
+    assert report.status_code == 200 and "etag" not in report.headers and report.json()["dicom"]["sr"]
+    boxes = client.post("/localize", files=image, headers={"If-None-Match": "*"})
+    assert boxes.status_code == 304  # without the SR, localize stays conditional
+
+
+# --- asynchronous jobs: the job's result holds the same DICOM objects --------------------------------------------
+
+def _job_result(client, response) -> dict:
+    import time
+
+    assert response.status_code == 202, response.text
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        doc = client.get(response.headers["location"]).json()
+        if doc["status"] not in ("queued", "running"):
+            assert doc["status"] == "done", doc
+            return doc["result"]
+        time.sleep(0.05)
+    raise AssertionError("the job did not finish in 120 s")
+
+
+def test_an_async_job_returns_dicom_objects_that_read_back(client):
+    import base64
+    from pathlib import Path
+
+    data = Path(get_testdata_file("MR_small.dcm")).read_bytes()
+    image = {"image": ("mr.dcm", data, "application/dicom")}
+    # saliency, not the other tests' gradcam: the job computes its maps instead of finding them cached
+    result = _job_result(client, client.post("/explain/saliency", files=image, data={"outputs": "raw,dicom-pm"},
+                                             headers={"Prefer": "respond-async"}))
+    explanation = result["explanations"][0]
+    source = _source("MR_small.dcm")
+    pm = hd.pm.ParametricMap.from_dataset(pydicom.dcmread(io.BytesIO(base64.b64decode(explanation["dicom"]["pm"]))))
+    np.testing.assert_allclose(np.squeeze(pm.pixel_array), source_grid_map(_raw(explanation), source), atol=1e-6)
+    assert pm.StudyInstanceUID == source.StudyInstanceUID
+    assert pm.SharedFunctionalGroupsSequence[0].RealWorldValueMappingSequence[0] \
+        .QuantityDefinitionSequence[0].ConceptCodeSequence[0].CodeValue == "130404"  # Saliency
+    assert source.PatientID not in str({**explanation, "dicom": None})
+
+    report = _job_result(client, client.post("/localize", files=image,
+                                             data={"outputs": "dicom-sr", "method": "saliency"},
+                                             headers={"Prefer": "respond-async"}))
+    sr = hd.sr.Comprehensive3DSR.from_dataset(pydicom.dcmread(io.BytesIO(base64.b64decode(report["dicom"]["sr"]))))
+    assert len(sr.content.get_planar_roi_measurement_groups()) == len(report["boxes"])

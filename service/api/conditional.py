@@ -38,8 +38,9 @@ _IF_NONE_MATCH_DESCRIPTION = ("Entity tags of responses the client holds (from E
 IfNoneMatch = Annotated[str | None, Header(alias="If-None-Match", description=_IF_NONE_MATCH_DESCRIPTION)]
 
 _ETAG_HEADER = {"description": "Weak entity tag of this answer (the maps' key plus the rendering options); send it "
-                "back in If-None-Match to get 304 Not Modified.",
-                "required": True, "schema": {"type": "string", "pattern": '^W/"[0-9a-f]+"$'}}
+                "back in If-None-Match to get 304 Not Modified. Absent when DICOM outputs are asked for: they hold "
+                "new UIDs in every answer, so such a request is never answered 304.",
+                "required": False, "schema": {"type": "string", "pattern": '^W/"[0-9a-f]+"$'}}
 _X_CACHE_HEADER = {"description": "hit: the maps came from the result cache (no model work); miss: they were computed.",
                    "required": True, "schema": {"type": "string", "enum": ["hit", "miss"]}}
 
@@ -47,7 +48,7 @@ _X_CACHE_HEADER = {"description": "hit: the maps came from the result cache (no 
 CONDITIONAL_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"description": "Successful Response", "headers": {"ETag": _ETAG_HEADER, "X-Cache": _X_CACHE_HEADER}},
     304: {"description": "Not Modified: If-None-Match matched this answer's entity tag (no body).",
-          "headers": {"ETag": _ETAG_HEADER}},
+          "headers": {"ETag": {**_ETAG_HEADER, "required": True}}},
 }
 
 
@@ -74,10 +75,13 @@ def parse_if_none_match(values: Iterable[str]) -> HeldTags | None:
 
 
 def answer(result: Conditional[T], response: Response) -> T | Response:
-    """304 with the ETag and no body, or the body with ``ETag`` and ``X-Cache`` set on the route's response."""
+    """304 with the ETag and no body, or the body with ``ETag`` (when the answer has one: not with DICOM results)
+    and ``X-Cache`` set on the route's response."""
     if result.not_modified:
+        assert result.etag is not None, "only a tagged answer is ever not modified"
         return Response(status_code=304, headers={"ETag": result.etag})
-    response.headers["ETag"] = result.etag
+    if result.etag is not None:
+        response.headers["ETag"] = result.etag
     response.headers["X-Cache"] = "hit" if result.cache_hit else "miss"
     assert result.body is not None
     return result.body

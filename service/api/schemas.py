@@ -1,8 +1,9 @@
 """Pydantic v2 schemas of the HTTP contract (kept apart from engine and registry types).
 
-Request options share :class:`RequestOptions`: unknown members are refused, NaN/inf are refused, and number fields
+Request options share :class:`RequestOptions`: unknown members are refused, NaN/inf are refused, number fields
 take only numbers — never booleans (``"seed": false`` is not 0) and, from form fields, only ASCII digits (``"¹"``,
-``"١"`` or ``"1_000"`` are malformed, though Python would read some of them). Fixed-length arrays are described as
+``"١"`` or ``"1_000"`` are malformed, though Python would read some of them) — and boolean fields never numbers
+(``0`` is not false). Fixed-length arrays are described as
 arrays with ``minItems``/``maxItems`` rather than tuple typing (``prefixItems``), which several OpenAPI tools and
 client generators cannot read.
 """
@@ -41,6 +42,14 @@ def _target_input(value: Any) -> Any:
     return value
 
 
+def _boolean_input(value: Any) -> Any:
+    # a JSON boolean or a form field's text ("true", "false", ...); pydantic alone would also take 0 and 1
+    if not isinstance(value, bool | str):
+        raise ValueError("expected a boolean (true or false)")
+    return value
+
+
+Bool = Annotated[bool, BeforeValidator(_boolean_input)]
 Int = Annotated[int, BeforeValidator(_integer_input)]
 Number = Annotated[float, BeforeValidator(_number_input)]
 Target = Annotated[int | str, BeforeValidator(_target_input)]
@@ -131,7 +140,7 @@ class DetectionOptions(RequestOptions):
                                      "/predict, or a box x0,y0,x1,y1 in original pixels with target = its label "
                                      "(matched by IoU >= 0.5); target alone: that class's most confident detection. "
                                      "Default: the top_k most confident detections.")
-    box_regression: bool = Field(False, description="Detection models: explain the detection's score plus its box's "
+    box_regression: Bool = Field(False, description="Detection models: explain the detection's score plus its box's "
                                                     "IoU with the explained box (where the box is, not only what).")
 
     @field_validator("detection")
@@ -219,7 +228,7 @@ class LocalizeOptions(ImageOptions, DetectionOptions):
     layer: str | None = Field(None, max_length=200, description="Target layer for CAM methods.")
     threshold: Number | None = Field(None, gt=0, le=1, description="Fraction of the map's maximum (default: the "
                                      "model's calibrated value, else 0.15).")
-    all_components: bool = Field(False, description="Box every connected component instead of the largest.")
+    all_components: Bool = Field(False, description="Box every connected component instead of the largest.")
     min_area: Int = Field(0, ge=0, le=10**9, description="With all_components: smallest component kept, in pixels "
                                                          "(segmentation models: also of the mask_boxes).")
     region: str | None = Field(None, max_length=4_000_000, description=REGION_DESCRIPTION)
@@ -270,6 +279,46 @@ class LocalizeResponse(BaseModel):
                           "size — the mask /predict returns — beside the explanation's boxes.")
     dicom: dict[str, str] | None = Field(None, description="With outputs dicom-sr: {\"sr\": base64 Part 10}; it "
                                          "carries the source's patient and study, nothing else here does.")
+
+
+# ---------------------------------------------------------------------------------------------------- DICOMweb
+
+#: A DICOM UID as the PACS requests take it: dot-separated components of ASCII digits (at most 64 characters).
+DICOM_UID_PATTERN = r"^[0-9]+(\.[0-9]+)*$"
+
+
+class DicomwebReference(BaseModel):
+    """The PACS instance of a ``/dicomweb/*`` request, and whether its DICOM results go back; the endpoint's usual
+    options are members of the same JSON object."""
+
+    study: str = Field(pattern=DICOM_UID_PATTERN, max_length=64, description="Study Instance UID.")
+    series: str = Field(pattern=DICOM_UID_PATTERN, max_length=64, description="Series Instance UID.")
+    instance: str = Field(pattern=DICOM_UID_PATTERN, max_length=64, description="SOP Instance UID.")
+    store: bool = Field(False, description="Write the DICOM results (the dicom-* outputs) back to the PACS by "
+                                           "STOW-RS; they land in the source's study.")
+
+
+_STORED_DESCRIPTION = ("SOP Instance UIDs of the DICOM results the PACS accepted (STOW-RS), in the order of the "
+                       "body's objects; empty without store or without dicom-* outputs.")
+
+
+class DicomwebExplainResponse(ExplainResponse):
+    stored: list[str] = Field(description=_STORED_DESCRIPTION)
+
+
+class DicomwebLocalizeResponse(LocalizeResponse):
+    stored: list[str] = Field(description=_STORED_DESCRIPTION)
+
+
+def dicomweb_request_body(endpoint: str) -> dict[str, Any]:
+    """OpenAPI ``requestBody`` of a ``/dicomweb/*`` endpoint: one JSON object, the reference and the options of
+    ``endpoint``. The options are named, not typed, here: they are validated exactly as that endpoint's (the same
+    leniencies: a lone target, comma-separated outputs, numbers as text), which its own request body documents."""
+    schema = {"type": "object", "required": ["study", "series", "instance"],
+              "properties": DicomwebReference.model_json_schema()["properties"], "additionalProperties": True,
+              "description": f"The instance, store, and the options of {endpoint} (model, target, top_k, outputs, "
+                             f"...; see its request body) as further members."}
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
 
 
 class MethodParam(BaseModel):

@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Generic, Literal, TypeVar
 
-__all__ = ["CallInfo", "Conditional", "HeldTags"]
+__all__ = ["CallInfo", "Conditional", "HeldTags", "untagged"]
 
 T = TypeVar("T")
 
@@ -53,12 +53,21 @@ class HeldTags:
 @dataclass(frozen=True)
 class Conditional(Generic[T]):
     """A tagged answer: its entity tag, the body (None = the client's copy is current, answer "not modified"), and
-    whether the body's maps came from the result cache (None when nothing was computed)."""
+    whether the body's maps came from the result cache (None when nothing was computed).
 
-    etag: str
+    ``etag`` None: the answer has no entity tag and is never "not modified" — a body with DICOM results holds new
+    UIDs each time, so no two answers are the same representation (see :func:`untagged`)."""
+
+    etag: str | None
     body: T | None = None
     cache_hit: bool | None = None
 
     @property
     def not_modified(self) -> bool:
         return self.body is None
+
+
+def untagged(body: T, cache_hit: bool | None) -> Conditional[T]:
+    """An answer that must not be cached by entity tag: each one is new (DICOM results: new SOP Instance, Series
+    UIDs), so a 304 would make the client reuse objects whose UIDs a PACS already holds."""
+    return Conditional(None, body, cache_hit=cache_hit)

@@ -3,29 +3,46 @@ with ``store`` write the DICOM results back (STOW-RS). PACS calls are blocking H
 
 from __future__ import annotations
 
+import asyncio
 import base64
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
+
+from pydantic import BaseModel
 
 from ..dicomweb import Pacs
-from ..errors import XaasError
+from ..errors import PacsTimeout, XaasError
 from ..runtime import Runtime
 
 __all__ = ["from_pacs"]
 
+R = TypeVar("R", bound=BaseModel)
+T = TypeVar("T")
+
 
 async def from_pacs(runtime: Runtime, reference: tuple[str, str, str], store: bool,
                     run: Callable[[bytes], Awaitable[Any]],
-                    dicom_of: Callable[[Any], list[dict[str, str] | None]]) -> dict[str, Any]:
+                    dicom_of: Callable[[Any], list[dict[str, str] | None]], answer: type[R]) -> R:
     """``run(data)`` answers for the fetched instance (a handler result with a ``body``); ``dicom_of(body)`` picks
-    the DICOM outputs (``{kind: base64}`` members) to store. The answer is the usual body plus ``stored``: the SOP
-    Instance UIDs the PACS accepted."""
+    the DICOM outputs (``{kind: base64}`` members) to store. The answer (of type ``answer``) is the usual body plus
+    ``stored``: the SOP Instance UIDs the PACS accepted."""
     pacs = Pacs(runtime.settings)
-    data = await runtime.in_thread(pacs.fetch, *reference)
+    data = await _within(pacs, "retrieve", runtime.in_thread(pacs.fetch, *reference))
     result = await run(data)
     if result.body is None:  # a conditional (304) answer: the handlers only give one for If-None-Match
         raise XaasError("no body to store")
-    body = result.body.model_dump(mode="json", exclude_unset=True)
     blobs = [base64.b64decode(value) for item in dicom_of(result.body) if item for value in item.values()]
-    body["stored"] = await runtime.in_thread(pacs.store, blobs) if store and blobs else []
-    return body
+    stored = await _within(pacs, "store", runtime.in_thread(pacs.store, blobs)) if store and blobs else []
+    # validated from the body's JSON: the fields it left unset stay unset (the routes exclude them)
+    return answer.model_validate({**result.body.model_dump(mode="json", exclude_unset=True), "stored": stored})
+
+
+async def _within(pacs: Pacs, operation: str, work: Awaitable[T]) -> T:
+    """The PACS request's answer within the timeout in all. Socket timeouts bound each read only: a PACS that
+    trickles its answer a byte at a time would hold the request for ever. Past the deadline the client is answered
+    at once, and the body being read is shut down so that the thread is free again."""
+    try:
+        return await asyncio.wait_for(work, pacs.timeout)
+    except TimeoutError:
+        pacs.abort()
+        raise PacsTimeout(operation, pacs.timeout) from None

@@ -41,7 +41,7 @@ from ..inference import TargetMap
 from ..registry import LoadedModel
 from ..rendering import encode_raw, map_stats, render_heatmap, render_overlay, validate_overlay_options
 from ..runtime import Runtime
-from . import CallInfo, Conditional, HeldTags
+from . import CallInfo, Conditional, HeldTags, untagged
 from .detections import DetectionRequest, box_to_original, parse_detection
 from .regions import RegionRequest, parse_region
 
@@ -248,11 +248,15 @@ def _validate_outputs(opts: ExplainOptions, data: bytes) -> None:
 async def explain(runtime: Runtime, method: str, data: bytes, opts: ExplainOptions, extras: Mapping[str, Any],
                   call: CallInfo, held: HeldTags | None = None) -> Conditional[ExplainResponse]:
     """The tagged response; "not modified" when ``held`` (the client's ``If-None-Match``) names its tag — answered
-    before any decoding or model work — or is ``*`` (after the work: only a valid request has an answer to hold)."""
+    before any decoding or model work — or is ``*`` (after the work: only a valid request has an answer to hold).
+    With DICOM outputs the answer is untagged and always a body."""
     explainer = get_method(method)
     _validate_outputs(opts, data)
     validated = plan(runtime, explainer, opts, extras, call)
     key = await map_key(runtime, validated, data, frame=opts.frame)
+    if _dicom_kinds(opts):  # new UIDs in every answer: no entity tag, If-None-Match ignored
+        result = await run(runtime, validated, data, key, frame=opts.frame, call=call, pixels=_needs_overlay(opts))
+        return untagged(await runtime.in_thread(render_response, result, opts, data), result.cache_hit)
     etag = entity_tag(key, rendering_options(opts))
     if held is not None and held.names(etag):
         call.cache = "not-modified"

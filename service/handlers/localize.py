@@ -13,7 +13,7 @@ from ..engine import get_method
 from ..engine.localize import DEFAULT_THRESHOLD, boxes_from_map, mask_boxes
 from ..registry import LoadedModel
 from ..runtime import Runtime
-from . import CallInfo, Conditional, HeldTags
+from . import CallInfo, Conditional, HeldTags, untagged
 from . import explain as explaining
 
 __all__ = ["MULTILABEL_MIN_PROBABILITY", "localize", "localize_async", "param_names", "render_response"]
@@ -42,6 +42,9 @@ async def localize(runtime: Runtime, data: bytes, opts: LocalizeOptions, extras:
         refuse_non_dicom(data)
     validated, threshold = _plan(runtime, opts, extras, call)
     key = await explaining.map_key(runtime, validated, data, frame=opts.frame)
+    if opts.outputs:  # a DICOM SR: new UIDs in every answer, so no entity tag and If-None-Match ignored
+        result = await explaining.run(runtime, validated, data, key, frame=opts.frame, call=call)
+        return untagged(await runtime.in_thread(render_response, result, opts, threshold, data), result.cache_hit)
     etag = entity_tag(key, {"endpoint": "localize", "threshold": float(threshold),
                             "all_components": opts.all_components, "min_area": opts.min_area,
                             "outputs": sorted(opts.outputs)})

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from bench._server import running_server
+from tests.fake_pacs import FakePacs
 
 MAX_EXAMPLES = 30
 SEED = 20261201
@@ -33,7 +34,10 @@ def _schemathesis() -> list[str]:
 
 
 def test_schemathesis_finds_nothing(tmp_path):
-    with running_server(env={"XAAS_DEVICE": "cpu", "XAAS_REQUEST_TIMEOUT": "20", "XAAS_MAX_JOBS": "8"}) as server:
+    # The DICOMweb routes fetch from a scripted PACS on loopback (pydicom's CT for any UIDs, STOW accepted), so
+    # their schema-valid requests get real answers rather than "no PACS configured" (a 503).
+    env = {"XAAS_DEVICE": "cpu", "XAAS_REQUEST_TIMEOUT": "20", "XAAS_MAX_JOBS": "8"}
+    with FakePacs() as pacs, running_server(env={**env, "XAAS_DICOMWEB_URL": pacs.url}) as server:
         cmd = [*_schemathesis(), "run", server.url + "/openapi.json", "--checks", "all",
                "--exclude-checks", "positive_data_acceptance", "--max-examples", str(MAX_EXAMPLES),
                "--seed", str(SEED), "--workers", "1", "--suppress-health-check", "all",

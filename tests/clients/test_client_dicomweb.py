@@ -35,3 +35,18 @@ def test_explain_dicomweb_round_trips_through_the_client():
     assert result.stored == ["1.2.3"]
     dataset = result.datasets()[0]["pm"]
     assert dataset.SOPInstanceUID == pydicom.dcmread(io.BytesIO(part10)).SOPInstanceUID
+
+
+def test_localize_dicomweb_sends_its_method_and_asks_for_the_report():
+    seen = {}
+
+    def pacs_service(request: httpx.Request) -> httpx.Response:
+        seen["path"], seen["body"] = request.url.path, json.loads(request.content)
+        return httpx.Response(200, json={"model": "demo", "method": "saliency", "boxes": [], "stored": []})
+
+    with Client("http://xaas.test", transport=httpx.MockTransport(pacs_service)) as client:
+        result = client.localize_dicomweb("1.2", "1.2.3", "1.2.3.4", method="saliency", threshold=0.2)
+    assert seen["path"] == "/dicomweb/localize"
+    assert seen["body"] == {"study": "1.2", "series": "1.2.3", "instance": "1.2.3.4", "store": False,
+                            "outputs": ["dicom-sr"], "method": "saliency", "threshold": 0.2}
+    assert result.stored == [] and result.dicom == [{}]

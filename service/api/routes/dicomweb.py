@@ -13,7 +13,14 @@ from ...handlers import explain as explain_handler
 from ...handlers import localize as localize_handler
 from ..deps import CallDep, RuntimeDep
 from ..inputs import parse_json_object, parse_options
-from ..schemas import ExplainOptions, LocalizeOptions, problem_responses
+from ..schemas import (
+    DicomwebExplainResponse,
+    DicomwebLocalizeResponse,
+    ExplainOptions,
+    LocalizeOptions,
+    dicomweb_request_body,
+    problem_responses,
+)
 
 router = APIRouter(tags=["dicomweb"])
 
@@ -38,26 +45,29 @@ def _split_extras(raw: dict[str, Any], names: frozenset[str], model: type) -> di
     return {k: raw.pop(k) for k in list(raw) if k in names and k not in model.model_fields}
 
 
-@router.post("/dicomweb/explain/{method}", summary="Explain an instance fetched from the PACS (WADO-RS); with "
-             "store, write the DICOM results back (STOW-RS)", responses=_PROBLEMS)
+@router.post("/dicomweb/explain/{method}", response_model=DicomwebExplainResponse, response_model_exclude_unset=True,
+             summary="Explain an instance fetched from the PACS (WADO-RS); with store, write the DICOM results back "
+             "(STOW-RS)", responses=_PROBLEMS, openapi_extra=dicomweb_request_body("POST /explain/{method}"))
 async def dicomweb_explain(request: Request, runtime: RuntimeDep, call: CallDep,
-                           method: str = Path(max_length=64, description="See GET /methods.")) -> dict[str, Any]:
+                           method: str = Path(max_length=64, description="See GET /methods.")
+                           ) -> DicomwebExplainResponse:
     reference, store, raw = await _reference_and_options(request)
     names = explain_handler.method_param_names(method)
     extras = _split_extras(raw, names, ExplainOptions)
     opts = parse_options(ExplainOptions, raw, names)
     return await dicomweb_handler.from_pacs(
         runtime, reference, store, lambda data: explain_handler.explain(runtime, method, data, opts, extras, call),
-        lambda body: [item.dicom for item in body.explanations])
+        lambda body: [item.dicom for item in body.explanations], DicomwebExplainResponse)
 
 
-@router.post("/dicomweb/localize", summary="Boxes for an instance fetched from the PACS; with store, write the SR "
-             "back (STOW-RS)", responses=_PROBLEMS)
-async def dicomweb_localize(request: Request, runtime: RuntimeDep, call: CallDep) -> dict[str, Any]:
+@router.post("/dicomweb/localize", response_model=DicomwebLocalizeResponse, response_model_exclude_unset=True,
+             summary="Boxes for an instance fetched from the PACS; with store, write the SR back (STOW-RS)",
+             responses=_PROBLEMS, openapi_extra=dicomweb_request_body("POST /localize"))
+async def dicomweb_localize(request: Request, runtime: RuntimeDep, call: CallDep) -> DicomwebLocalizeResponse:
     reference, store, raw = await _reference_and_options(request)
     names = localize_handler.param_names(raw)
     extras = _split_extras(raw, names, LocalizeOptions)
     opts = parse_options(LocalizeOptions, raw, names)
     return await dicomweb_handler.from_pacs(
         runtime, reference, store, lambda data: localize_handler.localize(runtime, data, opts, extras, call),
-        lambda body: [body.dicom])
+        lambda body: [body.dicom], DicomwebLocalizeResponse)

@@ -450,8 +450,21 @@ def _dicomweb_result(body: Any) -> DicomwebResult:
 def explain_dicomweb(method: str | None, study: str, series: str, instance: str, *, store: bool = False,
                      outputs: Sequence[str] = ("dicom-pm",), **options: Any) -> Call[DicomwebResult]:
     """Explain an instance of the server's PACS (``POST /dicomweb/explain/{method}``; ``method=None``:
-    ``/dicomweb/localize``); with ``store`` the server writes its DICOM results back by STOW-RS."""
+    ``/dicomweb/localize``, better asked with :func:`localize_dicomweb`); with ``store`` the server writes its DICOM
+    results back by STOW-RS."""
+    path = "/dicomweb/localize" if method is None else f"/dicomweb/explain/{quote(method, safe='')}"
+    return _dicomweb_call(path, study, series, instance, store, outputs, options)
+
+
+def localize_dicomweb(study: str, series: str, instance: str, *, method: str | None = None, store: bool = False,
+                      outputs: Sequence[str] = ("dicom-sr",), **options: Any) -> Call[DicomwebResult]:
+    """Boxes for an instance of the server's PACS (``POST /dicomweb/localize``; ``method``: the heatmap method,
+    default the server's); with ``store`` the server writes the SR back by STOW-RS."""
+    return _dicomweb_call("/dicomweb/localize", study, series, instance, store, outputs, {**options, "method": method})
+
+
+def _dicomweb_call(path: str, study: str, series: str, instance: str, store: bool, outputs: Sequence[str],
+                   options: dict[str, Any]) -> Call[DicomwebResult]:
     body = {"study": study, "series": series, "instance": instance, "store": store, "outputs": list(outputs),
             **{key: value for key, value in options.items() if value is not None}}
-    path = "/dicomweb/localize" if method is None else f"/dicomweb/explain/{quote(method, safe='')}"
     return Call("POST", path, _dicomweb_result, json=body)

@@ -11,6 +11,7 @@ with ``xaas:`` whichever command was typed, so scripts match one prefix.
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
 import json
 import os
@@ -21,6 +22,7 @@ from typing import Any, TextIO
 
 from .client import DEFAULT_URL, Client
 from .errors import JobTimeout, XaasConnectionError, XaasError
+from .types import ExplainResponse, LocalizeResponse
 
 __all__ = ["COMMANDS", "CommandError", "build_parser", "format_table", "main"]
 
@@ -37,7 +39,10 @@ COMMANDS: dict[str, str] = {  # name -> summary; the service's `xaas --help` sho
     "activations": "a layer's activations for an image",
     "filters": "a convolution layer's filters as a grid",
     "impression": "a class impression: an input optimised for a class (background job)",
+    "dicomweb": "explain or localize an instance of the server's PACS (DICOMweb), optionally storing the DICOM results",
 }
+# dicomweb actions, each with the DICOM result it asks for when --outputs is not given.
+_DICOM_DEFAULT = {"explain": "dicom-pm", "localize": "dicom-sr"}
 
 Ask = Callable[[Client, Path], Any]
 Render = Callable[[str, Any], str]
@@ -122,6 +127,25 @@ def build_parser(prog: str = "xaas-client") -> argparse.ArgumentParser:
     p.add_argument("--wait", type=float, default=600.0, help="seconds to wait for the job; then it is cancelled "
                                                              "(default 600)")
     p.add_argument("--out", type=Path, help="write the impression PNG here")
+
+    p = add("dicomweb", [_class_options(), shared], _dicomweb)
+    p.add_argument("action", choices=sorted(_DICOM_DEFAULT), help="explain (heatmaps as DICOM) or localize (boxes as "
+                                                                  "a DICOM SR)")
+    p.add_argument("study", metavar="STUDY_UID", help="Study Instance UID of the image in the PACS")
+    p.add_argument("series", metavar="SERIES_UID", help="its Series Instance UID")
+    p.add_argument("instance", metavar="INSTANCE_UID", help="its SOP Instance UID")
+    p.add_argument("--method", help="explanation method (explain: default gradcam; localize: the server's)")
+    p.add_argument("--outputs", action="append", type=_kinds, metavar="KIND[,KIND]",
+                   help="DICOM results: dicom-pm, dicom-seg, dicom-sc (explain), dicom-sr (localize); comma-separated "
+                        "or repeated (default dicom-pm, or dicom-sr for localize)")
+    p.add_argument("--store", action="store_true", help="the server writes the DICOM results back into the "
+                                                        "source's study (STOW-RS)")
+    p.add_argument("--out", type=Path, metavar="FOLDER", help="write the DICOM results into this folder as "
+                                                              "<kind>-<class index>.dcm (localize: sr.dcm)")
+    p.add_argument("--threshold", type=float, help="fraction of the map's maximum: the boxes (localize) or the "
+                                                   "dicom-seg mask (explain); default: the server's")
+    p.add_argument("--fractional", action="store_true", help="explain: dicom-seg as a FRACTIONAL segmentation")
+    _param_option(p, "a method parameter; repeatable")
     return parser
 
 
@@ -140,11 +164,18 @@ def _shared_options(json_help: str) -> argparse.ArgumentParser:
 
 def _image_options() -> argparse.ArgumentParser:
     """The input and class choice of predict/explain/localize, which accept a folder as well as one image."""
-    images = argparse.ArgumentParser(add_help=False)
+    images = argparse.ArgumentParser(add_help=False, parents=[_class_options()])
     images.add_argument("image", type=Path, metavar="IMAGE_OR_FOLDER", help="an image file, or a folder of images")
-    images.add_argument("--target", action="append", type=_target, metavar="T", help="class index or label; repeatable")
-    images.add_argument("--top-k", type=int, metavar="K", help="without --target: the K best classes")
     return images
+
+
+def _class_options() -> argparse.ArgumentParser:
+    """Which classes to explain: --target / --top-k (read by :func:`_classes`)."""
+    classes = argparse.ArgumentParser(add_help=False)
+    classes.add_argument("--target", action="append", type=_target, metavar="T", help="class index or label; "
+                                                                                     "repeatable")
+    classes.add_argument("--top-k", type=int, metavar="K", help="without --target: the K best classes")
+    return classes
 
 
 def _async_options(parser: argparse.ArgumentParser) -> None:
@@ -189,6 +220,13 @@ def _target(text: str) -> int | str:
     # ASCII digits only: "¹".isdigit() is true, and the server reads such strings as labels, not indices.
     digits = text[1:] if text.startswith("-") else text
     return int(text) if digits.isascii() and digits.isdigit() else text
+
+
+def _kinds(text: str) -> list[str]:
+    kinds = [kind.strip() for kind in text.split(",") if kind.strip()]
+    if not kinds:
+        raise argparse.ArgumentTypeError(f"expected DICOM output kinds such as dicom-pm, got {text!r}")
+    return kinds
 
 
 def _param(text: str) -> tuple[str, str]:
@@ -273,6 +311,38 @@ def _filters(args: argparse.Namespace) -> int:
 def _impression(args: argparse.Namespace) -> int:
     result = _ask(args, lambda client: _run_impression(client, args))
     return _show(args, result, _impression_summary, result.image_png())
+
+
+def _dicomweb(args: argparse.Namespace) -> int:
+    """One instance of the server's PACS: explained or localized there, the table and the stored UIDs printed, the
+    DICOM results optionally written to --out."""
+    outputs = [kind for group in args.outputs or [[_DICOM_DEFAULT[args.action]]] for kind in group]
+    folder = _output_folder(args.out, "--out must be a folder for the DICOM results") if args.out else None
+    options: dict[str, Any] = {**_classes(args), **_params(args), "threshold": args.threshold}
+    if args.fractional:
+        options["segmentation_type"] = "fractional"
+    reference = (args.study, args.series, args.instance)
+    if args.action == "explain":
+        def ask(client: Client) -> Any:
+            return client.explain_dicomweb(args.method or "gradcam", *reference, store=args.store, outputs=outputs,
+                                           **options)
+    else:
+        def ask(client: Client) -> Any:
+            return client.localize_dicomweb(*reference, method=args.method, store=args.store, outputs=outputs,
+                                            **options)
+    result = _ask(args, ask)
+    name = f"instance {args.instance}"
+    if args.json:
+        print(json.dumps(result.body, indent=2))
+    elif args.action == "explain":
+        print(_explain_table(name, ExplainResponse.model_validate(result.body)))
+    else:
+        print(_localize_table(name, LocalizeResponse.model_validate(result.body)))
+    if not args.json:
+        print(_stored_summary(result.stored, args.store))
+    if folder is not None:
+        _write_dicom(folder, args.action, result)
+    return EXIT_OK
 
 
 # --- running requests --------------------------------------------------------------------------------------------
@@ -420,10 +490,10 @@ def _image_files(target: Path) -> list[Path]:
     return files
 
 
-def _output_folder(out: Path) -> Path:
-    """``--out`` for a folder input: a folder, created before the first request rather than failing after it."""
+def _output_folder(out: Path, problem: str = "--out must be a folder when explaining a folder") -> Path:
+    """``--out`` naming a folder: created before the first request rather than failing after it."""
     if out.exists() and not out.is_dir():
-        raise CommandError(f"--out must be a folder when explaining a folder: {out}", EXIT_USAGE)
+        raise CommandError(f"{problem}: {out}", EXIT_USAGE)
     out.mkdir(parents=True, exist_ok=True)
     return out
 
@@ -434,6 +504,22 @@ def _write_map(result: Any, path: Path, *, overlay: bool) -> None:
         return
     first = result.explanations[0]
     _write_png(path, first.overlay_png() if overlay else first.heatmap_png())
+
+
+def _write_dicom(folder: Path, action: str, result: Any) -> None:
+    """Each DICOM result as a Part 10 file: ``<kind>-<class index>.dcm`` (explain), ``sr.dcm`` (localize)."""
+    if action == "explain":
+        indices = [item.get("index") for item in result.body.get("explanations", [])]
+        files = [(f"{kind}-{index}.dcm", blob) for index, item in zip(indices, result.dicom, strict=True)
+                 for kind, blob in item.items()]
+    else:
+        files = [(f"{kind}.dcm", blob) for item in result.dicom for kind, blob in item.items()]
+    if not files:
+        _say(f"no DICOM results to write to {folder}")
+    for name, blob in files:
+        path = folder / name
+        path.write_bytes(base64.b64decode(blob))
+        print(f"wrote {path}", file=sys.stderr)
 
 
 def _write_png(path: Path, png: bytes) -> None:
@@ -535,6 +621,13 @@ def _filters_summary(result: Any) -> str:
     kh, kw = result.kernel_size
     return (f"{result.layer} of {result.model}: {result.count} filters {kh}x{kw} over {result.in_channels} "
             f"input channel(s), shown {result.mode}; conv layers: {', '.join(result.conv_layers)}")
+
+
+def _stored_summary(stored: list[str], asked: bool) -> str:
+    if not stored:
+        return "stored nothing in the PACS" + ("" if asked else " (add --store)")
+    lines = [f"stored {len(stored)} object(s) in the PACS (SOP Instance UIDs):", *(f"  {uid}" for uid in stored)]
+    return "\n".join(lines)
 
 
 def _impression_summary(result: Any) -> str:
