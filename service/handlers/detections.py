@@ -12,10 +12,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-import numpy as np
-
 from ..engine.detection import Detection
 from ..errors import FieldError, InvalidOption
+from .regions import parse_box
 
 __all__ = ["DetectionRequest", "box_to_original", "parse_detection"]
 
@@ -70,20 +69,13 @@ def parse_detection(value: str | int | None, task: str, targets: list[int], *, b
         if label is not None:
             raise _invalid("give a detection id or a target (with a box), not both")
         return DetectionRequest(id=int(text), box_regression=box_regression)
-    parts = text.strip("[]").split(",")
-    try:
-        box = tuple(float(p) for p in parts)
-    except ValueError:
-        box = ()
-    if len(box) != 4 or not all(np.isfinite(box)):
+    box = parse_box(text, _invalid)
+    if box is None:
         raise _invalid(f"expected a detection id (from /predict) or a box x0,y0,x1,y1 in original pixels, got "
                        f"{text[:40]!r}")
-    x0, y0, x1, y1 = box
-    if not (0 <= x0 < x1 and 0 <= y0 < y1):
-        raise _invalid("a box needs 0 <= x0 < x1 and 0 <= y0 < y1")
     if label is None:
         raise _invalid("a box names a detection together with its class: add target=<label>", "target")
-    return DetectionRequest(label=label, box=box, box_regression=box_regression)  # type: ignore[arg-type]
+    return DetectionRequest(label=label, box=box, box_regression=box_regression)
 
 
 def box_to_original(box: tuple[float, float, float, float] | list[float], width: int, height: int,

@@ -12,6 +12,7 @@ import base64
 import binascii
 import hashlib
 import io
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,7 +21,7 @@ import torch
 from ..engine.targets import Region
 from ..errors import FieldError, InvalidOption
 
-__all__ = ["RegionRequest", "parse_region"]
+__all__ = ["Box", "RegionRequest", "parse_box", "parse_region"]
 
 
 def _invalid(message: str) -> InvalidOption:
@@ -81,15 +82,26 @@ def parse_region(value: str | None, task: str) -> RegionRequest | None:
         except (binascii.Error, ValueError):
             raise _invalid("a mask must be mask:<base64 PNG>") from None
         return RegionRequest("mask", mask_png=png)
-    parts = text.strip("[]").split(",")
-    try:
-        box = tuple(float(p) for p in parts)
-    except ValueError:
-        box = ()
-    if len(box) != 4 or not all(np.isfinite(box)):
+    box = parse_box(text, _invalid)
+    if box is None:
         raise _invalid("expected predicted, all, a box x0,y0,x1,y1 (original pixels) or mask:<base64 PNG>, "
                        f"got {text[:40]!r}")
+    return RegionRequest("box", box=box)
+
+
+Box = tuple[float, float, float, float]
+
+
+def parse_box(text: str, invalid: Callable[[str], Exception]) -> Box | None:
+    """``x0,y0,x1,y1`` (brackets allowed) in original pixels: ``None`` when the text is not four finite numbers;
+    ``invalid(message)`` is raised for four numbers that make no box."""
+    try:
+        box = tuple(float(p) for p in text.strip("[]").split(","))
+    except ValueError:
+        return None
+    if len(box) != 4 or not all(np.isfinite(box)):
+        return None
     x0, y0, x1, y1 = box
     if not (0 <= x0 < x1 and 0 <= y0 < y1):
-        raise _invalid("a box needs 0 <= x0 < x1 and 0 <= y0 < y1")
-    return RegionRequest("box", box=box)  # type: ignore[arg-type]
+        raise invalid("a box needs 0 <= x0 < x1 and 0 <= y0 < y1")
+    return (x0, y0, x1, y1)

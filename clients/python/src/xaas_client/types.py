@@ -225,42 +225,36 @@ class ExplainResponse(_Result):
     explanations: list[Explanation]
 
 
-class Box(_Result):
+class _Boxed(_Result):
+    box: tuple[int, int, int, int]
+
+    @property
+    def width(self) -> int:
+        return self.box[2] - self.box[0]
+
+    @property
+    def height(self) -> int:
+        return self.box[3] - self.box[1]
+
+
+class Box(_Boxed):
     """One box: ``box`` is ``(x0, y0, x1, y1)`` in original-image pixels, ``x1``/``y1`` exclusive."""
 
     index: int
     label: str
     score: float
-    box: tuple[int, int, int, int]
     area: int | None = None
     detection: ExplainedDetection | None = None  # detection models: the detection explained (its own box)
 
-    @property
-    def width(self) -> int:
-        return self.box[2] - self.box[0]
 
-    @property
-    def height(self) -> int:
-        return self.box[3] - self.box[1]
-
-
-class MaskBox(_Result):
+class MaskBox(_Boxed):
     """Segmentation models: a connected component of the model's own predicted mask of a class, ``box`` as
     ``(x0, y0, x1, y1)`` in original-image pixels (exclusive ends), with the class's mean probability inside."""
 
     index: int
     label: str
-    box: tuple[int, int, int, int]
     area: int
     mean_probability: float
-
-    @property
-    def width(self) -> int:
-        return self.box[2] - self.box[0]
-
-    @property
-    def height(self) -> int:
-        return self.box[3] - self.box[1]
 
 
 class LocalizeResponse(_Result):
