@@ -103,7 +103,11 @@ def probe(module: nn.Module, *, input_shape: Sequence[int], task: str, target_la
                             other_tasks=other_tasks)
     verdicts: dict[str, str | None] = {}
     caveats: dict[str, tuple[str, ...]] = {}
+    volume = len(input_shape) == 4   # (C, D, H, W)
     for name, method in mine.items():
+        if volume and not method.volumes:
+            verdicts[name] = f"{name} does not explain volumes (3-D inputs)"
+            continue
         if target_layer is None and method.uses_layer:
             verdicts[name] = f"{name} needs a layer map and this model has none ({target_layer_reason})"
             continue

@@ -268,6 +268,8 @@ class Explainer(ABC):
     caveats: ClassVar[tuple[str, ...]] = ()
     #: The model tasks the method is made for (None: every task); the probe leaves the others out.
     tasks: ClassVar[tuple[str, ...] | None] = None
+    #: It explains volumes (inputs ``[B, C, D, H, W]``, maps ``[R, d, h, w]``); the probe refuses the others there.
+    volumes: ClassVar[bool] = False
 
     #: Per-instance overrides of the module-level chunk sizes (None = use the module default at call time).
     forward_chunk: int | None = None
@@ -290,6 +292,9 @@ class Explainer(ABC):
             raise InvalidOption(f"task must be one of {', '.join(TASKS)}, got {task!r}")
         with torch.inference_mode(False):
             x = prepare_inputs(inputs)
+        if x.dim() == 5 and not self.volumes:
+            raise InvalidOption(f"{self.name} does not explain volumes ([B, C, D, H, W] inputs)",
+                                errors=[FieldError("method", "not for volumes")])
         if len(requests) != x.shape[0]:
             raise InvalidOption(f"{len(requests)} target requests for a batch of {x.shape[0]} images")
         with torch.inference_mode(False):
@@ -371,14 +376,25 @@ def backward_chunk_size(method: Explainer, context: Mapping[str, Any] | None = N
 
 
 def prepare_inputs(inputs: Tensor) -> Tensor:
-    """``inputs`` ``[N, C, H, W]`` ready for autograd: detached from any caller graph and not an inference tensor (a
-    batch built under ``torch.inference_mode()`` cannot take part in a backward pass)."""
-    if not isinstance(inputs, Tensor) or inputs.dim() != 4:
+    """``inputs`` ``[N, C, H, W]`` (or volumes ``[N, C, D, H, W]``) ready for autograd: detached from any caller graph
+    and not an inference tensor (a batch built under ``torch.inference_mode()`` cannot take part in a backward
+    pass)."""
+    if not isinstance(inputs, Tensor) or inputs.dim() not in (4, 5):
         shape = tuple(inputs.shape) if isinstance(inputs, Tensor) else type(inputs).__name__
-        raise InvalidOption(f"inputs must be a [B, C, H, W] tensor, got {shape}")
+        raise InvalidOption(f"inputs must be a [B, C, H, W] (or [B, C, D, H, W]) tensor, got {shape}")
     if not inputs.is_floating_point():
         raise InvalidOption(f"inputs must be floating point, got {inputs.dtype}")
     return inputs.clone() if inputs.is_inference() else inputs.detach()
+
+
+def spatial_dims(t: Tensor) -> tuple[int, ...]:
+    """The spatial dimensions of a ``[B, C, h, w]`` or ``[B, C, d, h, w]`` tensor: ``(2, 3)`` or ``(2, 3, 4)``."""
+    return tuple(range(2, t.dim()))
+
+
+def weighted_maps(weights: Tensor, act: Tensor) -> Tensor:
+    """``sum_k w_k A^k``: channel weights ``[B, K]`` applied to maps ``[B, K, ...]`` → ``[B, ...]``."""
+    return torch.einsum("bk,bk...->b...", weights, act)
 
 
 def _row_target(value: int, task: str) -> Target:
@@ -396,9 +412,9 @@ def prepare_batch(model: nn.Module, inputs: Tensor, targets: Tensor, task: str) 
     inference tensor (a batch built under ``torch.inference_mode()`` cannot take part in a backward pass)."""
     if task not in TASKS:
         raise InvalidOption(f"task must be one of {', '.join(TASKS)}, got {task!r}")
-    if not isinstance(inputs, Tensor) or inputs.dim() != 4:
+    if not isinstance(inputs, Tensor) or inputs.dim() not in (4, 5):
         shape = tuple(inputs.shape) if isinstance(inputs, Tensor) else type(inputs).__name__
-        raise InvalidOption(f"inputs must be a [B, C, H, W] tensor, got {shape}")
+        raise InvalidOption(f"inputs must be a [B, C, H, W] (or [B, C, D, H, W]) tensor, got {shape}")
     if not inputs.is_floating_point():
         raise InvalidOption(f"inputs must be floating point, got {inputs.dtype}")
     if not isinstance(targets, Tensor) or targets.dim() != 1 or targets.shape[0] != inputs.shape[0]:

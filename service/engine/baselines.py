@@ -30,17 +30,22 @@ BASELINES = ("zero", "black", "mean", "blur")
 
 
 def gaussian_blur(x: Tensor, sigma: float) -> Tensor:
-    """Separable Gaussian blur of ``[B, C, H, W]`` with standard deviation ``sigma`` pixels."""
+    """Separable Gaussian blur of ``[B, C, H, W]`` (or a volume ``[B, C, D, H, W]``) with standard deviation
+    ``sigma`` pixels along every spatial axis."""
     if sigma <= 0:
         return x.clone()
     radius = max(1, math.ceil(3 * sigma))
     coords = torch.arange(-radius, radius + 1, device=x.device, dtype=torch.float32)
     kernel = torch.exp(-0.5 * (coords / sigma) ** 2)
     kernel = (kernel / kernel.sum()).to(x.dtype)
-    c = x.shape[1]
-    out = F.pad(x, (radius, radius, radius, radius), mode="replicate")
-    out = F.conv2d(out, kernel.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
-    return F.conv2d(out, kernel.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+    c, dims = x.shape[1], x.dim() - 2
+    conv = F.conv2d if dims == 2 else F.conv3d
+    out = F.pad(x, (radius, radius) * dims, mode="replicate")
+    for axis in range(dims):
+        shape = [1] * dims
+        shape[axis] = -1
+        out = conv(out, kernel.view(1, 1, *shape).expand(c, 1, *shape), groups=c)
+    return out
 
 
 def make_baseline(x: Tensor, kind: str, *, blur_sigma: float = 0.05,
@@ -48,13 +53,14 @@ def make_baseline(x: Tensor, kind: str, *, blur_sigma: float = 0.05,
     """A baseline tensor shaped like ``x`` (each row's own baseline; rows never mix)."""
     if kind == "zero":
         return torch.zeros_like(x)
+    spatial = tuple(range(2, x.dim()))
     if kind == "mean":
-        return x.mean((2, 3), keepdim=True).expand_as(x).clone()
+        return x.mean(spatial, keepdim=True).expand_as(x).clone()
     if kind == "black":
         if input_range is not None:
             lo = _channel_values(input_range[0], x)
-            return lo.view(1, -1, 1, 1).expand_as(x).clone()
-        return x.amin((2, 3), keepdim=True).expand_as(x).clone()
+            return lo.view(1, -1, *[1] * len(spatial)).expand_as(x).clone()
+        return x.amin(spatial, keepdim=True).expand_as(x).clone()
     if kind == "blur":
         return gaussian_blur(x, blur_sigma * min(x.shape[-2:]))
     raise InvalidOption(f"baseline must be one of {', '.join(BASELINES)}, got {kind!r}",

@@ -36,6 +36,8 @@ from .base import (
     grad_enabled,
     logits_of,
     probe_batch,
+    spatial_dims,
+    weighted_maps,
 )
 from .layers import resolve_layer
 from .passes import Capture, Steps, capture, row_gradients, rows_of_samples, run_in_chunks, single_pass
@@ -112,6 +114,7 @@ class CAM(_CAMFamily):
     """
 
     name = "cam"
+    volumes = True
     description = ("Class Activation Mapping: the classifier's weights applied to the feature maps. Needs a global "
                    "average pool followed by one linear layer.")
 
@@ -122,7 +125,7 @@ class CAM(_CAMFamily):
         act, logits, rows, cap = layer_pass(model, inputs, requests, layer, task, grad=False, watch_head=True)
         weight, pooled = _gap_linear_head(cap.spatial(next(iter(cap.layers)), act), logits, cap)
         classes = class_indices(rows, self.name)
-        cam = torch.einsum("bk,bkhw->bhw", weight[classes].float(), pooled[rows.image].float())
+        cam = weighted_maps(weight[classes].float(), pooled[rows.image].float())
         return Explained(rows, cam.relu(), reported_scores(logits, rows, task))
 
     def check_model(self, model: nn.Module, input_shape: Sequence[int], *, layer: str | None = None,
@@ -151,7 +154,8 @@ def _gap_linear_head(act: Tensor, logits: Tensor, cap: Capture) -> tuple[Tensor,
     if lin is not None and tuple(lin.weight.shape) == (k, c) and bool(lin.weight.detach().abs().amax() > 0):
         tol = 1e-3 if lin.weight.dtype in (torch.float32, torch.float64) else 2e-2
         for pooled in (act, act.relu()):
-            pred = F.linear(pooled.mean((2, 3)).to(lin.weight.dtype), lin.weight, getattr(lin, "bias", None))
+            pred = F.linear(pooled.mean(spatial_dims(pooled)).to(lin.weight.dtype), lin.weight,
+                            getattr(lin, "bias", None))
             err = (pred.float() - logits.float()).abs().max()
             scale = logits.float().abs().max().clamp_min(1e-12)
             if bool(err <= tol * scale):
@@ -169,6 +173,7 @@ def _gap_linear_head(act: Tensor, logits: Tensor, cap: Capture) -> tuple[Tensor,
 
 
 class _GradientCAM(_CAMFamily):
+    volumes = True
     negate_gradients = False
     #: The weighting assumes ReLU'd (non-negative) activations; a layer with negative values is refused.
     needs_nonnegative = False
@@ -214,8 +219,8 @@ class GradCAM(_GradientCAM):
     description = "Grad-CAM: feature maps weighted by their spatially averaged gradients, ReLU'd."
 
     def combine(self, act: Tensor, grad: Tensor) -> Tensor:
-        alpha = grad.mean((2, 3))
-        return torch.einsum("bk,bkhw->bhw", alpha, act).relu()
+        alpha = grad.mean(spatial_dims(grad))
+        return weighted_maps(alpha, act).relu()
 
 
 class GradCAMCounterfactual(GradCAM):
@@ -270,10 +275,10 @@ class XGradCAM(_GradientCAM):
     description = "XGrad-CAM: channel weights = activation-weighted average gradient, ReLU'd."
 
     def combine(self, act: Tensor, grad: Tensor) -> Tensor:
-        total = act.sum((2, 3))
-        num = (grad * act).sum((2, 3))
+        total = act.sum(spatial_dims(act))
+        num = (grad * act).sum(spatial_dims(act))
         alpha = torch.where(total != 0, num / torch.where(total != 0, total, torch.ones_like(total)), 0.0)
-        return torch.einsum("bk,bkhw->bhw", alpha, act).relu()
+        return weighted_maps(alpha, act).relu()
 
 
 class GradCAMPlusPlus(_GradientCAM):
@@ -302,11 +307,11 @@ class GradCAMPlusPlus(_GradientCAM):
     def combine(self, act: Tensor, grad: Tensor) -> Tensor:
         g2 = grad * grad
         g3 = g2 * grad
-        denom = 2 * g2 + act.sum((2, 3), keepdim=True) * g3
+        denom = 2 * g2 + act.sum(spatial_dims(act), keepdim=True) * g3
         ok = (grad != 0) & (denom != 0)
         alpha = torch.where(ok, g2 / torch.where(ok, denom, torch.ones_like(denom)), 0.0)
-        weights = (alpha * grad.relu()).sum((2, 3))
-        return torch.einsum("bk,bkhw->bhw", weights, act).relu()
+        weights = (alpha * grad.relu()).sum(spatial_dims(act))
+        return weighted_maps(weights, act).relu()
 
 
 class LayerCAM(_GradientCAM):

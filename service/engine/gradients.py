@@ -263,6 +263,7 @@ class Saliency(Explainer):
     """
 
     name = "saliency"
+    volumes = True
     sanity = ("fails the logit-layer randomisation check (Adebayo et al., 2018) on the demo model: rank correlation "
               "0.70 with the maps of a model whose classifier is re-initialised (bench/quality.py)")
     family = "gradient"
@@ -391,6 +392,7 @@ class SmoothGrad(Explainer):
     """
 
     name = "smoothgrad"
+    volumes = True
     family = "gradient"
     description = "SmoothGrad: saliency maps averaged over Gaussian-noised copies of the input."
     params = (
@@ -404,17 +406,18 @@ class SmoothGrad(Explainer):
             task: str, **params: Any) -> Steps[Explained]:
         p, ctx = self._bind(params)
         x, n = inputs, p["samples"]
-        sigma = p["noise"] * (x.amax((1, 2, 3)) - x.amin((1, 2, 3)))
+        per_image = tuple(range(1, x.dim()))
+        sigma = p["noise"] * (x.amax(per_image) - x.amin(per_image))
 
         def noisy(image: Tensor, sample: Tensor) -> Tensor:
             eps = torch.stack([smoothgrad_noise(p["seed"], int(k), x.shape[1:], device=x.device, dtype=x.dtype)
                                for k in sample.tolist()])
-            return x[image] + sigma[image].view(-1, 1, 1, 1) * eps
+            return x[image] + sigma[image].view(-1, *[1] * (x.dim() - 1)) * eps
 
         total, logits, rows = yield from copies_pass(self, model, x, requests, task, copies=n, make=noisy,
                                                      contribution=lambda grad, _: _grey(grad), unit="samples",
                                                      context=ctx)
-        maps = total / n if total is not None else x.new_zeros((0, *x.shape[-2:]), dtype=torch.float32)
+        maps = total / n if total is not None else x.new_zeros((0, *x.shape[2:]), dtype=torch.float32)
         return Explained(rows, maps, reported_scores(logits, rows, task))
 
 
@@ -516,6 +519,7 @@ class IntegratedGradients(Explainer):
     """
 
     name = "integrated-gradients"
+    volumes = True
     family = "gradient"
     signed = True
     description = ("Integrated Gradients: input-minus-baseline times the path-averaged gradient, summed over colour "
@@ -543,15 +547,15 @@ class IntegratedGradients(Explainer):
         weights = torch.tensor(weights_l, device=x.device, dtype=torch.float32)
 
         def point(image: Tensor, step: Tensor) -> Tensor:
-            return base[image] + alphas[step].view(-1, 1, 1, 1) * delta[image]
+            return base[image] + alphas[step].view(-1, *[1] * (x.dim() - 1)) * delta[image]
 
         def weighted(grad: Tensor, step: Tensor) -> Tensor:
-            return grad.float() * weights[step].view(-1, 1, 1, 1)
+            return grad.float() * weights[step].view(-1, *[1] * (grad.dim() - 1))
 
         total, logits, rows = yield from copies_pass(self, model, x, requests, task, copies=len(alphas_l),
                                                      make=point, contribution=weighted, unit="steps", context=ctx)
         if total is None:
-            return Explained(rows, x.new_zeros((0, *x.shape[-2:]), dtype=torch.float32), reported_scores(logits, rows,
+            return Explained(rows, x.new_zeros((0, *x.shape[2:]), dtype=torch.float32), reported_scores(logits, rows,
                                                                                                           task))
         attribution = (delta.float()[rows.image] * total).sum(1)
         if p["sign"] == "positive":

@@ -58,13 +58,13 @@ MAX_PREFIX_TOKENS = 8
 class Layout:
     """How a layer's output maps onto a spatial grid."""
 
-    kind: str                      # "nchw" | "nhwc" | "tokens"
-    grid: tuple[int, int]          # (h, w) of the map
+    kind: str                      # "nchw" | "nhwc" | "tokens" | "ncdhw" (a volume's map)
+    grid: tuple[int, ...]          # (h, w) of the map; (d, h, w) for ncdhw
     prefix: int = 0                # tokens: leading non-patch tokens
 
     def spatial(self, t: Tensor) -> Tensor:
-        """``[B, C, h, w]`` view of an output (or of its gradient) in this layout."""
-        if self.kind == "nchw":
+        """``[B, C, h, w]`` (``[B, C, d, h, w]`` for a volume) view of an output (or of its gradient) in this layout."""
+        if self.kind in ("nchw", "ncdhw"):
             return t
         if self.kind == "nhwc":
             return t.permute(0, 3, 1, 2)
@@ -99,7 +99,7 @@ class LayerInfo:
     @property
     def preferred(self) -> bool:
         return (self.spatial and self.calls == 1 and not self.pooled and not self.identity and self.layout is not None
-                and self.layout.grid[0] > 1 and self.layout.grid[1] > 1)
+                and all(g > 1 for g in self.layout.grid))
 
 
 # --------------------------------------------------------------------------------------------------- layouts
@@ -136,6 +136,8 @@ def _token_layout(model: nn.Module, tokens: int, input_hw: tuple[int, int]) -> L
 def _layout(model: nn.Module, shape: tuple[int, ...], input_hw: tuple[int, int]) -> Layout | None:
     if not shape or shape[0] != 1:
         return None   # traced with one image: a tensor of another batch size (per-RoI, per-anchor) is no image map
+    if len(shape) == 5:
+        return Layout("ncdhw", tuple(int(s) for s in shape[2:]))
     if len(shape) == 4:
         _, a, b, c = shape
         if a == b and c > a and c >= 16:   # [B, h, w, C] channels-last (Swin): a square grid, more channels
@@ -174,8 +176,8 @@ def get_module(model: nn.Module, name: str, input_shape: Sequence[int] | None = 
 def trace_layers(model: nn.Module, input_shape: Sequence[int]) -> list[LayerInfo]:
     """Describe every named module's output for one dummy forward (batch of one, zeros), in completion order.
     Cached per model and input shape (models are frozen: their structure does not change)."""
-    if len(input_shape) != 3:
-        raise InvalidOption(f"input_shape must be (C, H, W), got {tuple(input_shape)}")
+    if len(input_shape) not in (3, 4):
+        raise InvalidOption(f"input_shape must be (C, H, W) or a volume's (C, D, H, W), got {tuple(input_shape)}")
     key = tuple(int(s) for s in input_shape)
     with _lock:
         hit = _traces.get(model, {}).get(key)
@@ -220,7 +222,7 @@ def _trace(model: nn.Module, input_shape: tuple[int, ...]) -> list[LayerInfo]:
             producer.setdefault(id(out), mod)
     infos: dict[str, LayerInfo] = {}
     order: list[str] = []
-    hw = (int(input_shape[1]), int(input_shape[2]))
+    hw = (int(input_shape[-2]), int(input_shape[-1]))
     for name, mod, out in events:
         if not isinstance(out, Tensor):
             continue

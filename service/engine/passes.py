@@ -128,7 +128,7 @@ def capture(model: nn.Module, layers: Sequence[str | None], *, input_shape: Sequ
 
     def recorder(entry: _Layer) -> Any:
         def on_layer(mod: nn.Module, args: tuple, out: Any) -> Tensor:
-            want = 3 if entry.layout.kind == "tokens" else 4
+            want = {"tokens": 3, "ncdhw": 5}.get(entry.layout.kind, 4)
             if not isinstance(out, Tensor) or out.dim() != want:
                 shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
                 raise InvalidOption(f"layer {entry.name!r} outputs {shape}, not a map in its {entry.layout.kind} "

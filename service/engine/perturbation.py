@@ -51,7 +51,8 @@ class Occlusion(Explainer):
 
     Signed: occluding a patch can raise the score. A last window flush with the border covers any remainder
     (:func:`occlusion_starts`), so every pixel gets a value. Cost: ``n_windows + 1`` forwards per row
-    (169 + 1 for window 32, stride 16 at 224 px).
+    (169 + 1 for window 32, stride 16 at 224 px). On volumes the patch is a ``window``-sided cube sliding along
+    depth, height and width (the same bound on the count of windows).
 
     Example::
 
@@ -59,12 +60,14 @@ class Occlusion(Explainer):
     """
 
     name = "occlusion"
+    volumes = True
     family = "perturbation"
     signed = True
     description = ("Occlusion: drop of the class score when a sliding patch is replaced by the baseline, averaged "
                    "over the patches covering each pixel.")
     params = (
-        ParamSpec("window", int, 32, 1, 4096, description="side of the square patch, in model-input pixels"),
+        ParamSpec("window", int, 32, 1, 4096, description="side of the square patch (a cube on volumes), in "
+                                                           "model-input pixels"),
         ParamSpec("stride", int, 16, 1, 4096, description="step between patches, in model-input pixels"),
         ParamSpec("baseline", str, "zero", choices=BASELINES,
                   description="patch content: zero (model-space zeros = mean colour when normalised), black, mean, "
@@ -77,16 +80,18 @@ class Occlusion(Explainer):
             task: str, **params: Any) -> Steps[Explained]:
         p, ctx = self._bind(params)
         x = inputs
-        b, _, h, w = x.shape
+        b, size = x.shape[0], tuple(int(s) for s in x.shape[2:])     # (H, W) or a volume's (D, H, W)
         win, stride = p["window"], p["stride"]
-        if win > min(h, w):
-            raise InvalidOption(f"window {win} exceeds the model input size {h}x{w}",
-                                errors=[FieldError("window", f"must be <= {min(h, w)}")])
-        ys, xs = occlusion_starts(h, win, stride), occlusion_starts(w, win, stride)
-        n = len(ys) * len(xs)
+        shown = "x".join(map(str, size))
+        if win > min(size):
+            raise InvalidOption(f"window {win} exceeds the model input size {shown}",
+                                errors=[FieldError("window", f"must be <= {min(size)}")])
+        starts = [occlusion_starts(s, win, stride) for s in size]
+        grid = tuple(len(a) for a in starts)
+        n = math.prod(grid)
         if n > MAX_OCCLUSION_WINDOWS:
             raise InvalidOption(
-                f"window {win} and stride {stride} give {n} occluded copies per image on a {h}x{w} input "
+                f"window {win} and stride {stride} give {n} occluded copies per image on a {shown} input "
                 f"(limit {MAX_OCCLUSION_WINDOWS}); increase stride or window",
                 errors=[FieldError("stride", "too many windows")])
         base = make_baseline(x, p["baseline"], blur_sigma=p["blur_sigma"], input_range=ctx.get("input_range"))
@@ -104,22 +109,36 @@ class Occlusion(Explainer):
                 image = wanted[flat // n]
                 images = x[image]
                 for i, k in enumerate((flat % n).tolist()):
-                    y0, x0 = ys[k // len(xs)], xs[k % len(xs)]
-                    r = int(image[i])
-                    images[i, :, y0:y0 + win, x0:x0 + win] = base[r, :, y0:y0 + win, x0:x0 + win]
+                    corner = [a[j] for a, j in zip(starts, _unravel(k, grid))]
+                    window = (slice(None), *(slice(c, c + win) for c in corner))
+                    images[i][window] = base[int(image[i])][window]
                 out = logits_of(model(images), stop - start)
                 sample_rows = rows_of_samples(rows, image)
                 scores = target_scores(out, sample_rows, task).float()
-                window = (flat % n)[sample_rows.image]
-                drops[sample_rows.slot, window] = reference[sample_rows.slot] - scores
+                index = (flat % n)[sample_rows.image]
+                drops[sample_rows.slot, index] = reference[sample_rows.slot] - scores
 
         yield from run_in_chunks(len(wanted) * n, chunk, occlude, "windows")
-        # Windows form a product grid, so coverage factorises: sum_w d_w 1[w covers (i,j)] = R_y^T D R_x.
-        ry = _coverage(ys, win, h, x.device)
-        rx = _coverage(xs, win, w, x.device)
-        total = torch.einsum("yh,byx,xw->bhw", ry, drops.view(len(rows), len(ys), len(xs)), rx)
-        maps = total / (ry.sum(0)[:, None] * rx.sum(0)[None, :])
-        return Explained(rows, maps, reported_scores(logits, rows, task))
+        # Windows form a product grid, so coverage factorises per axis: sum_w d_w 1[w covers (i,j)] = R_y^T D R_x
+        # (and likewise with R_z for volumes).
+        cover = [_coverage(a, win, s, x.device) for a, s in zip(starts, size)]
+        if len(size) == 2:
+            total = torch.einsum("yh,byx,xw->bhw", cover[0], drops.view(len(rows), *grid), cover[1])
+        else:
+            total = torch.einsum("zd,bzyx,yh,xw->bdhw", cover[0], drops.view(len(rows), *grid), cover[1], cover[2])
+        counts = cover[0].sum(0)
+        for c in cover[1:]:
+            counts = counts[..., None] * c.sum(0)
+        return Explained(rows, total / counts, reported_scores(logits, rows, task))
+
+
+def _unravel(k: int, grid: tuple[int, ...]) -> list[int]:
+    """Row-major multi-index of window ``k`` on a product grid of window starts."""
+    out = []
+    for n in reversed(grid):
+        out.append(k % n)
+        k //= n
+    return out[::-1]
 
 
 def _spans(n: int, size: int) -> list[tuple[int, int]]:
