@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from . import __version__
+from .imaging.volume import VolumeGeometry
 from .inference import TargetMap
 
 __all__ = ["ENTRY_OVERHEAD", "CacheObserver", "CachedMaps", "MapKey", "ResultCache", "entity_tag"]
@@ -95,9 +96,11 @@ class CachedMaps:
     maps: tuple[TargetMap, ...]
     width: int
     height: int
+    volume: VolumeGeometry | None = None   # volumes: the source's voxel grid and placement
 
     @classmethod
-    def freeze(cls, maps: Iterable[TargetMap], width: int, height: int) -> CachedMaps:
+    def freeze(cls, maps: Iterable[TargetMap], width: int, height: int, volume: VolumeGeometry | None = None
+               ) -> CachedMaps:
         """Private read-only copies: a batch hands out *views* of one array for all its images, and an entry must
         neither keep the whole batch alive (its size would be wrong) nor share memory another request can write."""
         rows = []
@@ -106,7 +109,7 @@ class CachedMaps:
             probability = _frozen(item.probability, np.float32) if item.probability is not None else None
             predicted = _frozen(item.predicted, bool) if item.predicted is not None else None
             rows.append(TargetMap(item.index, item.score, heatmap, probability, predicted, item.detection))
-        return cls(tuple(rows), int(width), int(height))
+        return cls(tuple(rows), int(width), int(height), volume)
 
     @property
     def nbytes(self) -> int:

@@ -39,7 +39,7 @@ class LayerDetail:
 
     name: str
     layout: str            # nchw | nhwc | tokens
-    grid: tuple[int, int]
+    grid: tuple[int, ...]
     channels: int
     prefix: int = 0
 

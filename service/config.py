@@ -39,6 +39,8 @@ class Settings(BaseSettings):
                             description="Largest decoded image (width × height): decompression bombs. "
                                         "At most PIL's own 89 M guard.")
     max_frames: int = Field(1000, ge=1, description="Most frames a DICOM/GIF/TIFF may declare.")
+    max_voxels: int = Field(160_000_000, ge=1, le=1_000_000_000,
+                            description="Most voxels a volume (DICOM series, NIfTI) may hold; checked from headers.")
     max_targets: int = Field(20, ge=1, description="Most targets (explicit or top_k) in one request.")
 
     # Batching defaults (each model may override them in models.yaml).

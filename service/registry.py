@@ -62,7 +62,11 @@ class ModelSpec(BaseModel):
         "softmax", description="Segmentation: softmax over classes per pixel, or an independent sigmoid per class.")
     score_threshold: float = Field(0.5, ge=0, le=1, description="Detection: the least score of a reported detection.")
     max_detections: int = Field(100, ge=1, le=1000, description="Detection: detections kept per image, best first.")
-    input_size: tuple[int, int] = (224, 224)
+    spatial_dims: Literal[2, 3] = Field(2, description="3: a volume model ([B, C, D, H, W] inputs).")
+    input_size: tuple[int, ...] = Field((224, 224), description="[height, width], or [depth, height, width] for "
+                                                                "volume models.")
+    window: tuple[float, float] | None = Field(None, description="Volumes: [centre, width] mapped to [0, 1] "
+                                                                  "(default: the files' own window, else the range).")
     mean: list[float] = Field(default_factory=lambda: [0.485, 0.456, 0.406])
     std: list[float] = Field(default_factory=lambda: [0.229, 0.224, 0.225])
     channels: Literal[1, 3] = 3
@@ -78,10 +82,21 @@ class ModelSpec(BaseModel):
 
     @field_validator("input_size")
     @classmethod
-    def _size(cls, v: tuple[int, int]) -> tuple[int, int]:
-        if not all(8 <= s <= 4096 for s in v):
-            raise ValueError("each side must be between 8 and 4096 pixels")
+    def _size(cls, v: tuple[int, ...]) -> tuple[int, ...]:
+        if len(v) not in (2, 3):
+            raise ValueError("expected [height, width] (or [depth, height, width] for volume models)")
+        if not all(4 <= s <= 4096 for s in v) or (len(v) == 2 and min(v) < 8):
+            raise ValueError("each side must be between 8 and 4096 pixels (4 for a volume's sides)")
         return v
+
+    @model_validator(mode="after")
+    def _volume_size(self) -> ModelSpec:
+        if len(self.input_size) != self.spatial_dims:
+            raise ValueError(f"input_size has {len(self.input_size)} sides; spatial_dims {self.spatial_dims} needs "
+                             f"{self.spatial_dims}")
+        if self.spatial_dims == 3 and self.task != "multiclass" and self.task != "multilabel":
+            raise ValueError("volume models are classifiers here (multiclass or multilabel)")
+        return self
 
     @field_validator("source")
     @classmethod
@@ -148,6 +163,8 @@ class LoadedModel:
         target layer), so a result cached or tagged under one models.yaml is never served under an edited one."""
         s = self.spec
         fields = [self.labels, s.task, list(s.input_size), s.mean, s.std, s.channels, self.target_layer]
+        if s.spatial_dims == 3:
+            fields += [s.spatial_dims, list(s.window) if s.window else None]
         if s.task == "detection":
             fields += [s.score_threshold, s.max_detections]
         return hashlib.sha256(json.dumps(fields, separators=(",", ":")).encode()).hexdigest()
@@ -169,8 +186,13 @@ class LoadedModel:
         return [-m / s for m, s in zip(mean, std)], [(1 - m) / s for m, s in zip(mean, std)]
 
     @property
-    def input_shape(self) -> tuple[int, int, int]:
+    def input_shape(self) -> tuple[int, ...]:
+        """``(C, H, W)``, or ``(C, D, H, W)`` for a volume model."""
         return (self.spec.channels, *self.spec.input_size)
+
+    @property
+    def volumetric(self) -> bool:
+        return self.spec.spatial_dims == 3
 
     def class_index(self, target: int | str) -> int:
         """Resolve a class index (an int, or a string of ASCII digits) or a label; ``InvalidOption`` names a bad one.

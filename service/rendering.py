@@ -80,8 +80,8 @@ class MapStats:
 
 
 def map_stats(heatmap: np.ndarray) -> MapStats:
-    """Finite min/max and the empty/non-finite flags of a raw 2-D map."""
-    values = _as_map(heatmap)
+    """Finite min/max and the empty/non-finite flags of a raw 2-D map (or a volume's 3-D one)."""
+    values = _as_map(heatmap, (2, 3))
     finite = np.isfinite(values)
     nonfinite = not bool(finite.all())
     if not finite.any():
@@ -122,13 +122,15 @@ def _resize(values: np.ndarray, width: int, height: int) -> np.ndarray:
     return resized[0, 0].numpy().astype(np.float32, copy=False)
 
 
-def _as_map(heatmap: Any) -> np.ndarray:
-    """Validate a 2-D, non-empty numeric map and view it as float32 (a programming error otherwise)."""
+def _as_map(heatmap: Any, dims: tuple[int, ...] = (2,)) -> np.ndarray:
+    """Validate a non-empty numeric map of ``dims`` dimensions (2-D, or a volume's 3 where the caller takes it) and
+    view it as float32 (a programming error otherwise)."""
     if isinstance(heatmap, torch.Tensor):
         raise TypeError("rendering takes NumPy arrays; call .detach().cpu().numpy() in the engine")
     values = np.asarray(heatmap)
-    if values.ndim != 2 or values.size == 0:
-        raise ValueError(f"heatmap must be a non-empty 2-D array [h, w], got shape {values.shape}")
+    if values.ndim not in dims or values.size == 0:
+        raise ValueError(f"heatmap must be a non-empty {' or '.join(map(str, dims))}-D array, got shape "
+                         f"{values.shape}")
     if not (np.issubdtype(values.dtype, np.floating) or np.issubdtype(values.dtype, np.integer)):
         raise ValueError(f"heatmap must be numeric, got dtype {values.dtype}")
     with np.errstate(over="ignore"):  # float64 beyond float32 range becomes inf, which is then flagged
@@ -205,15 +207,16 @@ def _blend(base: np.ndarray, colour: np.ndarray, alpha: float) -> np.ndarray:
 
 
 def encode_raw(heatmap: np.ndarray) -> dict[str, Any]:
-    """The map at its native resolution as ``{"dtype": "float32", "shape": [h, w], "data": base64}``.
+    """The map at its native resolution as ``{"dtype": "float32", "shape": [h, w], "data": base64}`` (a volume's:
+    ``[d, h, w]``).
 
     ``data`` is the row-major little-endian float32 bytes; values are *not* cleaned (NaN/inf/negatives stay), since
     raw output is meant to be the honest, un-normalised map.
     """
-    values = np.ascontiguousarray(_as_map(heatmap), dtype="<f4")
+    values = np.ascontiguousarray(_as_map(heatmap, (2, 3)), dtype="<f4")
     return {
         "dtype": "float32",
-        "shape": [int(values.shape[0]), int(values.shape[1])],
+        "shape": [int(s) for s in values.shape],
         "data": base64.b64encode(values.tobytes(order="C")).decode("ascii"),
     }
 

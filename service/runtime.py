@@ -16,8 +16,9 @@ from .cache import ResultCache
 from .config import Settings
 from .engine.detection import Detection
 from .engine.targets import Region
-from .errors import ConfigError, ModelNotReady, ShuttingDown, TooManyTargets
+from .errors import ConfigError, InvalidImage, ModelNotReady, ShuttingDown, TooManyTargets
 from .imaging import DecodedImage, ImageLimits, decode_image, to_model_input
+from .imaging.volume import VolumeLimits, decode_volume, is_volume_container, volume_to_model_input
 from .inference import ExplainWork, PredictResult, PredictWork, TargetMap, explain_steps, run_work, split_results
 from .jobs import Job, JobScheduler, ReadyWork, StepsWork
 from .metrics import Metrics
@@ -37,6 +38,7 @@ class Runtime:
         self.batchers: dict[str, DynamicBatcher] = {}
         self.executor = ThreadPoolExecutor(max_workers=settings.workers_threads, thread_name_prefix="xaas-io")
         self.limits = ImageLimits(max_pixels=settings.max_pixels, max_frames=settings.max_frames)
+        self.volume_limits = VolumeLimits(max_voxels=settings.max_voxels, max_slices=min(settings.max_frames, 4096))
         self.shutting_down = False
         self._decoding: dict[str, int] = {}  # per model: requests decoding now, i.e. jobs about to be submitted
         self._decoding_lock = threading.Lock()
@@ -147,9 +149,16 @@ class Runtime:
                          ) -> tuple[DecodedImage, Any]:
         """Decode and preprocess in the thread pool; returns the decoded image and the model input tensor."""
 
-        def work() -> tuple[DecodedImage, Any]:
-            image = decode_image(data, self.limits, frame=frame)
+        def work() -> tuple[Any, Any]:
             spec = model.spec
+            if model.volumetric:
+                volume = decode_volume(data, self.volume_limits)
+                return volume, volume_to_model_input(volume, input_size=spec.input_size, channels=spec.channels,
+                                                     mean=spec.mean, std=spec.std, window=spec.window)
+            if is_volume_container(data):
+                raise InvalidImage(f"model '{model.name}' takes 2-D images; a DICOM series, zip or NIfTI volume "
+                                   "is for volume models (spatial_dims: 3)")
+            image = decode_image(data, self.limits, frame=frame)
             tensor = to_model_input(image, input_size=spec.input_size, channels=spec.channels, mean=spec.mean,
                                     std=spec.std)
             return image, tensor

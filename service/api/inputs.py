@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+import io
 import json
+import zipfile
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -20,6 +22,8 @@ from ..errors import BadOption, FieldError, InvalidImage, InvalidOption, Payload
 
 M = TypeVar("M", bound=BaseModel)
 MAX_JSON_DEPTH = 8
+#: ``image`` files one multipart request may carry: the slices of a DICOM series (volume models).
+MAX_SERIES_FILES = 2048
 
 
 def _list_fields(model: type[BaseModel]) -> set[str]:
@@ -70,7 +74,7 @@ def parse_options(options_model: type[M], raw: dict[str, Any], also_known: froze
 
 async def _read_multipart(request: Request, options_model: type[BaseModel]) -> tuple[bytes, dict[str, Any]]:
     try:
-        form = await request.form(max_files=2, max_fields=64)
+        form = await request.form(max_files=MAX_SERIES_FILES, max_fields=64)
     except Exception as exc:
         if exc.__class__.__name__ == "BodyTooLarge":
             raise
@@ -82,9 +86,10 @@ async def _read_multipart(request: Request, options_model: type[BaseModel]) -> t
             if isinstance(image, str):
                 raise BadOption("field 'image' must be a file upload (use -F image=@file in curl)")
             raise BadOption("missing file field 'image'")
-        if len(files) > 1:
-            raise BadOption("send exactly one file, in field 'image'")
-        data = await image.read()
+        images = [v for k, v in form.multi_items() if k == "image" and isinstance(v, UploadFile)]
+        if len(files) > len(images):
+            raise BadOption("files go in field 'image' (repeat it for the files of a DICOM series)")
+        data = await image.read() if len(images) == 1 else await _series_bundle(images)
         lists = _list_fields(options_model)
         raw: dict[str, Any] = {}
         for key, value in form.multi_items():
@@ -101,6 +106,16 @@ async def _read_multipart(request: Request, options_model: type[BaseModel]) -> t
         return data, raw
     finally:
         await form.close()
+
+
+async def _series_bundle(images: list[UploadFile]) -> bytes:
+    """Several ``image`` files (the slices of a DICOM series) as one stored zip, in upload order: the form in which
+    the rest of the service takes a series (volume models sort the slices by geometry, not by this order)."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED) as bundle:
+        for n, part in enumerate(images):
+            bundle.writestr(f"{n:05d}.dcm", await part.read())
+    return buf.getvalue()
 
 
 def parse_json_object(body: bytes, *, what: str, max_depth: int = MAX_JSON_DEPTH) -> dict[str, Any]:

@@ -124,13 +124,15 @@ class PredictOptions(ImageOptions):
 class ImageInfo(BaseModel):
     width: int
     height: int
+    depth: int | None = Field(None, description="Volumes: slices (after sorting along the slice normal).")
+    spacing: list[float] | None = Field(None, description="Volumes: voxel size in mm, [slice, row, column].")
 
 
 REGION_DESCRIPTION = ("Segmentation models: where the class is explained (its logits summed there, Seg-Grad-CAM): "
                       "predicted (default), all, a box x0,y0,x1,y1 in original pixels, or mask:<base64 PNG> "
                       "(non-zero = inside, image size).")
 
-Output = Literal["heatmap", "overlay", "raw", "dicom-pm", "dicom-seg", "dicom-sc"]
+Output = Literal["heatmap", "overlay", "raw", "dicom-pm", "dicom-seg", "dicom-sc", "nifti"]
 
 
 class DetectionOptions(RequestOptions):
@@ -155,17 +157,22 @@ class ExplainOptions(ImageOptions, DetectionOptions):
     """Options of ``/explain/{method}``; the method's own parameters (see ``GET /methods``) are accepted too."""
 
     layer: str | None = Field(None, max_length=200, description="Target layer for CAM methods (default: the model's).")
-    outputs: list[Output] = Field(default_factory=lambda: ["heatmap"], max_length=6,
+    outputs: list[Output] = Field(default_factory=lambda: ["heatmap"], max_length=7,
                                   description="Any of heatmap (grey PNG), overlay (colour PNG over the image), "
                                               "raw (float32); for DICOM inputs dicom-pm (Parametric Map), "
                                               "dicom-seg (Segmentation of the thresholded map), dicom-sc "
-                                              "(overlay as Secondary Capture), base64 Part 10 in `dicom`.")
+                                              "(overlay as Secondary Capture), base64 Part 10 in `dicom`; "
+                                              "for volumes nifti (the map as .nii.gz, the source's affine).")
     threshold: Number | None = Field(None, gt=0, le=1, description="dicom-seg: fraction of the map's maximum "
                                      "(default: as /localize, the model's calibrated value, else 0.15).")
     segmentation_type: Literal["binary", "fractional"] = Field("binary", description="dicom-seg: BINARY (the "
                                                                "thresholded map) or FRACTIONAL (the map in [0, 1]).")
     colormap: str = Field("jet", max_length=64, description="Matplotlib colour map of the overlay.")
     alpha: Number = Field(0.5, ge=0, le=1, description="Overlay opacity of the heatmap.")
+    axis: Literal["axial", "coronal", "sagittal"] = Field(
+        "axial", description="Volumes: the axis of the heatmap's slices (axial: along the slice normal).")
+    slice: Int | None = Field(None, ge=0, le=100_000, description="Volumes: draw this one slice (0-based along "
+                              "axis) instead of a montage of the most relevant ones.")
     region: str | None = Field(None, max_length=4_000_000, description=REGION_DESCRIPTION)
 
     @field_validator("outputs", mode="before")
@@ -177,13 +184,14 @@ class ExplainOptions(ImageOptions, DetectionOptions):
     @classmethod
     def _outputs_unique(cls, v: list[str]) -> list[str]:
         if not v:
-            raise ValueError("ask for at least one of heatmap, overlay, raw, dicom-pm, dicom-seg, dicom-sc")
+            raise ValueError("ask for at least one of heatmap, overlay, raw, dicom-pm, dicom-seg, dicom-sc, nifti")
         return list(dict.fromkeys(v))
 
 
 class RawMap(BaseModel):
     dtype: Literal["float32"]
-    shape: Pair = Field(description="[height, width] of the map at its native resolution.")
+    shape: Annotated[list[int], Field(min_length=2, max_length=3)] = Field(
+        description="[height, width] of the map at its native resolution ([depth, height, width] for volumes).")
     data: str = Field(description="Base64 of the little-endian float32 values, row-major.")
 
 
@@ -202,6 +210,10 @@ class Explanation(BaseModel):
                                                   "255 = the map's max.")
     overlay: str | None = Field(None, description="RGB PNG (base64): colour-mapped heatmap blended over the image.")
     raw: RawMap | None = None
+    nifti: str | None = Field(None, description="Volumes with outputs=nifti: the map on the source's voxel grid as "
+                                                "a gzipped NIfTI-1 file (base64) with the source's affine.")
+    slices: list[int] | None = Field(None, description="Volumes: the slices (along axis) the heatmap PNG shows, "
+                                                       "left to right, top to bottom.")
     dicom: dict[str, str] | None = Field(None, description="DICOM results by kind (pm, seg, sc): base64 Part 10. "
                                          "They carry the source's patient and study; nothing else here does.")
     empty: bool = Field(description="True when the map has no positive value "
@@ -252,6 +264,12 @@ class LocalizedBox(BaseModel):
     area: int = Field(description="Pixels of the connected component.")
     detection: ExplainedDetection | None = Field(None, description="Detection models: the detection explained "
                                                  "(the model's own box beside the explanation's).")
+    box3d: Annotated[list[int], Field(min_length=6, max_length=6)] | None = Field(
+        None, description="Volumes: [x0, y0, z0, x1, y1, z1] in voxels of the source (z: slice index after "
+                          "sorting; x1/y1/z1 exclusive); box is its [x0, y0, x1, y1].")
+    box_mm: Annotated[list[float], Field(min_length=6, max_length=6)] | None = Field(
+        None, description="Volumes: the same box in patient millimetres (DICOM LPS): [x0, y0, z0, x1, y1, z1] of "
+                          "the voxel-edge corners.")
 
 
 class MaskBox(BaseModel):
@@ -382,7 +400,9 @@ class ModelInfo(BaseModel):
     task: Task
     num_classes: int
     score_threshold: float | None = Field(None, description="Detection: the least score of a reported detection.")
-    input_size: Pair = Field(description="[height, width] the image is resized to.")
+    input_size: Annotated[list[int], Field(min_length=2, max_length=3)] = Field(
+        description="[height, width] the image is resized to ([depth, height, width] for volume models).")
+    spatial_dims: int = Field(2, description="3 for volume models (DICOM series, NIfTI).")
     channels: int
     device: str
     target_layer: str | None = Field(description="Default CAM layer; null for TorchScript models (no hooks).")
@@ -394,9 +414,11 @@ class ModelInfo(BaseModel):
 
 class LayerChoice(BaseModel):
     name: str
-    layout: Literal["nchw", "nhwc", "tokens"] = Field(description="nchw: a conv map; nhwc: channels-last (Swin); "
-                                                                  "tokens: [B, prefix + h*w, C] (transformers).")
-    grid: Pair = Field(description="[height, width] of the map (the patch grid for tokens).")
+    layout: Literal["nchw", "nhwc", "tokens", "ncdhw"] = Field(
+        description="nchw: a conv map; nhwc: channels-last (Swin); tokens: [B, prefix + h*w, C] (transformers); "
+                    "ncdhw: a volume's map [B, C, d, h, w].")
+    grid: Annotated[list[int], Field(min_length=2, max_length=3)] = Field(
+        description="[height, width] of the map (the patch grid for tokens; [depth, height, width] for volumes).")
     channels: int
     prefix: int = Field(0, description="Tokens: leading non-patch tokens (class, distillation, registers).")
 

@@ -22,6 +22,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from ..api.schemas import (
     ExplainedDetection,
     ExplainOptions,
@@ -35,11 +37,13 @@ from ..cache import CachedMaps, MapKey, entity_tag
 from ..dicom_outputs import DICOM_OUTPUTS, build_outputs, read_source, refuse_non_dicom
 from ..engine import Explainer, get_method, validate_params
 from ..engine.localize import DEFAULT_THRESHOLD
-from ..errors import DeadlineExceeded, XaasError
+from ..errors import DeadlineExceeded, FieldError, InvalidOption, XaasError
 from ..imaging import DecodedImage, rgb8
+from ..imaging.volume import Volume, VolumeGeometry, nifti_bytes
 from ..inference import TargetMap
 from ..registry import LoadedModel
 from ..rendering import encode_raw, map_stats, render_heatmap, render_overlay, validate_overlay_options
+from ..rendering_volume import AXES, map_on_grid, montage_png, slice_png
 from ..runtime import Runtime
 from . import CallInfo, Conditional, HeldTags, untagged
 from .detections import DetectionRequest, box_to_original, parse_detection
@@ -47,6 +51,9 @@ from .regions import RegionRequest, parse_region
 
 __all__ = ["ExplanationPlan", "ExplanationRun", "explain", "explain_async", "image_digest", "map_key",
            "method_param_names", "plan", "render_response", "run", "submit"]
+
+#: What a volume's explanation can be rendered as.
+VOLUME_OUTPUTS = ("heatmap", "raw", "nifti")
 
 ASYNC_HINT = "resend it with the header 'Prefer: respond-async' to run it as a job (202, then poll GET /jobs/{id})"
 
@@ -92,8 +99,9 @@ class ExplanationRun:
     maps: tuple[TargetMap, ...]
     width: int
     height: int
-    image: DecodedImage | None
+    image: DecodedImage | Volume | None
     cache_hit: bool
+    volume: VolumeGeometry | None = None   # volumes: the source's voxel grid, for rendering without the voxels
 
     @property
     def size(self) -> tuple[int, int]:
@@ -160,7 +168,8 @@ async def run(runtime: Runtime, plan: ExplanationPlan, data: bytes, key: MapKey,
     if cached is not None:
         call.cache = "hit"
         image = await runtime.decode(data, frame=frame) if pixels else None
-        return ExplanationRun(plan, cached.maps, cached.width, cached.height, image, cache_hit=True)
+        return ExplanationRun(plan, cached.maps, cached.width, cached.height, image, cache_hit=True,
+                              volume=cached.volume)
     call.cache = "miss"
     image, tensor = await runtime.load_image(plan.model, data, frame=frame)
     try:
@@ -171,9 +180,9 @@ async def run(runtime: Runtime, plan: ExplanationPlan, data: bytes, key: MapKey,
     except DeadlineExceeded as exc:  # past its deadline: say how to run it as a job instead
         raise DeadlineExceeded(f"{exc.detail}; {ASYNC_HINT}") from None
     call.rows = len(maps)
-    entry = CachedMaps.freeze(maps, image.width, image.height)
+    entry = CachedMaps.freeze(maps, image.width, image.height, _geometry(image))
     runtime.cache.put(key, entry)
-    return ExplanationRun(plan, entry.maps, entry.width, entry.height, image, cache_hit=False)
+    return ExplanationRun(plan, entry.maps, entry.width, entry.height, image, cache_hit=False, volume=entry.volume)
 
 
 async def submit(runtime: Runtime, plan: ExplanationPlan, data: bytes, key: MapKey, *, frame: int | None, kind: str,
@@ -185,10 +194,11 @@ async def submit(runtime: Runtime, plan: ExplanationPlan, data: bytes, key: MapK
     cached = runtime.cache.get(key)
 
     def finish(maps: list[TargetMap]) -> dict[str, Any]:
-        entry = cached or CachedMaps.freeze(maps, image.width, image.height)
+        entry = cached or CachedMaps.freeze(maps, image.width, image.height, _geometry(image))
         if cached is None:
             runtime.cache.put(key, entry)
-        return render(ExplanationRun(plan, entry.maps, entry.width, entry.height, image, cache_hit=cached is not None))
+        return render(ExplanationRun(plan, entry.maps, entry.width, entry.height, image, cache_hit=cached is not None,
+                                     volume=entry.volume))
 
     job = runtime.submit_explanation(
         plan.model, tensor, method=plan.explainer.name, params=plan.params, layer=plan.layer, targets=plan.targets,
@@ -196,6 +206,10 @@ async def submit(runtime: Runtime, plan: ExplanationPlan, data: bytes, key: MapK
         finish=finish, ready=list(cached.maps) if cached is not None else None, region=_bound(plan, image),
         detection=_bound_detection(plan, image))
     return JobAccepted(id=job.id, status=job.status)
+
+
+def _geometry(image: DecodedImage | Volume) -> VolumeGeometry | None:
+    return image.geometry if isinstance(image, Volume) else None
 
 
 def _bound(plan: ExplanationPlan, image: DecodedImage) -> Any:
@@ -226,6 +240,8 @@ def rendering_options(opts: ExplainOptions) -> dict[str, Any]:
         options.update(colormap=opts.colormap, alpha=float(opts.alpha))
     if "dicom-seg" in opts.outputs:
         options.update(threshold=opts.threshold, segmentation_type=opts.segmentation_type)
+    if opts.slice is not None or opts.axis != "axial":   # volumes' slices; absent otherwise, so 2-D tags stay
+        options.update(axis=opts.axis, slice=opts.slice)
     return options
 
 
@@ -253,6 +269,7 @@ async def explain(runtime: Runtime, method: str, data: bytes, opts: ExplainOptio
     explainer = get_method(method)
     _validate_outputs(opts, data)
     validated = plan(runtime, explainer, opts, extras, call)
+    check_volume_options(validated.model, opts)
     key = await map_key(runtime, validated, data, frame=opts.frame)
     if _dicom_kinds(opts):  # new UIDs in every answer: no entity tag, If-None-Match ignored
         result = await run(runtime, validated, data, key, frame=opts.frame, call=call, pixels=_needs_overlay(opts))
@@ -276,6 +293,7 @@ async def explain_async(runtime: Runtime, method: str, data: bytes, opts: Explai
     explainer = get_method(method)
     _validate_outputs(opts, data)
     validated = plan(runtime, explainer, opts, extras, call)
+    check_volume_options(validated.model, opts)
     key = await map_key(runtime, validated, data, frame=opts.frame)
     return await submit(runtime, validated, data, key, frame=opts.frame, kind="explanation",
                         render=lambda result: render_response(result, opts, data).model_dump(mode="json",
@@ -286,9 +304,63 @@ def render_response(result: ExplanationRun, opts: ExplainOptions, data: bytes | 
     """The response body; runs in the thread pool (PNG encoding never blocks the event loop or the worker).
     ``data`` (the uploaded bytes) is needed for DICOM outputs: their source data set is parsed from it."""
     plan = result.plan
+    if result.volume is not None:
+        return ExplainResponse(model=plan.model.name, method=plan.explainer.name, layer=plan.explained_layer,
+                               image=volume_info(result.volume), explanations=_render_volume(result, opts))
     return ExplainResponse(model=plan.model.name, method=plan.explainer.name, layer=plan.explained_layer,
                            image=ImageInfo(width=result.width, height=result.height),
                            explanations=_render_all(result, opts, data))
+
+
+def volume_info(volume: VolumeGeometry) -> ImageInfo:
+    return ImageInfo(width=volume.width, height=volume.height, depth=volume.depth,
+                     spacing=[round(s, 6) for s in volume.spacing])
+
+
+def _render_volume(result: ExplanationRun, opts: ExplainOptions) -> list[Explanation]:
+    """Volumes: the map resampled onto the source's voxels; a montage PNG of its most relevant slices (or the one
+    ``slice``), NIfTI with the source's placement, the raw map at its native grid."""
+    volume = result.volume
+    assert volume is not None
+    labels = result.plan.model.labels
+    out = []
+    for item in result.maps:
+        stats = map_stats(item.heatmap)
+        fields: dict[str, Any] = {}
+        grid = map_on_grid(item.heatmap, volume.size) if {"heatmap", "nifti"} & set(opts.outputs) else None
+        if "heatmap" in opts.outputs:
+            assert grid is not None
+            if opts.slice is not None:
+                count = grid.shape[AXES.index(opts.axis)]
+                if opts.slice >= count:   # known only once the volume is decoded: its own size, not the model's
+                    raise InvalidOption(f"slice {opts.slice} is outside the volume: {count} {opts.axis} slices "
+                                        f"(0..{count - 1})", errors=[FieldError("slice", "out of range")])
+                fields["heatmap"] = _b64(slice_png(grid, opts.axis, opts.slice))
+                fields["slices"] = [opts.slice]
+            else:
+                png, shown = montage_png(grid, opts.axis)
+                fields["heatmap"], fields["slices"] = _b64(png), shown
+        if "nifti" in opts.outputs:
+            assert grid is not None
+            fields["nifti"] = _b64(nifti_bytes(grid, np.asarray(volume.affine)))
+        if "raw" in opts.outputs:
+            fields["raw"] = encode_raw(item.heatmap)
+        out.append(Explanation(index=item.index, label=labels[item.index], score=item.score, empty=stats.empty,
+                               nonfinite=stats.nonfinite, min=stats.min, max=stats.max, **fields))
+    return out
+
+
+def check_volume_options(model: LoadedModel, opts: ExplainOptions) -> None:
+    """Outputs and options that apply to one kind of input only, refused before any work."""
+    if model.volumetric:
+        wrong = [kind for kind in opts.outputs if kind not in VOLUME_OUTPUTS]
+        if wrong:
+            raise InvalidOption(f"outputs {', '.join(wrong)} are for 2-D images; a volume's are "
+                                f"{', '.join(VOLUME_OUTPUTS)}", errors=[FieldError("outputs", "not for volumes")])
+        return
+    if "nifti" in opts.outputs or opts.slice is not None:
+        raise InvalidOption("nifti and slice are for volume models (spatial_dims: 3)",
+                            errors=[FieldError("outputs" if "nifti" in opts.outputs else "slice", "not for 2-D")])
 
 
 def _b64(data: bytes) -> str:

@@ -12,6 +12,7 @@ from ..dicom_outputs import build_report, read_source, refuse_non_dicom
 from ..engine import get_method
 from ..engine.localize import DEFAULT_THRESHOLD, boxes_from_map, mask_boxes
 from ..registry import LoadedModel
+from ..rendering_volume import boxes_3d, map_on_grid
 from ..runtime import Runtime
 from . import CallInfo, Conditional, HeldTags, untagged
 from . import explain as explaining
@@ -85,9 +86,10 @@ def render_response(result: explaining.ExplanationRun, opts: LocalizeOptions, th
         extra["dicom"] = {"sr": base64.b64encode(report).decode("ascii")}
     if plan.model.task == "segmentation":
         extra["mask_boxes"] = _mask_boxes(plan.model, result, opts)
+    image = explaining.volume_info(result.volume) if result.volume is not None else \
+        ImageInfo(width=result.width, height=result.height)
     return LocalizeResponse(model=plan.model.name, method=plan.explainer.name, layer=plan.explained_layer,
-                            threshold=threshold, image=ImageInfo(width=result.width, height=result.height),
-                            boxes=boxes, **extra)
+                            threshold=threshold, image=image, boxes=boxes, **extra)
 
 
 async def localize_async(runtime: Runtime, data: bytes, opts: LocalizeOptions, extras: Mapping[str, Any],
@@ -105,6 +107,8 @@ async def localize_async(runtime: Runtime, data: bytes, opts: LocalizeOptions, e
 def _boxes(model: LoadedModel, result: explaining.ExplanationRun, threshold: float,
            opts: LocalizeOptions) -> list[LocalizedBox]:
     """Runs in the thread pool: the box of every map, by the function calibration measures."""
+    if result.volume is not None:
+        return _boxes_3d(model, result, threshold, opts)
     return [
         LocalizedBox(index=item.index, label=model.labels[item.index], score=item.score, box=box.as_list(),
                      area=box.area, **_detection_of(result, item))
@@ -112,6 +116,25 @@ def _boxes(model: LoadedModel, result: explaining.ExplanationRun, threshold: flo
         for box in boxes_from_map(item.heatmap, result.size, threshold=threshold, all_components=opts.all_components,
                                   min_area=opts.min_area)
     ]
+
+
+def _boxes_3d(model: LoadedModel, result: explaining.ExplanationRun, threshold: float,
+              opts: LocalizeOptions) -> list[LocalizedBox]:
+    """Volumes: 26-connected components of each map on the source's voxels, in voxels and in patient mm (the
+    voxel-edge corners through the source's affine)."""
+    volume = result.volume
+    assert volume is not None
+    out = []
+    for item in result.maps:
+        grid = map_on_grid(item.heatmap, volume.size)
+        for (x0, y0, z0, x1, y1, z1), voxels in boxes_3d(grid, threshold, all_components=opts.all_components,
+                                                          min_voxels=opts.min_area):
+            corners = volume.to_mm([[x0 - 0.5, y0 - 0.5, z0 - 0.5], [x1 - 0.5, y1 - 0.5, z1 - 0.5]])
+            low, high = corners.min(0), corners.max(0)
+            out.append(LocalizedBox(index=item.index, label=model.labels[item.index], score=item.score,
+                                    box=[x0, y0, x1, y1], area=voxels, box3d=[x0, y0, z0, x1, y1, z1],
+                                    box_mm=[round(float(v), 4) for v in (*low, *high)]))
+    return out
 
 
 def _detection_of(result: explaining.ExplanationRun, item: Any) -> dict[str, Any]:

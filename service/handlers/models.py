@@ -23,6 +23,7 @@ def model_info(runtime: Runtime, model: LoadedModel) -> ModelInfo:
         methods=model.capabilities.usable_methods,
         default=model.name == runtime.registry.default_name,
         score_threshold=model.spec.score_threshold if model.task == "detection" else None,
+        spatial_dims=model.spec.spatial_dims,
     )
 
 

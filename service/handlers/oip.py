@@ -74,11 +74,11 @@ def _version(model: LoadedModel) -> str:
 
 def model_metadata(runtime: Runtime, name: str) -> OipModelMetadata:
     model = runtime.registry.get(name)
-    c, (h, w) = model.spec.channels, model.spec.input_size
+    c, size = model.spec.channels, list(model.spec.input_size)
     return OipModelMetadata(
         name=model.name, versions=[_version(model)], platform="pytorch",
         inputs=[OipTensorSpec(name="image", datatype="BYTES", shape=[-1]),
-                OipTensorSpec(name="input", datatype="FP32", shape=[-1, c, h, w])],
+                OipTensorSpec(name="input", datatype="FP32", shape=[-1, c, *size])],
         outputs=[OipTensorSpec(name="detections", datatype="FP32", shape=[-1, model.spec.max_detections, 6])
                  if model.task == "detection" else
                  OipTensorSpec(name="probabilities", datatype="FP32", shape=[-1, model.num_classes]),
@@ -276,10 +276,11 @@ def _length_prefixed(raw: bytes, n: int) -> list[bytes]:
 
 def _preprocessed(model: LoadedModel, tensor: OipInputTensor, raw: bytes | None) -> list[torch.Tensor]:
     n = _count(tensor.shape, "inputs.0.shape")
-    c, (h, w) = model.spec.channels, model.spec.input_size
-    if tensor.shape != [n, c, h, w]:
-        raise InvalidOption(f"model {model.name!r} takes FP32 [N, {c}, {h}, {w}], got {tensor.shape}",
-                            errors=[FieldError("inputs.0.shape", f"expected [N, {c}, {h}, {w}]")])
+    c, size = model.spec.channels, [int(s) for s in model.spec.input_size]
+    shown = ", ".join(str(s) for s in [c, *size])
+    if tensor.shape != [n, c, *size]:
+        raise InvalidOption(f"model {model.name!r} takes FP32 [N, {shown}], got {tensor.shape}",
+                            errors=[FieldError("inputs.0.shape", f"expected [N, {shown}]")])
     needed = math.prod(tensor.shape)
     if raw is not None:
         if len(raw) != 4 * needed:
@@ -296,7 +297,7 @@ def _preprocessed(model: LoadedModel, tensor: OipInputTensor, raw: bytes | None)
         array = np.asarray(flat, dtype=np.float32)
     if not np.isfinite(array).all():
         raise InvalidOption("FP32 'data' holds a non-finite value", errors=[FieldError("inputs.0.data", "non-finite")])
-    batch = torch.from_numpy(array).reshape(n, c, h, w)
+    batch = torch.from_numpy(array).reshape(n, c, *size)
     return list(batch.unbind(0))
 
 

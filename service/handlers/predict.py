@@ -15,6 +15,7 @@ from ..rendering import encode_png
 from ..runtime import Runtime
 from . import CallInfo
 from .detections import box_to_original
+from .explain import volume_info
 
 __all__ = ["DEFAULT_TOP_K", "predict"]
 
@@ -42,7 +43,7 @@ async def predict(runtime: Runtime, data: bytes, opts: PredictOptions, call: Cal
     return PredictResponse(
         model=model.name,
         task=model.task,
-        image=ImageInfo(width=image.width, height=image.height),
+        image=volume_info(image.geometry) if model.volumetric else ImageInfo(width=image.width, height=image.height),
         predictions=[Prediction(index=i, label=model.labels[i], score=float(probs[i])) for i in chosen],
     )
 

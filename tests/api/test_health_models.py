@@ -79,7 +79,7 @@ def test_openapi_document_is_valid_openapi_3_1_and_says_problem_json():
                 if int(status) >= 400:
                     assert list(response["content"]) == ["application/problem+json"], (method, path, status)
     info = doc["components"]["schemas"]["ModelInfo"]["properties"]["input_size"]
-    assert info["type"] == "array" and info["minItems"] == info["maxItems"] == 2
+    assert info["type"] == "array" and info["minItems"] == 2 and info["maxItems"] == 3   # [D,] H, W
 
 
 def test_one_structured_access_line_per_request(client, caplog):
