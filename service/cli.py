@@ -59,6 +59,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=None)
     p.set_defaults(func=_eval_demo_seg)
 
+    p = sub.add_parser("train-demo-3d", help="train the demo 3-D model on synthetic volumes (CPU, minutes)")
+    p.add_argument("--out", type=Path, default=None, help="weights file (default: the shipped file)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int, default=None, help="optimiser steps (default: the shipped recipe)")
+    p.set_defaults(func=_train_demo_3d)
+
+    p = sub.add_parser("eval-demo-3d", help="held-out accuracy and 3-D Grad-CAM pointing of the demo 3-D model")
+    p.add_argument("--weights", type=Path, default=None)
+    p.add_argument("--n", type=int, default=200)
+    p.add_argument("--seed", type=int, default=None)
+    p.set_defaults(func=_eval_demo_3d)
+
+    p = sub.add_parser("demo-volume", help="write a synthetic volume as a DICOM series folder and a NIfTI file")
+    p.add_argument("out", type=Path, help="folder to write series/ and volume.nii.gz into")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--index", type=int, default=0)
+    p.set_defaults(func=_demo_volume)
+
     p = sub.add_parser("calibrate", help="measure /localize on a labelled folder and pick its threshold (MaxBoxAcc)",
                        description="Sweep thresholds x methods on a folder in the demo-data format (labels.json with "
                                    "boxes), report box accuracy (IoU >= 0.5, largest component) per threshold, "
@@ -179,6 +197,42 @@ def _eval_demo_seg(args: argparse.Namespace) -> int:
     if args.seed is not None:
         kwargs["seed"] = args.seed
     print(json.dumps(segmentation.evaluate_demo_seg(args.weights, **kwargs), indent=2, default=str))
+    return 0
+
+
+def _train_demo_3d(args: argparse.Namespace) -> int:
+    from .demo import volume_model
+
+    kwargs: dict = {"seed": args.seed}
+    if args.steps:
+        kwargs["steps"] = args.steps
+    result = volume_model.train_demo_volume(args.out or volume_model.DEFAULT_VOLUME_WEIGHTS, **kwargs)
+    print(json.dumps(result, indent=2, default=str))
+    return 0
+
+
+def _eval_demo_3d(args: argparse.Namespace) -> int:
+    from .demo import volume_model
+
+    kwargs: dict = {"n": args.n}
+    if args.seed is not None:
+        kwargs["seed"] = args.seed
+    print(json.dumps(volume_model.evaluate_demo_volume(args.weights, **kwargs), indent=2, default=str))
+    return 0
+
+
+def _demo_volume(args: argparse.Namespace) -> int:
+    from .demo.volume_model import VOLUME_CLASSES, volume_sample
+    from .demo.volumes import dicom_series, nifti_file
+
+    voxels, mask, label = volume_sample(args.seed, args.index)
+    series = args.out / "series"
+    series.mkdir(parents=True, exist_ok=True)
+    for k, blob in enumerate(dicom_series(voxels)):
+        (series / f"slice{k:03d}.dcm").write_bytes(blob)
+    (args.out / "volume.nii.gz").write_bytes(nifti_file(voxels))
+    print(json.dumps({"class": VOLUME_CLASSES[label], "series": str(series), "slices": int(voxels.shape[0]),
+                      "nifti": str(args.out / "volume.nii.gz"), "object_voxels": int(mask.sum())}, indent=2))
     return 0
 
 
