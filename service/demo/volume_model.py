@@ -1,7 +1,7 @@
 """``DemoVolNet``: the demo 3-D model, a small 3-D CNN trained on synthetic volumes whose every voxel is known.
 
 Each volume (``[24, 32, 32]`` voxels, CT-like values: noisy soft tissue around 40 HU, a smooth bias field) holds one
-object — a sphere, a cube or a torus — of random size and place, and the model says which
+object — a sphere, a cube or a rod (a cylinder along a random axis) — of random size and place, and the model says which
 (:data:`VOLUME_CLASSES`). The generator keeps the object's exact mask, so a map can be checked voxel by voxel: the
 3-D pointing game (does the map's maximum fall inside the object?) on an unseen seed.
 
@@ -33,7 +33,7 @@ from torch import nn
 __all__ = ["VOLUME_CLASSES", "VOLUME_SIZE", "VOLUME_WINDOW", "DemoVolNet", "create_demo_volume_model",
            "evaluate_demo_volume", "load_demo_volume_model", "train_demo_volume", "volume_sample"]
 
-VOLUME_CLASSES: tuple[str, ...] = ("sphere", "cube", "torus")
+VOLUME_CLASSES: tuple[str, ...] = ("sphere", "cube", "rod")
 VOLUME_SIZE = (24, 32, 32)
 #: The registry window of the demo entry: soft tissue to bright objects, mapped to [0, 1].
 VOLUME_WINDOW = (200.0, 800.0)
@@ -52,7 +52,7 @@ def volume_sample(seed: int, index: int, size: tuple[int, int, int] = VOLUME_SIZ
     d, h, w = size
     zz, yy, xx = np.meshgrid(np.arange(d) + 0.5, np.arange(h) + 0.5, np.arange(w) + 0.5, indexing="ij")
     label = int(rng.integers(len(VOLUME_CLASSES)))
-    r = rng.uniform(0.18, 0.3) * min(d, h, w)
+    r = rng.uniform(0.22, 0.32) * min(d, h, w)
     c = [rng.uniform(r + 1, s - r - 1) for s in (d, h, w)]
     dz, dy, dx = zz - c[0], yy - c[1], xx - c[2]
     kind = VOLUME_CLASSES[label]
@@ -61,9 +61,12 @@ def volume_sample(seed: int, index: int, size: tuple[int, int, int] = VOLUME_SIZ
     elif kind == "cube":
         side = r * 0.85
         mask = (np.abs(dz) <= side) & (np.abs(dy) <= side) & (np.abs(dx) <= side)
-    else:   # a torus lying in the axial plane: tube radius r/3 around a ring of radius 2r/3
-        ring = np.sqrt(dy ** 2 + dx ** 2) - r * 2 / 3
-        mask = ring ** 2 + dz ** 2 <= (r / 3) ** 2
+    else:   # a rod: a cylinder of radius r/2 and half-length 1.6 r along a random axis
+        axis = int(rng.integers(3))
+        offsets = [dz, dy, dx]
+        along = offsets.pop(axis)
+        half = min(1.6 * r, c[axis] - 1, (d, h, w)[axis] - c[axis] - 1)   # stays inside the volume
+        mask = (offsets[0] ** 2 + offsets[1] ** 2 <= (r / 2) ** 2) & (np.abs(along) <= half)
     bias = 60.0 * np.sin(zz / d * math.pi * rng.uniform(0.5, 1.5) + rng.uniform(0, math.pi)) * \
         np.cos(xx / w * math.pi * rng.uniform(0.5, 1.5))
     voxels = 40.0 + bias + rng.normal(0.0, 25.0, size)
