@@ -90,12 +90,15 @@ def source_grid_map(heatmap: np.ndarray, source: Any) -> np.ndarray:
     return _resize(values, int(source.Columns), int(source.Rows))
 
 
-def parametric_map(source: Any, heatmap: np.ndarray, *, method: str, family: str, model: str, version: str) -> Any:
-    """A float32 Parametric Map of the raw map on the source grid, with a Real World Value Mapping (identity)."""
+def parametric_map(source: Any, heatmap: np.ndarray, *, method: str, family: str, model: str, version: str,
+                   slices: list[Any] | None = None) -> Any:
+    """A float32 Parametric Map of the raw map on the source grid, with a Real World Value Mapping (identity).
+    With ``slices`` (a volume's source instances, in volume order) ``heatmap`` is the map on their voxel grid
+    ``[D, H, W]`` and the result is multi-frame, one frame per source slice, referencing every one."""
     import highdicom as hd
     from pydicom.sr.codedict import codes
 
-    values = source_grid_map(heatmap, source)
+    values = source_grid_map(heatmap, source)[None] if slices is None else np.asarray(heatmap, dtype=np.float32)
     low, high = float(values.min()), float(values.max())
     if high <= low:
         high = low + 1.0
@@ -104,7 +107,7 @@ def parametric_map(source: Any, heatmap: np.ndarray, *, method: str, family: str
         value_range=(low, high), slope=1.0, intercept=0.0, quantity_definition=_quantity(family, method))
     center, width = (low + high) / 2.0, high - low
     return hd.pm.ParametricMap(
-        source_images=[source], pixel_array=values[None], **_common("pm", method, model, version),
+        source_images=slices or [source], pixel_array=values, **_common("pm", method, model, version),
         contains_recognizable_visual_features=False, real_world_value_mappings=[mapping],
         # LINEAR_EXACT: the map's range is often below 1, which a plain LINEAR window width may not be
         voi_lut_transformations=[hd.VOILUTTransformation(window_center=center, window_width=width,
@@ -114,12 +117,13 @@ def parametric_map(source: Any, heatmap: np.ndarray, *, method: str, family: str
 
 
 def segmentation(source: Any, heatmap: np.ndarray, *, threshold: float, label: str, method: str, model: str,
-                 version: str, fractional: bool = False) -> Any:
-    """A binary SEG of the map at ``threshold`` × its maximum (FRACTIONAL: the normalised map itself)."""
+                 version: str, fractional: bool = False, slices: list[Any] | None = None) -> Any:
+    """A binary SEG of the map at ``threshold`` × its maximum (FRACTIONAL: the normalised map itself); with
+    ``slices`` a volume's (see :func:`parametric_map`), one frame per source slice."""
     import highdicom as hd
     from pydicom.sr.codedict import codes
 
-    values = source_grid_map(heatmap, source)
+    values = source_grid_map(heatmap, source)[None] if slices is None else np.asarray(heatmap, dtype=np.float32)
     peak = float(values.max())
     unit = np.clip(values / peak, 0.0, 1.0) if peak > 0 else np.zeros_like(values)
     if fractional:
@@ -135,7 +139,7 @@ def segmentation(source: Any, heatmap: np.ndarray, *, threshold: float, label: s
         segmented_property_type=codes.SCT.MorphologicallyAbnormalStructure,
         algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC, algorithm_identification=algorithm)
     return hd.seg.Segmentation(
-        source_images=[source], pixel_array=pixels[None], segmentation_type=kind, segment_descriptions=[segment],
+        source_images=slices or [source], pixel_array=pixels, segmentation_type=kind, segment_descriptions=[segment],
         **_common("seg", method, model, version), content_label="XAAS_SEG", content_creator_name=_CREATOR,
         contributing_equipment=_equipment(method, model, version), omit_empty_frames=False)
 
@@ -201,16 +205,18 @@ def build_report(source: Any, boxes: list[tuple[str, float, list[int]]], *, meth
 
 def build_outputs(kinds: list[str], source: Any, heatmap: np.ndarray, *, overlay_rgb: np.ndarray | None,
                   threshold: float, label: str, method: str, family: str, model: str, version: str,
-                  fractional: bool = False) -> dict[str, bytes]:
-    """Part 10 bytes of each requested DICOM output, keyed ``pm``/``seg``/``sc``."""
+                  fractional: bool = False, slices: list[Any] | None = None) -> dict[str, bytes]:
+    """Part 10 bytes of each requested DICOM output, keyed ``pm``/``seg``/``sc``; with ``slices`` (a volume's
+    source instances, ``source`` the first of them) ``heatmap`` is the map on their voxel grid ``[D, H, W]``."""
     out: dict[str, bytes] = {}
     try:
         for kind in kinds:
             if kind == "dicom-pm":
-                ds = parametric_map(source, heatmap, method=method, family=family, model=model, version=version)
+                ds = parametric_map(source, heatmap, method=method, family=family, model=model, version=version,
+                                    slices=slices)
             elif kind == "dicom-seg":
                 ds = segmentation(source, heatmap, threshold=threshold, label=label, method=method, model=model,
-                                  version=version, fractional=fractional)
+                                  version=version, fractional=fractional, slices=slices)
             elif kind == "dicom-sc":
                 assert overlay_rgb is not None, "the overlay is rendered before a Secondary Capture is built"
                 ds = secondary_capture(source, overlay_rgb, method=method, model=model, version=version)

@@ -39,7 +39,7 @@ from ..engine import Explainer, get_method, validate_params
 from ..engine.localize import DEFAULT_THRESHOLD
 from ..errors import DeadlineExceeded, FieldError, InvalidOption, XaasError
 from ..imaging import DecodedImage, rgb8
-from ..imaging.volume import Volume, VolumeGeometry, nifti_bytes
+from ..imaging.volume import Volume, VolumeGeometry, decode_volume, nifti_bytes
 from ..inference import TargetMap
 from ..registry import LoadedModel
 from ..rendering import encode_raw, map_stats, render_heatmap, render_overlay, validate_overlay_options
@@ -53,7 +53,7 @@ __all__ = ["ExplanationPlan", "ExplanationRun", "explain", "explain_async", "ima
            "method_param_names", "plan", "render_response", "run", "submit"]
 
 #: What a volume's explanation can be rendered as.
-VOLUME_OUTPUTS = ("heatmap", "raw", "nifti")
+VOLUME_OUTPUTS = ("heatmap", "raw", "nifti", "dicom-pm", "dicom-seg")
 
 ASYNC_HINT = "resend it with the header 'Prefer: respond-async' to run it as a job (202, then poll GET /jobs/{id})"
 
@@ -253,11 +253,12 @@ def _dicom_kinds(opts: ExplainOptions) -> list[str]:
     return [kind for kind in opts.outputs if kind in DICOM_OUTPUTS]
 
 
-def _validate_outputs(opts: ExplainOptions, data: bytes) -> None:
-    """Checks needing no model work: overlay options, and a DICOM input for DICOM outputs."""
+def _validate_outputs(opts: ExplainOptions, data: bytes, model: LoadedModel) -> None:
+    """Checks needing no model work: overlay options, and a DICOM input for DICOM outputs (a volume's series is
+    checked once decoded: it may come as a zip)."""
     if _needs_overlay(opts):
         validate_overlay_options(opts.colormap, opts.alpha)
-    if _dicom_kinds(opts):
+    if _dicom_kinds(opts) and not model.volumetric:
         refuse_non_dicom(data)
 
 
@@ -267,9 +268,9 @@ async def explain(runtime: Runtime, method: str, data: bytes, opts: ExplainOptio
     before any decoding or model work — or is ``*`` (after the work: only a valid request has an answer to hold).
     With DICOM outputs the answer is untagged and always a body."""
     explainer = get_method(method)
-    _validate_outputs(opts, data)
     validated = plan(runtime, explainer, opts, extras, call)
     check_volume_options(validated.model, opts)
+    _validate_outputs(opts, data, validated.model)
     key = await map_key(runtime, validated, data, frame=opts.frame)
     if _dicom_kinds(opts):  # new UIDs in every answer: no entity tag, If-None-Match ignored
         result = await run(runtime, validated, data, key, frame=opts.frame, call=call, pixels=_needs_overlay(opts))
@@ -291,9 +292,9 @@ async def explain_async(runtime: Runtime, method: str, data: bytes, opts: Explai
                         call: CallInfo) -> JobAccepted:
     """``/explain/{method}`` with ``Prefer: respond-async``: the same validation, then a job."""
     explainer = get_method(method)
-    _validate_outputs(opts, data)
     validated = plan(runtime, explainer, opts, extras, call)
     check_volume_options(validated.model, opts)
+    _validate_outputs(opts, data, validated.model)
     key = await map_key(runtime, validated, data, frame=opts.frame)
     return await submit(runtime, validated, data, key, frame=opts.frame, kind="explanation",
                         render=lambda result: render_response(result, opts, data).model_dump(mode="json",
@@ -306,7 +307,7 @@ def render_response(result: ExplanationRun, opts: ExplainOptions, data: bytes | 
     plan = result.plan
     if result.volume is not None:
         return ExplainResponse(model=plan.model.name, method=plan.explainer.name, layer=plan.explained_layer,
-                               image=volume_info(result.volume), explanations=_render_volume(result, opts))
+                               image=volume_info(result.volume), explanations=_render_volume(result, opts, data))
     return ExplainResponse(model=plan.model.name, method=plan.explainer.name, layer=plan.explained_layer,
                            image=ImageInfo(width=result.width, height=result.height),
                            explanations=_render_all(result, opts, data))
@@ -317,17 +318,21 @@ def volume_info(volume: VolumeGeometry) -> ImageInfo:
                      spacing=[round(s, 6) for s in volume.spacing])
 
 
-def _render_volume(result: ExplanationRun, opts: ExplainOptions) -> list[Explanation]:
+def _render_volume(result: ExplanationRun, opts: ExplainOptions, data: bytes | None) -> list[Explanation]:
     """Volumes: the map resampled onto the source's voxels; a montage PNG of its most relevant slices (or the one
-    ``slice``), NIfTI with the source's placement, the raw map at its native grid."""
+    ``slice``), NIfTI with the source's placement, the raw map at its native grid, and from a DICOM series
+    multi-frame Parametric Map / Segmentation objects referencing every source slice."""
     volume = result.volume
     assert volume is not None
     labels = result.plan.model.labels
+    kinds = _dicom_kinds(opts)
+    slices = _volume_slices(result, data) if kinds else None
     out = []
     for item in result.maps:
         stats = map_stats(item.heatmap)
         fields: dict[str, Any] = {}
-        grid = map_on_grid(item.heatmap, volume.size) if {"heatmap", "nifti"} & set(opts.outputs) else None
+        needs_grid = {"heatmap", "nifti"} & set(opts.outputs) or kinds
+        grid = map_on_grid(item.heatmap, volume.size) if needs_grid else None
         if "heatmap" in opts.outputs:
             assert grid is not None
             if opts.slice is not None:
@@ -345,9 +350,41 @@ def _render_volume(result: ExplanationRun, opts: ExplainOptions) -> list[Explana
             fields["nifti"] = _b64(nifti_bytes(grid, np.asarray(volume.affine)))
         if "raw" in opts.outputs:
             fields["raw"] = encode_raw(item.heatmap)
+        if slices is not None:
+            assert grid is not None
+            fields["dicom"] = {key: _b64(blob) for key, blob in _volume_dicom(result, item, grid, slices, kinds,
+                                                                                 opts).items()}
         out.append(Explanation(index=item.index, label=labels[item.index], score=item.score, empty=stats.empty,
                                nonfinite=stats.nonfinite, min=stats.min, max=stats.max, **fields))
     return out
+
+
+def _volume_slices(result: ExplanationRun, data: bytes | None) -> list[Any]:
+    """The source instances of a DICOM volume in volume order (headers: patient and study included, since the
+    results attach to the study) — from the decoded volume, or re-read from the upload on a cache hit."""
+    volume = result.image if isinstance(result.image, Volume) else None
+    if volume is None:
+        assert data is not None, "DICOM outputs are built from the uploaded bytes"
+        volume = decode_volume(data)
+    if not volume.format.startswith("dicom") or not volume.datasets:
+        raise InvalidOption("DICOM outputs (dicom-pm, dicom-seg) need a DICOM series or multi-frame DICOM input, "
+                            f"not {volume.format}", errors=[FieldError("outputs", "not a DICOM volume")])
+    return volume.datasets
+
+
+def _volume_dicom(result: ExplanationRun, item: TargetMap, grid: Any, slices: list[Any], kinds: list[str],
+                  opts: ExplainOptions) -> dict[str, bytes]:
+    from .. import __version__
+
+    plan = result.plan
+    if len(slices) != grid.shape[0]:   # an enhanced multi-frame file is one instance for all its frames
+        raise InvalidOption("DICOM outputs of a multi-frame DICOM volume are not built yet; send the series as "
+                            "single-frame slices", errors=[FieldError("outputs", "multi-frame source")])
+    threshold = float(opts.threshold or plan.model.spec.localize_threshold or DEFAULT_THRESHOLD)
+    return build_outputs(kinds, slices[0], grid, overlay_rgb=None, threshold=threshold,
+                         label=plan.model.labels[item.index], method=plan.explainer.name, family=plan.explainer.family,
+                         model=plan.model.name, version=__version__,
+                         fractional=opts.segmentation_type == "fractional", slices=slices)
 
 
 def check_volume_options(model: LoadedModel, opts: ExplainOptions) -> None:

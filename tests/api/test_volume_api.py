@@ -229,3 +229,61 @@ def test_the_voxel_limit_is_checked_before_decoding(tmp_path, volume):
         resp = c.post("/predict", files={"image": ("v.nii.gz", nifti_file(volume[0]), "application/gzip")})
         assert resp.status_code == 413, resp.text
         assert "voxels" in resp.json()["detail"]
+
+
+def _dciodvfy_errors(data: bytes, tmp_path, name: str) -> list[str]:
+    import subprocess
+
+    path = tmp_path / f"{name}.dcm"
+    path.write_bytes(data)
+    result = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=60)
+    return [line for line in (result.stdout + result.stderr).splitlines() if line.startswith("Error")]
+
+
+def test_a_series_gets_multiframe_pm_and_seg_referencing_every_slice(vol_client, volume, tmp_path):
+    import shutil
+
+    import highdicom as hd
+    import pydicom
+
+    voxels, _ = volume
+    files = dicom_series(voxels, SPACING)
+    sources = [pydicom.dcmread(io.BytesIO(f), stop_before_pixels=True) for f in files]
+    shuffled = _series_parts(files[::-1])
+    resp = vol_client.post("/explain/gradcam", files=shuffled,
+                           data={"target": "1", "outputs": "raw,dicom-pm,dicom-seg", "threshold": "0.3"})
+    assert resp.status_code == 200, resp.text
+    assert "etag" not in resp.headers                        # new UIDs in every answer
+    row = resp.json()["explanations"][0]
+    from service.rendering_volume import map_on_grid
+
+    grid = map_on_grid(decode_raw(row["raw"]), SHAPE)
+    pm_ds = pydicom.dcmread(io.BytesIO(base64.b64decode(row["dicom"]["pm"])))
+    pm = hd.pm.ParametricMap.from_dataset(pm_ds)
+    assert int(pm.NumberOfFrames) == SHAPE[0]
+    assert pm.StudyInstanceUID == sources[0].StudyInstanceUID and pm.PatientID == sources[0].PatientID
+    referenced = {r.ReferencedSOPInstanceUID for s in pm.ReferencedSeriesSequence
+                  for r in s.ReferencedInstanceSequence}
+    assert referenced == {s.SOPInstanceUID for s in sources}
+    # every frame lies where a source slice lies (highdicom orders frames itself) and holds the map on that slice
+    depth_of = {round(float(s.ImagePositionPatient[2]), 3): k for k, s in enumerate(sources)}
+    frames = pm.pixel_array.astype(np.float32)
+    seen = []
+    for f, group in enumerate(pm.PerFrameFunctionalGroupsSequence):
+        k = depth_of[round(float(group.PlanePositionSequence[0].ImagePositionPatient[2]), 3)]
+        np.testing.assert_allclose(frames[f], grid[k], rtol=1e-5, atol=1e-6)
+        seen.append(k)
+    assert sorted(seen) == list(range(SHAPE[0]))
+    seg_ds = pydicom.dcmread(io.BytesIO(base64.b64decode(row["dicom"]["seg"])))
+    seg = hd.seg.Segmentation.from_dataset(seg_ds)
+    assert int(seg.NumberOfFrames) == SHAPE[0]
+    expected = grid >= 0.3 * grid.max()
+    for f, group in enumerate(seg.PerFrameFunctionalGroupsSequence):
+        k = depth_of[round(float(group.PlanePositionSequence[0].ImagePositionPatient[2]), 3)]
+        assert np.array_equal(seg.pixel_array[f].astype(bool), expected[k]), k
+    nifti = vol_client.post("/explain/gradcam", files={"image": ("v.nii.gz", nifti_file(voxels), "x")},
+                            data={"target": "1", "outputs": "dicom-pm"})
+    assert nifti.status_code == 422 and "DICOM series" in nifti.json()["detail"]
+    if shutil.which("dciodvfy"):
+        for name in ("pm", "seg"):
+            assert _dciodvfy_errors(base64.b64decode(row["dicom"][name]), tmp_path, name) == [], name
