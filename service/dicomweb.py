@@ -1,4 +1,5 @@
-"""The PACS over DICOMweb (``dicomweb-client``): WADO-RS fetch of one instance, STOW-RS store of results.
+"""The PACS over DICOMweb (``dicomweb-client``): WADO-RS fetch of one instance (or of a whole series, for volume
+models), STOW-RS store of results.
 
 Every request has a bounded timeout (``XAAS_DICOMWEB_TIMEOUT``: on the connection and each read here, on the whole
 request in :mod:`service.handlers.dicomweb`, which awaits it); PACS failures become
@@ -12,12 +13,16 @@ import contextlib
 import io
 import logging
 import re
+import zipfile
 from typing import Any
 
 from .config import Settings
-from .errors import BadOption, FieldError, NotFound, PacsTimeout, PacsUnavailable, ServiceUnavailable
+from .errors import BadOption, FieldError, NotFound, PacsTimeout, PacsUnavailable, PayloadTooLarge, ServiceUnavailable
 
-__all__ = ["Pacs"]
+__all__ = ["MAX_SERIES_INSTANCES", "Pacs"]
+
+#: Instances a series fetched for a volume model may hold (the volume limits check slices and voxels after).
+MAX_SERIES_INSTANCES = 2048
 
 _UID = re.compile(r"[0-9]+(\.[0-9]+)*")  # DICOM_UID_PATTERN of the API schemas
 
@@ -64,13 +69,27 @@ class Pacs:
         client.set_http_retry_params(retry=False)
         return client
 
-    def fetch(self, study: str, series: str, instance: str) -> bytes:
-        """Part 10 bytes of one instance (WADO-RS)."""
+    def fetch(self, study: str, series: str, instance: str | None) -> bytes:
+        """Part 10 bytes of one instance (WADO-RS); without ``instance``, every instance of the series bundled as one
+        zip (the form a volume model takes a series in)."""
         for name, value in (("study", study), ("series", series), ("instance", instance)):
             # the ASCII pattern dicomweb-client checks too (str.isdigit() would pass "٣", which it then refuses)
-            if len(value) > 64 or not _UID.fullmatch(value):
+            if value is not None and (len(value) > 64 or not _UID.fullmatch(value)):
                 raise BadOption(f"{name} must be a DICOM UID (components of ASCII digits joined by dots, at most 64 "
                                 f"characters)", errors=[FieldError(name, "a DICOM UID")])
+        if instance is None:
+            datasets = self._call("retrieve", lambda client: client.retrieve_series(study, series))
+            if not datasets:
+                raise NotFound("the PACS has no instance in that series (study/series)")
+            if len(datasets) > MAX_SERIES_INSTANCES:
+                raise PayloadTooLarge(f"the series has {len(datasets)} instances, above {MAX_SERIES_INSTANCES}")
+            bundle = io.BytesIO()
+            with zipfile.ZipFile(bundle, "w", compression=zipfile.ZIP_STORED) as archive:
+                for k, dataset in enumerate(datasets):
+                    buffer = io.BytesIO()
+                    dataset.save_as(buffer, enforce_file_format=True)
+                    archive.writestr(f"{k:05d}.dcm", buffer.getvalue())
+            return bundle.getvalue()
         dataset = self._call("retrieve", lambda client: client.retrieve_instance(study, series, instance))
         buffer = io.BytesIO()
         dataset.save_as(buffer, enforce_file_format=True)

@@ -46,6 +46,37 @@ def start_orthanc(folder: Path) -> subprocess.Popen:
     raise SystemExit("Orthanc did not start within 30 s")
 
 
+def _series_round_trip(client, pacs: DICOMwebClient) -> dict:
+    """A synthetic CT series (demo-3d's kind of volume) STOWed slice by slice, explained as a whole series (no
+    instance: WADO-RS of the series) with store; the multi-frame PM and SEG found back by QIDO-RS."""
+    import io
+
+    from service.demo.volume_model import VOLUME_CLASSES, volume_sample
+    from service.demo.volumes import dicom_series
+
+    voxels, _, label = volume_sample(4040, 1)
+    slices = [pydicom.dcmread(io.BytesIO(blob)) for blob in dicom_series(voxels)]
+    pacs.store_instances(slices)
+    study, series = slices[0].StudyInstanceUID, slices[0].SeriesInstanceUID
+    explained = client.post("/dicomweb/explain/gradcam", json={
+        "study": study, "series": series, "model": "demo-3d", "target": VOLUME_CLASSES[label], "store": True,
+        "outputs": ["dicom-pm", "dicom-seg"]})
+    body = explained.json()
+    frames = {}
+    for stored in body.get("stored", []):
+        for found in pacs.search_for_series(study_instance_uid=study):
+            uid = found["0020000E"]["Value"][0]
+            for instance in pacs.search_for_instances(study_instance_uid=study, series_instance_uid=uid):
+                if instance["00080018"]["Value"][0] == stored:
+                    ds = pacs.retrieve_instance(study, uid, stored)
+                    referenced = {r.ReferencedSOPInstanceUID for s in ds.ReferencedSeriesSequence
+                                  for r in s.ReferencedInstanceSequence}
+                    frames[stored] = {"frames": int(ds.NumberOfFrames), "sop_class": str(ds.SOPClassUID),
+                                      "references_all": referenced == {s.SOPInstanceUID for s in slices}}
+    return {"status": explained.status_code, "stored": body.get("stored", []), "found": frames,
+            "slices": len(slices), "detail": body.get("detail")}
+
+
 def main() -> None:
     subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
     with tempfile.TemporaryDirectory() as tmp:
@@ -82,6 +113,7 @@ def main() -> None:
                     seen[name] = {"explain_status": explained.status_code, "localize_status": localized.status_code,
                                   "stored": stored, "found": found, "seconds": round(elapsed, 2),
                                   "source_patient_id": str(source.PatientID), "source_sop": source.SOPInstanceUID}
+                seen["series"] = _series_round_trip(client, pacs)
             print(json.dumps(seen))
         finally:
             orthanc.terminate()

@@ -50,6 +50,12 @@ def test_round_trip_stores_pm_seg_sr_into_the_source_study():
         assert sorted(found[uid]["sop_class"] for uid in result["stored"]) == sorted([PM, SEG, SR])
         assert {item["patient_id"] for item in found.values()} == {result["source_patient_id"]}
         assert result["source_sop"] in found
+    # a whole series for the volume model: multi-frame PM and SEG, one frame per slice, referencing every slice
+    series = seen["series"]
+    assert series["status"] == 200, series
+    assert len(series["stored"]) == 2 and set(series["stored"]) == set(series["found"])
+    assert sorted(f["sop_class"] for f in series["found"].values()) == sorted([PM, SEG])
+    assert all(f["frames"] == series["slices"] and f["references_all"] for f in series["found"].values())
 
 
 # --- PACS failures, against a scripted PACS on loopback (no Orthanc needed) ---------------------------------------
@@ -256,3 +262,15 @@ def test_hostile_option_values_get_an_answer_or_a_problem_never_a_5xx(pacs_clien
         if response.status_code >= 400:
             assert response.headers["content-type"].startswith("application/problem+json"), what
             assert all(set(item) == {"field", "message"} for item in response.json().get("errors", [])), what
+
+
+def test_a_2d_model_needs_an_instance_a_volume_model_does_not(pacs_client, mode):
+    mode("ok")
+    series_only = {k: v for k, v in REFERENCE.items() if k != "instance"}
+    resp = pacs_client.post("/dicomweb/explain/gradcam", json=series_only)
+    assert resp.status_code == 400, resp.text
+    assert any(e["field"] == "instance" for e in resp.json()["errors"])
+    # the volume model fetches the series: the scripted PACS answers one CT instance, which is no volume
+    resp = pacs_client.post("/dicomweb/explain/gradcam", json={**series_only, "model": "demo-3d"})
+    assert resp.status_code == 422, resp.text
+    assert "not a volume" in resp.json()["detail"]

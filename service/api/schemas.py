@@ -311,7 +311,8 @@ class DicomwebReference(BaseModel):
 
     study: str = Field(pattern=DICOM_UID_PATTERN, max_length=64, description="Study Instance UID.")
     series: str = Field(pattern=DICOM_UID_PATTERN, max_length=64, description="Series Instance UID.")
-    instance: str = Field(pattern=DICOM_UID_PATTERN, max_length=64, description="SOP Instance UID.")
+    instance: str | None = Field(None, pattern=DICOM_UID_PATTERN, max_length=64,
+                                 description="SOP Instance UID; left out for a volume model, the whole series.")
     store: bool = Field(False, description="Write the DICOM results (the dicom-* outputs) back to the PACS by "
                                            "STOW-RS; they land in the source's study.")
 
@@ -332,7 +333,7 @@ def dicomweb_request_body(endpoint: str) -> dict[str, Any]:
     """OpenAPI ``requestBody`` of a ``/dicomweb/*`` endpoint: one JSON object, the reference and the options of
     ``endpoint``. The options are named, not typed, here: they are validated exactly as that endpoint's (the same
     leniencies: a lone target, comma-separated outputs, numbers as text), which its own request body documents."""
-    schema = {"type": "object", "required": ["study", "series", "instance"],
+    schema = {"type": "object", "required": ["study", "series"],
               "properties": DicomwebReference.model_json_schema()["properties"], "additionalProperties": True,
               "description": f"The instance, store, and the options of {endpoint} (model, target, top_k, outputs, "
                              f"...; see its request body) as further members."}

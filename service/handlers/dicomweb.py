@@ -11,16 +11,24 @@ from typing import Any, TypeVar
 from pydantic import BaseModel
 
 from ..dicomweb import Pacs
-from ..errors import PacsTimeout, XaasError
+from ..errors import BadOption, FieldError, PacsTimeout, XaasError
 from ..runtime import Runtime
 
-__all__ = ["from_pacs"]
+__all__ = ["check_reference", "from_pacs"]
 
 R = TypeVar("R", bound=BaseModel)
 T = TypeVar("T")
 
 
-async def from_pacs(runtime: Runtime, reference: tuple[str, str, str], store: bool,
+def check_reference(runtime: Runtime, reference: tuple[str, str, str | None], model: str | None) -> None:
+    """A 2-D model explains one instance: ``instance`` is required unless the model takes volumes (then the whole
+    series is fetched when it is left out)."""
+    if reference[2] is None and not runtime.model(model).volumetric:
+        raise BadOption("missing or not a string: instance (only volume models take a whole series)",
+                        errors=[FieldError("instance", "a DICOM UID string")])
+
+
+async def from_pacs(runtime: Runtime, reference: tuple[str, str, str | None], store: bool,
                     run: Callable[[bytes], Awaitable[Any]],
                     dicom_of: Callable[[Any], list[dict[str, str] | None]], answer: type[R]) -> R:
     """``run(data)`` answers for the fetched instance (a handler result with a ``body``); ``dicom_of(body)`` picks

@@ -187,6 +187,9 @@ def _dicom_series(blobs: list[bytes], limits: VolumeLimits) -> Volume:
         headers.append((ds, blob))
     if len(headers) == 1 and int(getattr(headers[0][0], "NumberOfFrames", 1) or 1) > 1:
         return _multiframe(*headers[0], limits)
+    if len(headers) == 1:
+        raise InvalidImage("one single-frame DICOM file is an image, not a volume: send every slice of the series "
+                           "(or a multi-frame file)")
     rows = {(int(getattr(ds, "Rows", 0)), int(getattr(ds, "Columns", 0))) for ds, _ in headers}
     if len(rows) != 1:
         raise InvalidImage(f"the series mixes slice sizes ({', '.join(f'{c}x{r}' for r, c in sorted(rows))})")

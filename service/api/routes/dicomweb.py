@@ -28,13 +28,14 @@ _REFERENCE = ("study", "series", "instance")
 _PROBLEMS = problem_responses(400, 401, 404, 422, 502, 503, 504)
 
 
-async def _reference_and_options(request: Request) -> tuple[tuple[str, str, str], bool, dict[str, Any]]:
+async def _reference_and_options(request: Request) -> tuple[tuple[str, str, str | None], bool, dict[str, Any]]:
     raw = parse_json_object(await request.body(), what="{study, series, instance, ...options}")
-    missing = [name for name in _REFERENCE if not isinstance(raw.get(name), str)]
+    missing = [name for name in _REFERENCE if not isinstance(raw.get(name), str)
+               and not (name == "instance" and raw.get(name) is None)]
     if missing:
         raise BadOption(f"missing or not a string: {', '.join(missing)}",
                         errors=[FieldError(name, "a DICOM UID string") for name in missing])
-    reference = tuple(raw.pop(name) for name in _REFERENCE)
+    reference = tuple(raw.pop(name, None) for name in _REFERENCE)
     store = raw.pop("store", False)
     if not isinstance(store, bool):
         raise BadOption("store must be true or false", errors=[FieldError("store", "a boolean")])
@@ -55,6 +56,7 @@ async def dicomweb_explain(request: Request, runtime: RuntimeDep, call: CallDep,
     names = explain_handler.method_param_names(method)
     extras = _split_extras(raw, names, ExplainOptions)
     opts = parse_options(ExplainOptions, raw, names)
+    dicomweb_handler.check_reference(runtime, reference, opts.model)
     return await dicomweb_handler.from_pacs(
         runtime, reference, store, lambda data: explain_handler.explain(runtime, method, data, opts, extras, call),
         lambda body: [item.dicom for item in body.explanations], DicomwebExplainResponse)
@@ -68,6 +70,7 @@ async def dicomweb_localize(request: Request, runtime: RuntimeDep, call: CallDep
     names = localize_handler.param_names(raw)
     extras = _split_extras(raw, names, LocalizeOptions)
     opts = parse_options(LocalizeOptions, raw, names)
+    dicomweb_handler.check_reference(runtime, reference, opts.model)
     return await dicomweb_handler.from_pacs(
         runtime, reference, store, lambda data: localize_handler.localize(runtime, data, opts, extras, call),
         lambda body: [body.dicom], DicomwebLocalizeResponse)
