@@ -223,12 +223,15 @@ def test_a_ct_is_windowed_explained_and_its_dicom_results_downloaded(page, serve
 def test_two_methods_side_by_side_with_synchronised_pan_and_zoom(page, server):
     open_file(page, "shapes.png", demo_png(12), "image/png")
     classes(page).first.get_by_role("checkbox").wait_for()
+    urls: list[str] = []
+    page.on("request", lambda r: urls.append(r.url))
     page.get_by_label("Side by side").select_option("method")
     page.get_by_label("Second method").select_option("occlusion")  # a slow method: runs as an async job
     explain(page, "gradcam")
     assert page.locator("#viewport-2").is_visible()
     assert "occlusion" in page.locator("#caption-2").inner_text()
     assert changed(page, snap(page, "canvas-1"), snap(page, "canvas-2")) > 0.05  # two different maps
+    assert any("/jobs/" in u for u in urls)  # explanations run as async jobs, polled for progress
     view = "() => [window.xaasReview.view.scale, window.xaasReview.view.tx, window.xaasReview.view.ty]"
     start = page.evaluate(view)
     page.locator("#canvas-1").focus()
@@ -241,6 +244,15 @@ def test_two_methods_side_by_side_with_synchronised_pan_and_zoom(page, server):
     b = page.evaluate("() => window.xaasReview.viewports[1].imageToScreen(10, 20)")
     assert a == b
     shot(page, "04-side-by-side")
+
+    # two classes side by side: the second ticked class in the second viewer, from the same request
+    second = classes(page).nth(1)
+    second.get_by_role("checkbox").check()
+    explain(page, "gradcam")
+    page.get_by_label("Side by side").select_option("class")
+    label = second.locator("span").first.inner_text()
+    assert label in page.locator("#caption-2").inner_text()
+    assert label not in page.locator("#caption-1").inner_text()
     page.get_by_role("button", name="Fit").click()
     page.set_viewport_size({"width": 390, "height": 844})  # a phone: one column, nothing wider than the screen
     page.wait_for_timeout(200)
@@ -282,3 +294,23 @@ def test_with_api_keys_the_page_loads_and_asks_for_the_key(browser):
             == "{}{}"  # kept in memory only
         context.close()
         console.check("status of 401")
+
+
+def test_a_multi_frame_dicom_is_read_frame_by_frame(page, server):
+    dose = Path(get_testdata_file("rtdose.dcm")).read_bytes()  # 15 grey frames
+    open_file(page, "rtdose.dcm", dose, "application/dicom")
+    frame = page.get_by_label("Frame", exact=True)
+    frame.wait_for(state="visible")
+    assert page.locator("#frame-count").inner_text() == "of 15"
+    classes(page).first.get_by_role("checkbox").wait_for()
+    first = snap(page)
+    frame.fill("8")
+    frame.press("Enter")
+    page.wait_for_function("() => window.xaasReview.state.frame === 7 && window.xaasReview.state.predictions.length")
+    assert changed(page, first, snap(page)) > 0.01  # another frame on screen
+    # the classes are those of frame 7 (0-based): the page sends `frame` with its calls
+    expected = httpx.post(server.url + "/predict", files={"image": ("d.dcm", dose)},
+                          data={"frame": "7", "top_k": "6"}).json()["predictions"]
+    shown = page.evaluate("() => window.xaasReview.state.predictions")
+    assert [(p["index"], round(p["score"], 5)) for p in shown] == [(p["index"], round(p["score"], 5)) for p in expected]
+    page.console.check()

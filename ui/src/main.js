@@ -20,6 +20,8 @@ const state = {
   methods: new Map(), // name → MethodInfo
   model: null, // ModelInfo
   file: null,
+  frame: 0, // 0-based frame of a multi-frame file, sent with every call
+  frames: 1,
   grey: null, // { values: Float32Array, width, height, range, windows, invert } for grey DICOM
   window: null, // { center, width }
   base: null, // canvas of the image as shown
@@ -171,6 +173,9 @@ async function openFile(file) {
   resetResults();
   state.file = null;
   state.grey = null;
+  state.frame = 0;
+  state.frames = 1;
+  $("frame-row").hidden = true;
   state.predictions = [];
   state.selected = [];
   renderClasses();
@@ -207,8 +212,9 @@ async function openFile(file) {
   }
 }
 
-async function openViaService(file) {
-  const body = await getJson("/display", { method: "POST", body: imageForm(file) });
+async function openViaService(file, keepWindow = false) {
+  const body = await getJson("/display", { method: "POST", body: imageForm(file, frameOption()) });
+  state.frames = body.frames;
   const { width, height } = body.image;
   if (body.kind === "grey") {
     const bytes = base64Bytes(body.values.data);
@@ -217,15 +223,43 @@ async function openViaService(file) {
     state.base = document.createElement("canvas");
     state.base.width = width;
     state.base.height = height;
-    setupWindowControls();
+    setupWindowControls(keepWindow);
   } else {
     const blob = new Blob([base64Bytes(body.png)], { type: "image/png" });
     const bitmap = await createImageBitmap(blob);
     state.base = canvasOf(bitmap, width, height);
     bitmap.close();
   }
-  const frames = body.frames > 1 ? `, frame 1 of ${body.frames}` : "";
-  return `${file.name}: ${body.format} ${width} × ${height}${frames}`;
+  $("frame-row").hidden = body.frames < 2;
+  $("frame-input").max = String(body.frames);
+  $("frame-count").textContent = `of ${body.frames}`;
+  return `${file.name}: ${body.format} ${width} × ${height}${body.frames > 1 ? `, ${body.frames} frames` : ""}`;
+}
+
+/** `frame` for multi-frame files (every call must look at the frame on screen). */
+function frameOption() {
+  return state.frame > 0 ? { frame: state.frame } : {};
+}
+
+async function selectFrame() {
+  const wanted = Math.round(Number($("frame-input").value)) - 1;
+  if (!state.file || !Number.isFinite(wanted) || wanted < 0 || wanted >= state.frames || wanted === state.frame) {
+    $("frame-input").value = String(state.frame + 1);
+    return;
+  }
+  const generation = ++state.generation;
+  cancelJob();
+  clearError();
+  resetResults();
+  state.frame = wanted;
+  try {
+    await openViaService(state.file, $("window-preset").value === "custom");
+    if (generation !== state.generation) return;
+    view.redraw();
+    await predict();
+  } catch (err) {
+    showError(err);
+  }
 }
 
 // ---- DICOM window -----------------------------------------------------------------------------------------------
@@ -239,13 +273,17 @@ function presets() {
   return list;
 }
 
-function setupWindowControls() {
+function setupWindowControls(keepWindow = false) {
   const select = $("window-preset");
   const list = presets();
   select.replaceChildren(...list.map(([name, c, w], i) => new Option(`${name} (${c} / ${w})`, String(i))),
     new Option("Custom", "custom"));
-  select.value = "0"; // the file's own window, else the full range: what the model saw
-  applyWindow(list[0][1], list[0][2], false);
+  if (keepWindow && state.window) { // another frame of the same file: keep the user's own window
+    applyWindow(state.window.center, state.window.width);
+  } else {
+    select.value = "0"; // the file's own window, else the full range: what the model saw
+    applyWindow(list[0][1], list[0][2], false);
+  }
   $("window-controls").hidden = false;
 }
 
@@ -294,7 +332,7 @@ async function predict() {
   try {
     const topK = Math.min(model.num_classes || 10, 10);
     const body = await getJson("/predict", { method: "POST",
-      body: imageForm(state.file, { model: model.name, top_k: topK }) });
+      body: imageForm(state.file, { model: model.name, top_k: topK, ...frameOption() }) });
     if (generation !== state.generation || model !== state.model) return;
     state.predictions = body.predictions;
     state.selected = state.predictions.length ? [keyOf(state.predictions[0])] : [];
@@ -348,12 +386,20 @@ function renderClasses() {
 }
 
 function renderTargetsChoice() {
-  for (const [id, offset] of [["shown-class", 0], ["shown-class2", 1]]) {
+  const keys = state.selected.map(String);
+  for (const id of ["shown-class", "shown-class2"]) {
     const select = $(id);
     const previous = select.value;
     select.replaceChildren(...state.selected.map((k) => new Option(labelOf(k), String(k))));
-    if (state.selected.map(String).includes(previous)) select.value = previous;
-    else if (state.selected[offset] !== undefined) select.value = String(state.selected[offset]);
+    // the second viewer defaults to a class the first one does not show
+    const other = id === "shown-class2" ? keys.find((k) => k !== $("shown-class").value) : undefined;
+    if (keys.includes(previous) && !(other !== undefined && previous === $("shown-class").value)) {
+      select.value = previous;
+    } else if (other !== undefined) {
+      select.value = other;
+    } else if (keys.length) {
+      select.value = keys[0];
+    }
   }
   $("explain-button").disabled = !(state.file && state.selected.length && $("method-select").value);
   showViews();
@@ -425,7 +471,7 @@ async function explain() {
       };
       for (const targets of targetOptions(keys)) {
         status(`Explaining with ${m}…`);
-        const options = { model: model.name, outputs: "heatmap", ...targets, ...own };
+        const options = { model: model.name, outputs: "heatmap", ...frameOption(), ...targets, ...own };
         const body = await postAsync(`/explain/${encodeURIComponent(m)}`, imageForm(state.file, options),
           { onProgress, signal: controller.signal });
         for (const [i, e] of body.explanations.entries()) {
@@ -435,7 +481,7 @@ async function explain() {
         status(`Boxing with ${m}…`);
         try {
           const boxes = await postAsync("/localize", imageForm(state.file, { model: model.name, method: m,
-            ...targets, ...own }), { onProgress, signal: controller.signal });
+            ...frameOption(), ...targets, ...own }), { onProgress, signal: controller.signal });
           for (const b of boxes.boxes) {
             const key = b.detection ? b.detection.id : (targets.detection ?? b.index);
             result.boxes.set(key, [...(result.boxes.get(key) || []), b]);
@@ -529,14 +575,14 @@ async function downloadDicom() {
   state.job = controller;
   status("Building the DICOM results…");
   try {
-    const options = { model: state.model.name, outputs: "dicom-pm,dicom-seg,dicom-sc", ...targets,
+    const options = { model: state.model.name, outputs: "dicom-pm,dicom-seg,dicom-sc", ...frameOption(), ...targets,
       ...(pane.method === $("method-select").value ? state.lastMethodParams : {}) };
     const body = await postAsync(`/explain/${encodeURIComponent(pane.method)}`, imageForm(state.file, options),
       { signal: controller.signal });
     const objects = { ...((body.explanations[0] && body.explanations[0].dicom) || {}) };
     try {
       const sr = await postAsync("/localize", imageForm(state.file, { model: state.model.name, method: pane.method,
-        outputs: "dicom-sr", ...targets }), { signal: controller.signal });
+        outputs: "dicom-sr", ...frameOption(), ...targets }), { signal: controller.signal });
       if (sr.dicom && sr.dicom.sr) objects.sr = sr.dicom.sr;
     } catch (err) {
       if (err.name === "AbortError") throw err;
@@ -567,6 +613,7 @@ $("key-form").addEventListener("submit", (e) => {
 });
 $("image-input").addEventListener("change", (e) => openFile(e.target.files[0]));
 $("model-select").addEventListener("change", selectModel);
+$("frame-input").addEventListener("change", selectFrame);
 $("method-select").addEventListener("change", () => {
   describeMethod();
   renderTargetsChoice();
