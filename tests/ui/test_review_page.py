@@ -314,3 +314,18 @@ def test_a_multi_frame_dicom_is_read_frame_by_frame(page, server):
     shown = page.evaluate("() => window.xaasReview.state.predictions")
     assert [(p["index"], round(p["score"], 5)) for p in shown] == [(p["index"], round(p["score"], 5)) for p in expected]
     page.console.check()
+
+
+def test_every_control_is_labelled_and_reachable_by_keyboard(page):
+    unlabelled = page.evaluate("""() => Array.from(document.querySelectorAll('input, select, button, canvas'))
+        .filter((el) => !(el.labels && el.labels.length) && !el.getAttribute('aria-label') && !el.textContent.trim())
+        .map((el) => el.id || el.outerHTML.slice(0, 60))""")
+    assert unlabelled == []
+    assert page.get_by_role("list", name="Classes").is_visible()
+    # Tab walks from the key field through the controls to the viewer (no trap, no unreachable control)
+    reached = set()
+    page.get_by_label("API key").focus()
+    for _ in range(60):
+        page.keyboard.press("Tab")
+        reached.add(page.evaluate("() => document.activeElement.id"))
+    assert {"image-input", "model-select", "method-select", "opacity", "colormap", "canvas-1"} <= reached
