@@ -608,3 +608,44 @@ class DisplayResponse(BaseModel):
     range: list[float] | None = Field(None, description="grey: [min, max] of the values.")
     invert: bool | None = Field(None, description="grey: MONOCHROME1 (high values shown dark).")
     png: str | None = Field(None, description="rgb: base64 PNG of the decoded pixels.")
+
+
+class PacsStudy(BaseModel):
+    study: str
+    date: str | None = None
+    time: str | None = None
+    description: str | None = None
+    modalities: list[str] = Field(default_factory=list)
+    series_count: int | None = None
+    instance_count: int | None = None
+
+
+class PacsSeries(BaseModel):
+    series: str
+    modality: str | None = None
+    number: int | None = None
+    description: str | None = None
+    instance_count: int | None = None
+
+
+class PacsInstance(BaseModel):
+    instance: str
+    sop_class: str | None = None
+    number: int | None = None
+    frames: int | None = None
+    rows: int | None = None
+    columns: int | None = None
+
+
+class PacsStudies(BaseModel):
+    """QIDO-RS matches reduced to UIDs, dates, descriptions and counts: no patient attribute."""
+
+    studies: list[PacsStudy]
+
+
+class PacsSeriesList(BaseModel):
+    series: list[PacsSeries]
+
+
+class PacsInstances(BaseModel):
+    instances: list[PacsInstance]

@@ -1,5 +1,6 @@
 """The PACS round trip around an explanation: fetch the instance (WADO-RS), run the usual handler on its bytes, and
-with ``store`` write the DICOM results back (STOW-RS). PACS calls are blocking HTTP: they run in the thread pool."""
+with ``store`` write the DICOM results back (STOW-RS); and the review page's picker: QIDO-RS searches and one
+instance's Part 10. PACS calls are blocking HTTP: they run in the thread pool."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from ..dicomweb import Pacs
 from ..errors import XaasError
 from ..runtime import Runtime
 
-__all__ = ["from_pacs"]
+__all__ = ["from_pacs", "instance", "search"]
 
 
 async def from_pacs(runtime: Runtime, reference: tuple[str, str, str], store: bool,
@@ -29,3 +30,15 @@ async def from_pacs(runtime: Runtime, reference: tuple[str, str, str], store: bo
     blobs = [base64.b64decode(value) for item in dicom_of(result.body) if item for value in item.values()]
     body["stored"] = await runtime.in_thread(pacs.store, blobs) if store and blobs else []
     return body
+
+
+async def search(runtime: Runtime, level: str, study: str | None = None, series: str | None = None, *,
+                 limit: int = 100, offset: int = 0) -> list[dict[str, Any]]:
+    pacs = Pacs(runtime.settings)
+    return await runtime.in_thread(pacs.search, level, study, series, limit=limit, offset=offset)
+
+
+async def instance(runtime: Runtime, study: str, series: str, sop: str) -> bytes:
+    """The instance's Part 10 bytes, for a viewer that then sends them to the usual endpoints."""
+    pacs = Pacs(runtime.settings)
+    return await runtime.in_thread(pacs.fetch, study, series, sop)

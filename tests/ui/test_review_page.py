@@ -11,8 +11,6 @@ Skipped (with the reason) only where Playwright or a Chromium binary is missing;
 
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 
 import httpx
@@ -20,18 +18,13 @@ import pytest
 from pydicom.data import get_testdata_file
 
 from bench._server import running_server
-from tests.support import ROOT, demo_png
+from tests.support import demo_png
+from tests.ui.browser_support import CHROMIUM, CHROMIUM_ARGS, SHOTS, browser_skip_reason
 
-sync_api = pytest.importorskip("playwright.sync_api", reason="playwright (a dev dependency) is not installed")
-CHROMIUM = os.environ.get("XAAS_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
-if not CHROMIUM:
-    pytest.skip("no Chromium binary (Debian: apt-get install chromium; or set XAAS_CHROMIUM)", allow_module_level=True)
+if browser_skip_reason():
+    pytest.skip(browser_skip_reason(), allow_module_level=True)
+from playwright import sync_api  # imported only once it is known to be installed
 
-SHOTS = ROOT / "build" / "ui-screenshots"
-# Flags for a closed network and a container: no sandbox (root), no GPU, none of Chromium's background calls home.
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic",
-                 "--disable-default-apps", "--disable-extensions"]
 TIMEOUT_MS = 20_000
 
 

@@ -58,6 +58,18 @@ export async function request(path, { method = "GET", body, extraHeaders, signal
 
 export const getJson = async (path, opts) => (await request(path, opts)).data;
 
+/** GET a binary body (a DICOM instance); errors as for JSON calls. */
+export async function getBlob(path) {
+  let response;
+  try {
+    response = await fetch(path, { headers: headers() });
+  } catch {
+    throw new Problem(0, { title: "Service unreachable", detail: "the service did not answer (is it running?)" });
+  }
+  if (!response.ok) throw new Problem(response.status, await readBody(response), response.statusText);
+  return response.blob();
+}
+
 /** multipart/form-data with the file in `image` and each option (lists repeated), as the API expects. */
 export function imageForm(file, options = {}) {
   const form = new FormData();

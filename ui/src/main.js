@@ -1,6 +1,6 @@
 // The review page: wiring of the controls to the service's API and the viewports. The page holds no secret and
 // no state on the server: the API key lives in memory only, the image stays a File object sent with each call.
-import { Problem, base64Bytes, getJson, imageForm, postAsync, request, setApiKey } from "./api.js";
+import { Problem, base64Bytes, getBlob, getJson, imageForm, postAsync, setApiKey } from "./api.js";
 import { SharedView, Viewport, attachInteraction } from "./viewer.js";
 
 const $ = (id) => document.getElementById(id);
@@ -68,6 +68,72 @@ async function loadCatalogue() {
     clearError();
     await selectModel();
   } catch (err) {
+    showError(err);
+    return;
+  }
+  if (pacsConfigured) await loadStudies();
+}
+
+// ---- PACS picker (QIDO-RS through the service; only when the service has XAAS_DICOMWEB_URL) ----------------------
+
+const pacsConfigured = document.querySelector('meta[name="xaas-pacs"]')?.content === "on";
+const uidPath = (uid) => encodeURIComponent(uid);
+
+function fillSelect(select, items, text) {
+  select.replaceChildren(...items.map((item) => new Option(text(item), item.uid)));
+  if (!items.length) select.append(new Option("(none)", ""));
+}
+
+const dicomDate = (d) => (d && d.length === 8 ? `${d.slice(0, 4)}-${d.slice(4, 6)}-${d.slice(6)}` : d || "no date");
+
+async function loadStudies() {
+  $("pacs").hidden = false;
+  try {
+    const { studies } = await getJson("/dicomweb/studies?limit=200");
+    fillSelect($("pacs-study"), studies.map((s) => ({ ...s, uid: s.study })), (s) =>
+      `${dicomDate(s.date)} ${s.modalities.join("/")} ${s.description || ""} (${s.instance_count ?? "?"} images)`
+        .replace(/\s+/g, " "));
+    await loadSeries();
+  } catch (err) {
+    showError(err);
+  }
+}
+
+async function loadSeries() {
+  const study = $("pacs-study").value;
+  fillSelect($("pacs-series"), [], () => "");
+  fillSelect($("pacs-instance"), [], () => "");
+  $("pacs-open").disabled = true;
+  if (!study) return;
+  const { series } = await getJson(`/dicomweb/studies/${uidPath(study)}/series`);
+  series.sort((a, b) => (a.number ?? 0) - (b.number ?? 0));
+  fillSelect($("pacs-series"), series.map((s) => ({ ...s, uid: s.series })), (s) =>
+    `#${s.number ?? "?"} ${s.modality || ""} ${s.description || ""} (${s.instance_count ?? "?"})`.replace(/\s+/g, " "));
+  await loadInstances();
+}
+
+async function loadInstances() {
+  const study = $("pacs-study").value;
+  const series = $("pacs-series").value;
+  fillSelect($("pacs-instance"), [], () => "");
+  $("pacs-open").disabled = true;
+  if (!study || !series) return;
+  const { instances } = await getJson(`/dicomweb/studies/${uidPath(study)}/series/${uidPath(series)}/instances`);
+  instances.sort((a, b) => (a.number ?? 0) - (b.number ?? 0));
+  fillSelect($("pacs-instance"), instances.map((i) => ({ ...i, uid: i.instance })), (i) =>
+    `#${i.number ?? "?"} ${i.columns ?? "?"} × ${i.rows ?? "?"}${i.frames > 1 ? `, ${i.frames} frames` : ""}`);
+  $("pacs-open").disabled = !instances.length;
+}
+
+async function openFromPacs() {
+  const [study, series, sop] = ["pacs-study", "pacs-series", "pacs-instance"].map((id) => $(id).value);
+  if (!sop) return;
+  status("Fetching the instance from the PACS…");
+  try {
+    const blob = await getBlob(`/dicomweb/studies/${uidPath(study)}/series/${uidPath(series)}/instances/${uidPath(sop)}`);
+    await openFile(new File([blob], `${sop}.dcm`, { type: "application/dicom" }));
+  } catch (err) {
+    status("");
     showError(err);
   }
 }
@@ -614,6 +680,10 @@ $("key-form").addEventListener("submit", (e) => {
 $("image-input").addEventListener("change", (e) => openFile(e.target.files[0]));
 $("model-select").addEventListener("change", selectModel);
 $("frame-input").addEventListener("change", selectFrame);
+$("pacs-study").addEventListener("change", () => loadSeries().catch(showError));
+$("pacs-series").addEventListener("change", () => loadInstances().catch(showError));
+$("pacs-open").addEventListener("click", openFromPacs);
+$("pacs-refresh").addEventListener("click", loadStudies);
 $("method-select").addEventListener("change", () => {
   describeMethod();
   renderTargetsChoice();

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from importlib import resources
 
-from fastapi import APIRouter, HTTPException
+from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import RedirectResponse, Response
 
 router = APIRouter(include_in_schema=False)
@@ -23,13 +23,20 @@ _HEADERS = {"Content-Security-Policy": _CSP, "X-Content-Type-Options": "nosniff"
             "Cache-Control": "no-cache"}
 
 
-def _asset(name: str) -> Response:
+_PACS_OFF = b'<meta name="xaas-pacs" content="">'
+_PACS_ON = b'<meta name="xaas-pacs" content="on">'
+
+
+def _asset(name: str, replace: tuple[bytes, bytes] | None = None) -> Response:
     # an allow-list of the files shipped, not a path join: no traversal whatever the name
     suffix = name[name.rfind("."):] if "." in name else ""
     entry = _STATIC / name
     if "/" in name or name.startswith(".") or suffix not in _TYPES or not entry.is_file():
         raise HTTPException(404, f"no asset {name[:64]!r}")
-    return Response(entry.read_bytes(), media_type=_TYPES[suffix], headers=_HEADERS)
+    body = entry.read_bytes()
+    if replace:
+        body = body.replace(*replace)
+    return Response(body, media_type=_TYPES[suffix], headers=_HEADERS)
 
 
 @router.get("/")
@@ -38,8 +45,10 @@ async def root() -> RedirectResponse:
 
 
 @router.get("/ui")
-async def page() -> Response:
-    return _asset("index.html")
+async def page(request: Request) -> Response:
+    # the page learns from its own HTML whether a PACS is configured (no probing request that fails with a 503)
+    pacs = bool(request.app.state.runtime.settings.dicomweb_url)
+    return _asset("index.html", (_PACS_OFF, _PACS_ON) if pacs else None)
 
 
 @router.get("/ui/assets/{name}")
