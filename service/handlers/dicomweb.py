@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from ..dicomweb import Pacs
-from ..errors import XaasError
+from ..errors import NotFound, XaasError
 from ..runtime import Runtime
 
 __all__ = ["from_pacs", "instance", "search"]
@@ -32,13 +32,21 @@ async def from_pacs(runtime: Runtime, reference: tuple[str, str, str], store: bo
     return body
 
 
+def _browsable(runtime: Runtime) -> Pacs:
+    # Without a PACS these resources do not exist on this deployment (a 404, as for any absent resource), whereas the
+    # explain routes, which need one to do their work, answer 503.
+    if not runtime.settings.dicomweb_url:
+        raise NotFound("no PACS is configured (set XAAS_DICOMWEB_URL)")
+    return Pacs(runtime.settings)
+
+
 async def search(runtime: Runtime, level: str, study: str | None = None, series: str | None = None, *,
                  limit: int = 100, offset: int = 0) -> list[dict[str, Any]]:
-    pacs = Pacs(runtime.settings)
+    pacs = _browsable(runtime)
     return await runtime.in_thread(pacs.search, level, study, series, limit=limit, offset=offset)
 
 
 async def instance(runtime: Runtime, study: str, series: str, sop: str) -> bytes:
     """The instance's Part 10 bytes, for a viewer that then sends them to the usual endpoints."""
-    pacs = Pacs(runtime.settings)
+    pacs = _browsable(runtime)
     return await runtime.in_thread(pacs.fetch, study, series, sop)

@@ -1,5 +1,5 @@
 """The review page's PACS picker against a real Orthanc, and the QIDO-RS routes behind it (in a private network
-namespace: Orthanc binds every interface). Without a PACS the routes are 503 problems and the picker stays hidden."""
+namespace: Orthanc binds every interface). Without a PACS the routes are 404 problems and the picker stays hidden."""
 
 from __future__ import annotations
 
@@ -16,11 +16,11 @@ from tests.test_dicomweb import _namespace_reason
 from tests.ui.browser_support import CHROMIUM, CHROMIUM_ARGS, SHOTS, browser_skip_reason
 
 
-def test_without_a_pacs_the_routes_are_503_and_the_picker_is_off():
+def test_without_a_pacs_the_routes_are_404_and_the_picker_is_off():
     with make_client() as client:
         r = client.get("/dicomweb/studies")
-        assert r.status_code == 503 and "XAAS_DICOMWEB_URL" in r.json()["detail"]
-        assert client.get("/dicomweb/studies/1.2/series/1.2.3/instances/1.2.3.4").status_code == 503
+        assert r.status_code == 404 and "XAAS_DICOMWEB_URL" in r.json()["detail"]
+        assert client.get("/dicomweb/studies/1.2/series/1.2.3/instances/1.2.3.4").status_code == 404
         assert client.get("/dicomweb/studies/not-a-uid/series").status_code == 422
         assert '<meta name="xaas-pacs" content="">' in client.get("/ui").text
 

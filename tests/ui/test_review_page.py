@@ -322,3 +322,23 @@ def test_every_control_is_labelled_and_reachable_by_keyboard(page):
         page.keyboard.press("Tab")
         reached.add(page.evaluate("() => document.activeElement.id"))
     assert {"image-input", "model-select", "method-select", "opacity", "colormap", "canvas-1"} <= reached
+
+
+def test_a_slow_method_shows_its_progress_and_can_be_cancelled(page, server):
+    open_file(page, "shapes.png", demo_png(13), "image/png")
+    classes(page).first.get_by_role("checkbox").wait_for()
+    deletes: list[str] = []
+    page.on("request", lambda r: deletes.append(r.url) if r.method == "DELETE" else None)
+    page.get_by_label("Method", exact=True).select_option("rise")
+    page.get_by_label("masks", exact=True).fill("20000")  # its parameter form, from /methods
+    page.get_by_role("button", name="Explain").click()
+    page.locator("#progress-row").wait_for(state="visible")
+    page.wait_for_function("() => document.getElementById('progress').value > 0")  # the job's own count
+    assert "masks" in page.locator("#progress-text").inner_text()
+    shot(page, "08-progress")
+    page.get_by_role("button", name="Cancel").click()
+    page.wait_for_function("() => document.getElementById('status').textContent === 'Cancelled.'")
+    assert page.locator("#progress-row").is_hidden()
+    assert len(deletes) == 1 and "/jobs/" in deletes[0]
+    assert httpx.get(deletes[0]).status_code == 404  # the job is gone on the server too
+    page.console.check()

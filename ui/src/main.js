@@ -475,6 +475,7 @@ function renderTargetsChoice() {
 
 function resetResults() {
   state.results = new Map();
+  state.explainedMethods = null;
   $("download-png").disabled = true;
   $("download-dicom").disabled = true;
   showViews();
@@ -567,7 +568,7 @@ async function explain() {
     $("download-dicom").hidden = !state.grey;
     status(`Explained ${keys.length} target${keys.length > 1 ? "s" : ""} with ${methods.join(" and ")}.`);
   } catch (err) {
-    status("");
+    status(err.name === "AbortError" && generation === state.generation ? "Cancelled." : "");
     showError(err);
   } finally {
     if (state.job === controller) state.job = null;
@@ -693,9 +694,9 @@ $("method2-select").addEventListener("change", showViews);
 $("shown-class").addEventListener("change", showViews);
 $("shown-class2").addEventListener("change", showViews);
 $("explain-button").addEventListener("click", explain);
-$("cancel-button").addEventListener("click", () => {
-  cancelJob();
-  status("Cancelled.");
+$("cancel-button").addEventListener("click", cancelJob); // the running call reports "Cancelled."
+document.addEventListener("keydown", (e) => {
+  if (e.key === "Escape" && state.job) cancelJob();
 });
 $("opacity").addEventListener("input", (e) => {
   style.opacity = Number(e.target.value) / 100;

@@ -73,7 +73,7 @@ async def dicomweb_localize(request: Request, runtime: RuntimeDep, call: CallDep
 
 # QIDO-RS / WADO-RS through the service, for the review page's study / series / instance picker
 _UID = r"^[0-9.]{1,64}$"
-_SEARCH_PROBLEMS = problem_responses(400, 401, 422, 502, 503, 504)
+_SEARCH_PROBLEMS = problem_responses(400, 401, 404, 422, 502, 504)
 Limit = Query(100, ge=1, le=1000, description="Most matches returned.")
 Offset = Query(0, ge=0, le=1_000_000, description="Matches skipped (paging).")
 
@@ -102,7 +102,7 @@ async def pacs_instances(runtime: RuntimeDep, study: str = Path(pattern=_UID), s
 @router.get("/dicomweb/studies/{study}/series/{series}/instances/{instance}", response_class=Response,
             summary="One instance from the PACS as DICOM Part 10 (WADO-RS)",
             responses={200: {"content": {"application/dicom": {}}, "description": "The instance, Part 10"},
-                       **problem_responses(400, 401, 404, 422, 502, 503, 504)})
+                       **problem_responses(400, 401, 404, 422, 502, 504)})
 async def pacs_instance(runtime: RuntimeDep, study: str = Path(pattern=_UID), series: str = Path(pattern=_UID),
                         instance: str = Path(pattern=_UID)) -> Response:
     data = await dicomweb_handler.instance(runtime, study, series, instance)
