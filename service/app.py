@@ -12,7 +12,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from . import __version__, openapi
 from .api import problems
 from .api.middleware import ApiKeyMiddleware, BodyLimitMiddleware, RequestContextMiddleware
-from .api.routes import dicomweb, explain, features, health, localize, models, oip, predict
+from .api.routes import dicomweb, display, explain, features, health, localize, models, oip, predict, ui
 from .config import Settings
 from .metrics import Metrics
 from .runtime import Runtime
@@ -42,7 +42,7 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
     problems.install(app)
     openapi.install(app)
     for router in (health.router, models.router, predict.router, explain.router, localize.router, features.router,
-                   oip.router, dicomweb.router):
+                   oip.router, dicomweb.router, display.router, ui.router):
         app.include_router(router)
     # Added last = outermost: request id → CORS → API key → body limit → routes.
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes, body_timeout=settings.body_timeout)
@@ -50,7 +50,9 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
     if keys:
         exempt = {"/healthz", "/readyz", "/v2/health/live", "/v2/health/ready"}  # probes carry no key
         exempt |= {"/metrics"} if settings.metrics_public else set()
-        app.add_middleware(ApiKeyMiddleware, keys=keys, exempt=frozenset(exempt))
+        # the review page and its assets hold no data: they load keyless, then send the key the user types
+        exempt |= {"/", "/ui"}
+        app.add_middleware(ApiKeyMiddleware, keys=keys, exempt=frozenset(exempt), exempt_prefixes=("/ui/assets/",))
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST", "DELETE"],
                            allow_headers=["authorization", "x-api-key", "content-type", "x-request-id",

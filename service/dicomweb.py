@@ -1,5 +1,5 @@
 """The PACS over DICOMweb (``dicomweb-client``): WADO-RS fetch of one instance (or of a whole series, for volume
-models), STOW-RS store of results.
+models), STOW-RS store of results, and QIDO-RS searches for the review page's study / series / instance picker.
 
 Every request has a bounded timeout (``XAAS_DICOMWEB_TIMEOUT``: on the connection and each read here, on the whole
 request in :mod:`service.handlers.dicomweb`, which awaits it); PACS failures become
@@ -73,10 +73,8 @@ class Pacs:
         """Part 10 bytes of one instance (WADO-RS); without ``instance``, every instance of the series bundled as one
         zip (the form a volume model takes a series in)."""
         for name, value in (("study", study), ("series", series), ("instance", instance)):
-            # the ASCII pattern dicomweb-client checks too (str.isdigit() would pass "٣", which it then refuses)
-            if value is not None and (len(value) > 64 or not _UID.fullmatch(value)):
-                raise BadOption(f"{name} must be a DICOM UID (components of ASCII digits joined by dots, at most 64 "
-                                f"characters)", errors=[FieldError(name, "a DICOM UID")])
+            if value is not None:
+                _check_uid(name, value)
         if instance is None:
             datasets = self._call("retrieve", lambda client: client.retrieve_series(study, series))
             if not datasets:
@@ -94,6 +92,26 @@ class Pacs:
         buffer = io.BytesIO()
         dataset.save_as(buffer, enforce_file_format=True)
         return buffer.getvalue()
+
+    def search(self, level: str, study: str | None = None, series: str | None = None, *, limit: int = 100,
+               offset: int = 0) -> list[dict[str, Any]]:
+        """QIDO-RS at ``level`` (studies, series, instances), each match reduced to the allow-listed attributes of
+        :data:`SEARCH_FIELDS` (UIDs, dates, descriptions, counts): no patient attribute ever leaves this method."""
+        for name, value in (("study", study), ("series", series)):
+            if value is not None:
+                _check_uid(name, value)
+        fields = SEARCH_FIELDS[level]
+        keywords = [keyword for keyword, _ in fields.values()]
+
+        def work(client: Any) -> list[dict[str, Any]]:
+            if level == "studies":
+                return client.search_for_studies(fields=keywords, limit=limit, offset=offset)
+            if level == "series":
+                return client.search_for_series(study, fields=keywords, limit=limit, offset=offset)
+            return client.search_for_instances(study, series, fields=keywords, limit=limit, offset=offset)
+
+        matches = self._call("search", work)
+        return [_reduce(match, fields) for match in matches or []]
 
     def store(self, objects: list[bytes]) -> list[str]:
         """STOW-RS; returns the SOP Instance UIDs stored."""
@@ -135,3 +153,45 @@ def _auth_header(settings: Settings) -> dict[str, str]:
         # refused rather than ignored: requests without the credentials would fail at the PACS, less clearly
         raise ServiceUnavailable("the PACS credentials file must hold one 'Header-Name: value' line")
     return {name.strip(): value.strip()}
+
+
+def _check_uid(name: str, value: str) -> None:
+    # the ASCII pattern dicomweb-client checks too (str.isdigit() would pass "٣", which it then refuses)
+    if len(value) > 64 or not _UID.fullmatch(value):
+        raise BadOption(f"{name} must be a DICOM UID (components of ASCII digits joined by dots, at most 64 "
+                        f"characters)", errors=[FieldError(name, "a DICOM UID")])
+
+
+# answer member → (attribute keyword, DICOM JSON tag); only these are asked for and only these are passed on
+SEARCH_FIELDS: dict[str, dict[str, tuple[str, str]]] = {
+    "studies": {"study": ("StudyInstanceUID", "0020000D"), "date": ("StudyDate", "00080020"),
+                "time": ("StudyTime", "00080030"), "description": ("StudyDescription", "00081030"),
+                "modalities": ("ModalitiesInStudy", "00080061"),
+                "series_count": ("NumberOfStudyRelatedSeries", "00201206"),
+                "instance_count": ("NumberOfStudyRelatedInstances", "00201208")},
+    "series": {"series": ("SeriesInstanceUID", "0020000E"), "modality": ("Modality", "00080060"),
+               "number": ("SeriesNumber", "00200011"), "description": ("SeriesDescription", "0008103E"),
+               "instance_count": ("NumberOfSeriesRelatedInstances", "00201209")},
+    "instances": {"instance": ("SOPInstanceUID", "00080018"), "sop_class": ("SOPClassUID", "00080016"),
+                  "number": ("InstanceNumber", "00200013"), "frames": ("NumberOfFrames", "00280008"),
+                  "rows": ("Rows", "00280010"), "columns": ("Columns", "00280011")},
+}
+_LISTS = {"modalities"}
+_NUMBERS = {"series_count", "instance_count", "number", "frames", "rows", "columns"}
+
+
+def _reduce(match: dict[str, Any], fields: dict[str, tuple[str, str]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for member, (_, tag) in fields.items():
+        values = (match.get(tag) or {}).get("Value") or []
+        if member in _LISTS:
+            out[member] = [str(v) for v in values]
+            continue
+        value = values[0] if values else None
+        if value is not None and member in _NUMBERS:
+            try:
+                value = int(value)
+            except (TypeError, ValueError):
+                value = None
+        out[member] = None if value is None else (value if member in _NUMBERS else str(value))
+    return out

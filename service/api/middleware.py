@@ -46,10 +46,11 @@ class ApiKeyMiddleware:
     the exempt ones. Keys are compared with ``hmac.compare_digest`` against every key (no early exit), so timing
     reveals neither which key nor how much of one matched."""
 
-    def __init__(self, app: ASGIApp, keys: list[str], exempt: frozenset[str]):
+    def __init__(self, app: ASGIApp, keys: list[str], exempt: frozenset[str], exempt_prefixes: tuple[str, ...] = ()):
         self.app = app
         self.keys = [k.encode() for k in keys]
         self.exempt = exempt
+        self.exempt_prefixes = exempt_prefixes
 
     def _authorised(self, headers: list[tuple[bytes, bytes]]) -> bool:
         presented = b""
@@ -64,7 +65,8 @@ class ApiKeyMiddleware:
         return ok and bool(presented)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in self.exempt or scope.get("method") == "OPTIONS":
+        if (scope["type"] != "http" or scope["path"] in self.exempt or scope["path"].startswith(self.exempt_prefixes)
+                or scope.get("method") == "OPTIONS"):
             return await self.app(scope, receive, send)
         if not self._authorised(scope.get("headers", [])):
             return await _send_problem(send, 401, "Unauthorized",

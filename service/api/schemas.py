@@ -653,3 +653,71 @@ ASYNC_ACCEPTED: dict[int | str, dict[str, Any]] = {
           "headers": {"Location": {"description": "/jobs/{id}", "schema": {"type": "string"}},
                       "Preference-Applied": {"description": "respond-async", "schema": {"type": "string"}}}},
 }
+
+
+class DisplayOptions(RequestOptions):
+    frame: Int | None = Field(None, ge=0, le=100_000, description="Frame of a multi-frame DICOM/GIF/TIFF (0-based).")
+
+
+class DisplayWindow(BaseModel):
+    center: float
+    width: float = Field(gt=0)
+
+
+class DisplayResponse(BaseModel):
+    """An image decoded by the service for a viewer (the review page): browsers cannot read DICOM."""
+
+    format: str = Field(description="The decoded format (DICOM, PNG, ...).")
+    image: ImageInfo
+    frames: int = Field(description="Frames in the file.")
+    kind: Literal["grey", "rgb"] = Field(
+        description="grey: Modality-LUT values to window in the viewer (values, windows, range, invert); rgb: an "
+                    "8-bit PNG shown as is (png), exactly the pixels the model sees.")
+    values: RawMap | None = Field(None, description="grey: the values after the Modality LUT (e.g. Hounsfield units).")
+    windows: list[DisplayWindow] | None = Field(
+        None, description="grey: the file's windows, the first being the one applied for the model; empty when the "
+                          "file has none (the model then sees the value range).")
+    range: list[float] | None = Field(None, description="grey: [min, max] of the values.")
+    invert: bool | None = Field(None, description="grey: MONOCHROME1 (high values shown dark).")
+    png: str | None = Field(None, description="rgb: base64 PNG of the decoded pixels.")
+
+
+class PacsStudy(BaseModel):
+    study: str
+    date: str | None = None
+    time: str | None = None
+    description: str | None = None
+    modalities: list[str] = Field(default_factory=list)
+    series_count: int | None = None
+    instance_count: int | None = None
+
+
+class PacsSeries(BaseModel):
+    series: str
+    modality: str | None = None
+    number: int | None = None
+    description: str | None = None
+    instance_count: int | None = None
+
+
+class PacsInstance(BaseModel):
+    instance: str
+    sop_class: str | None = None
+    number: int | None = None
+    frames: int | None = None
+    rows: int | None = None
+    columns: int | None = None
+
+
+class PacsStudies(BaseModel):
+    """QIDO-RS matches reduced to UIDs, dates, descriptions and counts: no patient attribute."""
+
+    studies: list[PacsStudy]
+
+
+class PacsSeriesList(BaseModel):
+    series: list[PacsSeries]
+
+
+class PacsInstances(BaseModel):
+    instances: list[PacsInstance]

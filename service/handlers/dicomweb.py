@@ -1,5 +1,6 @@
 """The PACS round trip around an explanation: fetch the instance (WADO-RS), run the usual handler on its bytes, and
-with ``store`` write the DICOM results back (STOW-RS). PACS calls are blocking HTTP: they run in the thread pool."""
+with ``store`` write the DICOM results back (STOW-RS); and the review page's picker: QIDO-RS searches and one
+instance's Part 10. PACS calls are blocking HTTP: they run in the thread pool."""
 
 from __future__ import annotations
 
@@ -11,10 +12,10 @@ from typing import Any, TypeVar
 from pydantic import BaseModel
 
 from ..dicomweb import Pacs
-from ..errors import BadOption, FieldError, PacsTimeout, XaasError
+from ..errors import BadOption, FieldError, NotFound, PacsTimeout, XaasError
 from ..runtime import Runtime
 
-__all__ = ["check_reference", "from_pacs"]
+__all__ = ["check_reference", "from_pacs", "instance", "search"]
 
 R = TypeVar("R", bound=BaseModel)
 T = TypeVar("T")
@@ -54,3 +55,24 @@ async def _within(pacs: Pacs, operation: str, work: Awaitable[T]) -> T:
     except TimeoutError:
         pacs.abort()
         raise PacsTimeout(operation, pacs.timeout) from None
+
+
+def _browsable(runtime: Runtime) -> Pacs:
+    # Without a PACS these resources do not exist on this deployment (a 404, as for any absent resource), whereas the
+    # explain routes, which need one to do their work, answer 503.
+    if not runtime.settings.dicomweb_url:
+        raise NotFound("no PACS is configured (set XAAS_DICOMWEB_URL)")
+    return Pacs(runtime.settings)
+
+
+async def search(runtime: Runtime, level: str, study: str | None = None, series: str | None = None, *,
+                 limit: int = 100, offset: int = 0) -> list[dict[str, Any]]:
+    pacs = _browsable(runtime)
+    return await _within(pacs, "search", runtime.in_thread(pacs.search, level, study, series, limit=limit,
+                                                           offset=offset))
+
+
+async def instance(runtime: Runtime, study: str, series: str, sop: str) -> bytes:
+    """The instance's Part 10 bytes, for a viewer that then sends them to the usual endpoints."""
+    pacs = _browsable(runtime)
+    return await _within(pacs, "retrieve", runtime.in_thread(pacs.fetch, study, series, sop))

@@ -30,7 +30,8 @@ from service.errors import InvalidImage, PayloadTooLarge, UnsupportedMediaType
 
 from .common import DecodedImage, ImageLimits, check_frame_index, check_size, min_max
 
-__all__ = ["decode_dicom", "has_dicom_magic", "read_dicom", "read_dicom_without_preamble"]
+__all__ = ["GreyDisplay", "decode_dicom", "dicom_grey_display", "has_dicom_magic", "read_dicom",
+           "read_dicom_without_preamble"]
 
 _PIXEL_DATA_KEYWORDS: tuple[str, ...] = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 
@@ -349,3 +350,52 @@ def _has_voi_lut(view: Any) -> bool:
         return False
     item = sequence[0]
     return item.get("LUTDescriptor", None) is not None and item.get("LUTData", None) is not None
+
+
+@dataclass(frozen=True)
+class GreyDisplay:
+    """One grey DICOM frame as a viewer needs it: the Modality-LUT values (e.g. Hounsfield units) and the file's
+    windows, so a browser can re-window instantly instead of asking the server for each drag step."""
+
+    values: np.ndarray  # float32 [H, W], after the Modality LUT (rescale slope/intercept)
+    windows: tuple[tuple[float, float], ...]  # the file's (centre, width) pairs, first = the one the model sees
+    invert: bool  # MONOCHROME1: high values are dark
+    frames: int
+
+
+def dicom_grey_display(ds: Any, limits: ImageLimits, frame: int | None) -> GreyDisplay | None:
+    """The values of a grey, integer-coded frame for client-side windowing; ``None`` for colour, palette and float
+    pixel data (those have no window: the caller shows them as decoded)."""
+    geometry = _dicom_geometry(ds)
+    if geometry.samples != 1 or geometry.photometric == "PALETTE COLOR" or geometry.pixel_keyword != "PixelData":
+        return None
+    check_size(geometry.columns, geometry.rows, limits)
+    if geometry.frames > limits.max_frames:
+        raise PayloadTooLarge(f"DICOM file has {geometry.frames} frames, above the limit of {limits.max_frames}")
+    index = 0 if frame is None else int(frame)
+    check_frame_index(index, geometry.frames, limits)
+    _ensure_transfer_syntax(ds, geometry)
+    stored = _decode_dicom_frame(ds, geometry, index)
+    from pydicom.pixels import apply_modality_lut
+
+    view = _frame_view(ds, index)
+    try:
+        values = np.asarray(apply_modality_lut(stored, view), dtype=np.float32)
+    except Exception:  # noqa: BLE001 - a malformed Modality LUT of any kind is the client's problem
+        raise InvalidImage("DICOM pixel values could not be converted (malformed LUT or pixel module)") from None
+    return GreyDisplay(values=np.ascontiguousarray(values), windows=_windows(view),
+                       invert=geometry.photometric == "MONOCHROME1", frames=geometry.frames)
+
+
+def _windows(view: Any) -> tuple[tuple[float, float], ...]:
+    """The file's (centre, width) pairs, multi-valued windows included; malformed or non-positive widths dropped."""
+    if "WindowCenter" not in view or "WindowWidth" not in view:
+        return ()
+    try:
+        centres, widths = view.WindowCenter, view.WindowWidth
+        centres = list(centres) if hasattr(centres, "__iter__") and not isinstance(centres, str) else [centres]
+        widths = list(widths) if hasattr(widths, "__iter__") and not isinstance(widths, str) else [widths]
+        pairs = [(float(c), float(w)) for c, w in zip(centres, widths)]
+    except Exception:  # noqa: BLE001 - a malformed window is no window: the viewer falls back to the value range
+        return ()
+    return tuple((c, w) for c, w in pairs if math.isfinite(c) and math.isfinite(w) and w > 0)

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Path, Request
+from fastapi import APIRouter, Path, Query, Request
+from fastapi.responses import Response
 
 from ...errors import BadOption, FieldError
 from ...handlers import dicomweb as dicomweb_handler
@@ -18,6 +19,9 @@ from ..schemas import (
     DicomwebLocalizeResponse,
     ExplainOptions,
     LocalizeOptions,
+    PacsInstances,
+    PacsSeriesList,
+    PacsStudies,
     dicomweb_request_body,
     problem_responses,
 )
@@ -74,3 +78,42 @@ async def dicomweb_localize(request: Request, runtime: RuntimeDep, call: CallDep
     return await dicomweb_handler.from_pacs(
         runtime, reference, store, lambda data: localize_handler.localize(runtime, data, opts, extras, call),
         lambda body: [body.dicom], DicomwebLocalizeResponse)
+
+
+# QIDO-RS / WADO-RS through the service, for the review page's study / series / instance picker
+_UID = r"^[0-9.]{1,64}$"
+_SEARCH_PROBLEMS = problem_responses(400, 401, 404, 422, 502, 504)
+Limit = Query(100, ge=1, le=1000, description="Most matches returned.")
+Offset = Query(0, ge=0, le=1_000_000, description="Matches skipped (paging).")
+
+
+@router.get("/dicomweb/studies", response_model=PacsStudies, summary="Studies in the PACS (QIDO-RS; UIDs, dates, "
+            "descriptions and counts only: no patient attribute)", responses=_SEARCH_PROBLEMS)
+async def pacs_studies(runtime: RuntimeDep, limit: int = Limit, offset: int = Offset) -> PacsStudies:
+    return PacsStudies(studies=await dicomweb_handler.search(runtime, "studies", limit=limit, offset=offset))
+
+
+@router.get("/dicomweb/studies/{study}/series", response_model=PacsSeriesList,
+            summary="Series of a study in the PACS (QIDO-RS)", responses=_SEARCH_PROBLEMS)
+async def pacs_series(runtime: RuntimeDep, study: str = Path(pattern=_UID), limit: int = Limit,
+                      offset: int = Offset) -> PacsSeriesList:
+    return PacsSeriesList(series=await dicomweb_handler.search(runtime, "series", study, limit=limit, offset=offset))
+
+
+@router.get("/dicomweb/studies/{study}/series/{series}/instances", response_model=PacsInstances,
+            summary="Instances of a series in the PACS (QIDO-RS)", responses=_SEARCH_PROBLEMS)
+async def pacs_instances(runtime: RuntimeDep, study: str = Path(pattern=_UID), series: str = Path(pattern=_UID),
+                         limit: int = Limit, offset: int = Offset) -> PacsInstances:
+    found = await dicomweb_handler.search(runtime, "instances", study, series, limit=limit, offset=offset)
+    return PacsInstances(instances=found)
+
+
+@router.get("/dicomweb/studies/{study}/series/{series}/instances/{instance}", response_class=Response,
+            summary="One instance from the PACS as DICOM Part 10 (WADO-RS)",
+            responses={200: {"content": {"application/dicom": {}}, "description": "The instance, Part 10"},
+                       **problem_responses(400, 401, 404, 422, 502, 504)})
+async def pacs_instance(runtime: RuntimeDep, study: str = Path(pattern=_UID), series: str = Path(pattern=_UID),
+                        instance: str = Path(pattern=_UID)) -> Response:
+    data = await dicomweb_handler.instance(runtime, study, series, instance)
+    # the file carries the patient's identity: never cached by intermediaries
+    return Response(data, media_type="application/dicom", headers={"Cache-Control": "no-store"})
