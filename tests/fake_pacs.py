@@ -2,8 +2,8 @@
 
 ``FakePacs(mode)`` serves WADO-RS instance retrieval and STOW-RS on a free loopback port, in a thread:
 
-- ``"ok"``: WADO-RS answers ``instance`` (Part 10 bytes) as multipart/related for any UIDs, STOW-RS answers 200 and
-  keeps every stored object in ``stored``;
+- ``"ok"``: WADO-RS answers ``instance`` (Part 10 bytes) as multipart/related for any UIDs, QIDO-RS one match (the
+  instance's UIDs), STOW-RS answers 200 and keeps every stored object in ``stored``;
 - ``"missing"``: every request is a 404; ``"broken"``: every request is a 503;
 - ``"store-fails"``: WADO-RS as ``"ok"``, STOW-RS a 500;
 - ``"silent"``: connections are accepted and read, then never answered (until the fake stops); ``"store-silent"``:
@@ -81,6 +81,9 @@ class FakePacs:
                             pacs.hung_up.set()
                             return
                     return
+                if self.path.split("?")[0].rstrip("/").rsplit("/", 1)[-1] in ("studies", "series", "instances"):
+                    self._search()   # QIDO-RS
+                    return
                 body = (f"--{BOUNDARY}\r\nContent-Type: application/dicom\r\n\r\n".encode() + pacs.instance
                         + f"\r\n--{BOUNDARY}--\r\n".encode())
                 self.send_response(200)
@@ -118,6 +121,25 @@ class FakePacs:
                         data += self.rfile.read(size)
                         self.rfile.readline()
                 return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+
+            def _search(self) -> None:
+                """One match, the served instance's UIDs (DICOM JSON), whatever the query."""
+                import io
+                import json
+
+                import pydicom
+
+                ds = pydicom.dcmread(io.BytesIO(pacs.instance), stop_before_pixels=True)
+                match = {"0020000D": {"vr": "UI", "Value": [str(ds.StudyInstanceUID)]},
+                         "0020000E": {"vr": "UI", "Value": [str(ds.SeriesInstanceUID)]},
+                         "00080018": {"vr": "UI", "Value": [str(ds.SOPInstanceUID)]},
+                         "00080060": {"vr": "CS", "Value": [str(ds.Modality)]}}
+                answer = json.dumps([match]).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/dicom+json")
+                self.send_header("Content-Length", str(len(answer)))
+                self.end_headers()
+                self.wfile.write(answer)
 
             def _empty(self, status: int) -> None:
                 self.send_response(status)
