@@ -1,0 +1,221 @@
+"""Ray Serve scenarios against a real local cluster; run by tests/ray/test_ray_serve.py inside ``unshare -n``.
+
+Ray's processes and Serve's replicas listen on every interface whatever their settings, so the head, the replicas
+and this client live in a private network namespace (loopback only). One cluster (2 CPUs), one app with 2 replicas of
+half a CPU each on the shipped demo registry; the scenarios run in order and the last stdout line is one JSON object
+of what was seen, which the tests assert on (a failing step records its error instead of ending the run).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+import httpx  # noqa: E402
+import ray  # noqa: E402
+from ray import serve  # noqa: E402
+
+from service.config import Settings  # noqa: E402
+from service.ray_app import APP_NAME, build_app, serve_limits  # noqa: E402
+from tests.support import demo_png  # noqa: E402
+
+PORT = 8000
+BASE = f"http://127.0.0.1:{PORT}"
+ASYNC = {"Prefer": "respond-async"}
+seen: dict[str, Any] = {"timings": {}}
+
+
+def step(name: str):
+    def wrap(fn):
+        def run(*args, **kwargs):
+            t0 = time.monotonic()
+            try:
+                seen[name] = fn(*args, **kwargs)
+            except Exception as exc:  # noqa: BLE001 - recorded, so the other scenarios still run
+                seen[name] = {"step_error": f"{exc.__class__.__name__}: {exc}", "trace": traceback.format_exc()[-2000:]}
+            seen["timings"][name] = round(time.monotonic() - t0, 2)
+            print(f"step {name}: {seen['timings'][name]} s", file=sys.stderr, flush=True)
+        return run
+    return wrap
+
+
+def image(i: int) -> dict[str, Any]:
+    return {"image": (f"{i}.png", demo_png(9000 + i), "image/png")}
+
+
+def settings(**overrides: Any) -> Settings:
+    # a short lease so that a killed replica's jobs fail within the test's time
+    return Settings(device="cpu", ray_job_lease=3, workers_threads=2, torch_threads=1, **overrides)
+
+
+def deploy(s: Settings) -> None:
+    serve.run(build_app(s, replicas=2, cpus_per_replica=0.5), name=APP_NAME, route_prefix="/")
+
+
+@step("spread")
+def spread(client: httpx.Client) -> dict[str, Any]:
+    served, ids, statuses = [], [], []
+    for i in range(12):
+        r = client.post("/predict", files=image(i))
+        statuses.append(r.status_code)
+        served.append(r.headers.get("x-served-by"))
+        ids.append(r.headers.get_list("x-request-id"))
+    r = client.get("/healthz", headers={"X-Request-ID": "client-chosen-id"})
+    return {"statuses": statuses, "served_by": served, "request_ids": ids,
+            "echoed": r.headers.get_list("x-request-id"), "ready": client.get("/readyz").status_code}
+
+
+@step("batching")
+def batching(client: httpx.Client) -> dict[str, Any]:
+    """Concurrent requests: each replica batches what reaches it (its own DynamicBatcher)."""
+    with ThreadPoolExecutor(16) as pool:
+        statuses = list(pool.map(lambda i: client.post("/predict", files=image(100 + i % 4)).status_code, range(48)))
+    per_replica: dict[str, dict[str, float]] = {}
+    for _ in range(40):
+        r = client.get("/metrics")
+        replica = r.headers.get("x-served-by", "?")
+        values = {}
+        for line in r.text.splitlines():
+            for name in ("xaas_batch_rows_sum", "xaas_batch_rows_count"):
+                if line.startswith(name + '{model="demo"}'):
+                    values[name] = float(line.split()[-1])
+        per_replica[replica] = values
+        if len(per_replica) >= 2:
+            break
+    return {"statuses": statuses, "per_replica": per_replica}
+
+
+@step("jobs")
+def jobs(client: httpx.Client) -> dict[str, Any]:
+    """A job created on one replica, polled (and deleted) through the others."""
+    r = client.post("/explain/rise", files=image(200), data={"masks": "400"}, headers=ASYNC)
+    created_on, location = r.headers.get("x-served-by"), r.headers.get("location")
+    polls: list[tuple[str, int, str]] = []
+    done: dict[str, Any] | None = None
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        p = client.get(location)
+        body = p.json()
+        polls.append((p.headers.get("x-served-by"), p.status_code, body.get("status")))
+        if body.get("status") == "done":
+            done = body
+        replicas_polled = {who for who, _, _ in polls}
+        if done is not None and len(replicas_polled) >= 2:
+            break
+        time.sleep(0.05)
+    # the result is read through a replica that did not compute it
+    other_reads = [who for who, code, status in polls if status == "done" and who != created_on]
+    deleted = client.delete(location)
+    after = [client.get(location) for _ in range(6)]
+    return {"accepted": r.status_code, "created_on": created_on, "polls": polls,
+            "done_has_heatmap": bool(done and done.get("result", {}).get("explanations")),
+            "done_read_elsewhere": bool(other_reads), "deleted": deleted.status_code,
+            "after_delete": sorted({(a.headers.get("x-served-by"), a.status_code) for a in after})}
+
+
+@step("redeploy")
+def redeploy(client: httpx.Client, new_settings: Settings) -> dict[str, Any]:
+    """A rolling update (new settings, so new replicas) while requests are in flight: none is lost."""
+    stop = time.monotonic() + 60
+    results: list[int] = []
+    served: set[str] = set()
+
+    def load(i: int) -> None:
+        n = 0
+        while time.monotonic() < stop and not done_flag:
+            r = client.post("/predict", files=image(300 + (i * 7 + n) % 20), timeout=60)
+            results.append(r.status_code)
+            served.add(r.headers.get("x-served-by", "?"))
+            n += 1
+
+    done_flag = False
+    # two clients: enough to always have requests in flight, few enough that the new replicas (which start on the
+    # same two cores) are not starved
+    with ThreadPoolExecutor(2) as pool:
+        futures = [pool.submit(load, i) for i in range(2)]
+        time.sleep(1.0)
+        before = set(served)
+        t0 = time.monotonic()
+        deploy(new_settings)
+        took = time.monotonic() - t0
+        time.sleep(1.0)
+        done_flag = True
+        for f in futures:
+            f.result()
+    codes: dict[str, int] = {}
+    for code in results:
+        codes[str(code)] = codes.get(str(code), 0) + 1
+    return {"codes": codes, "before": sorted(before), "all_served": sorted(served), "redeploy_s": round(took, 1)}
+
+
+@step("overflow")
+def overflow(client: httpx.Client) -> dict[str, Any]:
+    """With 1 ongoing request per replica and 1 queued per proxy, a burst overflows: 429 + Retry-After from Serve."""
+    with ThreadPoolExecutor(24) as pool:
+        responses = list(pool.map(lambda i: client.post("/explain/gradcam", files=image(400 + i % 8)), range(24)))
+    refused = [r for r in responses if r.status_code == 429]
+    return {"codes": sorted(r.status_code for r in responses),
+            "retry_after": sorted({r.headers.get("retry-after") for r in refused}),
+            "request_ids": sorted({len(r.headers.get_list("x-request-id")) for r in responses})}
+
+
+@step("replica_dies")
+def replica_dies(client: httpx.Client) -> dict[str, Any]:
+    """A replica killed with a job running: the job reads 'failed' through the survivor once the lease runs out."""
+    r = client.post("/explain/rise", files=image(500), data={"masks": "20000"}, headers=ASYNC)
+    owner, location = r.headers.get("x-served-by"), r.headers.get("location")
+    time.sleep(0.5)
+    names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)]
+    victim = next(n for n in names if n.startswith("SERVE_REPLICA::") and n.endswith("#" + owner))
+    ray.kill(ray.get_actor(victim, namespace="serve"), no_restart=True)
+    t0 = time.monotonic()
+    status, error, by = None, None, None
+    while time.monotonic() - t0 < 40:
+        p = client.get(location)
+        if p.status_code == 200:
+            body = p.json()
+            status, error, by = body["status"], body.get("error"), p.headers.get("x-served-by")
+            if status == "failed":
+                break
+        time.sleep(0.25)
+    return {"accepted": r.status_code, "owner": owner, "status": status, "error": error, "read_by": by,
+            "seconds": round(time.monotonic() - t0, 1)}
+
+
+def main() -> None:
+    subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+    t0 = time.monotonic()
+    ray.init(num_cpus=2, include_dashboard=False, _temp_dir=tempfile.mkdtemp(prefix="xaas-ray-", dir="/tmp"),
+             runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}}, log_to_driver=False)
+    first = settings()
+    serve.start(http_options={"host": "127.0.0.1", "port": PORT,
+                              "request_timeout_s": serve_limits(first).request_timeout_s})
+    seen["timings"]["cluster"] = round(time.monotonic() - t0, 2)
+    t1 = time.monotonic()
+    deploy(first)
+    seen["timings"]["deploy"] = round(time.monotonic() - t1, 2)
+    with httpx.Client(base_url=BASE, timeout=60) as client:
+        spread(client)
+        batching(client)
+        jobs(client)
+        redeploy(client, settings(max_batch_delay_ms=3))
+        deploy(settings(ray_max_ongoing_requests=1, ray_max_queued_requests=1, ray_retry_after=3))
+        overflow(client)
+        replica_dies(client)
+    serve.shutdown()
+    ray.shutdown()
+    print(json.dumps(seen))
+
+
+if __name__ == "__main__":
+    main()
