@@ -1,17 +1,19 @@
 """Ray Serve scenarios against a real local cluster; run by tests/ray/test_ray_serve.py inside ``unshare -n``.
 
 Ray's processes and Serve's replicas listen on every interface whatever their settings, so the head, the replicas
-and this client live in a private network namespace (loopback only). One cluster (2 CPUs), one app with 2 replicas of
-half a CPU each on the shipped demo registry; the scenarios run in order and the last stdout line is one JSON object
-of what was seen, which the tests assert on (a failing step records its error instead of ending the run).
+and this client live in a private network namespace (loopback only). One cluster (2 CPUs), started by
+``xaas serve --ray --replicas 2 --cpus-per-replica 0.5`` on the shipped demo registry (this script then joins it as a
+second driver for the redeploy and the replica kill). The scenarios run in order and the last stdout line is one
+JSON object of what was seen, which the tests assert on (a failing step records its error instead of ending the run).
 """
 
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
-import tempfile
 import time
 import traceback
 from concurrent.futures import ThreadPoolExecutor
@@ -26,7 +28,7 @@ import ray  # noqa: E402
 from ray import serve  # noqa: E402
 
 from service.config import Settings  # noqa: E402
-from service.ray_app import APP_NAME, build_app, serve_limits  # noqa: E402
+from service.ray_app import APP_NAME, build_app  # noqa: E402
 from tests.support import demo_png  # noqa: E402
 
 PORT = 8000
@@ -77,8 +79,9 @@ def spread(client: httpx.Client) -> dict[str, Any]:
 
 @step("batching")
 def batching(client: httpx.Client) -> dict[str, Any]:
-    """Concurrent requests: each replica batches what reaches it (its own DynamicBatcher)."""
-    with ThreadPoolExecutor(16) as pool:
+    """Concurrent requests: each replica batches what reaches it (its own DynamicBatcher). 6 clients: within what the
+    deployment takes at once (4 ongoing per replica + 2 queued; Serve's admission is approximate: not at its edge)."""
+    with ThreadPoolExecutor(6) as pool:
         statuses = list(pool.map(lambda i: client.post("/predict", files=image(100 + i % 4)).status_code, range(48)))
     per_replica: dict[str, dict[str, float]] = {}
     for _ in range(40):
@@ -160,7 +163,7 @@ def redeploy(client: httpx.Client, new_settings: Settings) -> dict[str, Any]:
 
 @step("overflow")
 def overflow(client: httpx.Client) -> dict[str, Any]:
-    """With 1 ongoing request per replica and 1 queued per proxy, a burst overflows: 429 + Retry-After from Serve."""
+    """With 4 ongoing requests per replica and 2 queued per proxy, a burst overflows: 429 + Retry-After from Serve."""
     with ThreadPoolExecutor(24) as pool:
         responses = list(pool.map(lambda i: client.post("/explain/gradcam", files=image(400 + i % 8)), range(24)))
     refused = [r for r in responses if r.status_code == 429]
@@ -192,28 +195,79 @@ def replica_dies(client: httpx.Client) -> dict[str, Any]:
             "seconds": round(time.monotonic() - t0, 1)}
 
 
+@step("sigterm")
+def sigterm(client: httpx.Client, server: subprocess.Popen) -> dict[str, Any]:
+    """SIGTERM to `xaas serve --ray` with requests in flight: they all complete, then the server drains and exits."""
+    wait_ready(client, server)  # Serve has replaced the killed replica
+    with ThreadPoolExecutor(4) as pool:
+        futures = [pool.submit(client.post, "/explain/rise", files=image(600 + i), data={"masks": "300"})
+                   for i in range(4)]
+        time.sleep(0.3)
+        t0 = time.monotonic()
+        server.send_signal(signal.SIGTERM)
+        codes = []
+        for f in futures:
+            try:
+                codes.append(f.result().status_code)
+            except httpx.HTTPError as exc:
+                codes.append(exc.__class__.__name__)
+    rc = server.wait(timeout=90)
+    return {"codes": codes, "exit": rc, "stop_s": round(time.monotonic() - t0, 1)}
+
+
+def wait_ready(client: httpx.Client, server: subprocess.Popen, timeout: float = 120) -> None:
+    """Until both replicas have answered /readyz (the proxy routes to the first one as soon as it is up)."""
+    deadline = time.monotonic() + timeout
+    ready: set[str] = set()
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise RuntimeError(f"xaas serve --ray exited with {server.returncode}")
+        try:
+            r = client.get("/readyz")
+            if r.status_code == 200:
+                ready.add(r.headers["x-served-by"])
+                if len(ready) == 2:
+                    return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError("xaas serve --ray did not become ready")
+
+
+# The limits every deployment of this run uses (set in the environment of `xaas serve --ray`, and in the settings of
+# the redeploy): 4 ongoing requests per replica, 2 queued at the proxy, so a burst of 24 overflows.
+LIMITS = {"ray_max_ongoing_requests": 4, "ray_max_queued_requests": 2, "ray_retry_after": 3}
+
+
 def main() -> None:
     subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+    # A private, empty /tmp/ray (this process runs in its own mount namespace too): no stale cluster files, and
+    # `ray.init(address="auto")` finds exactly the cluster `xaas serve --ray` starts.
+    Path("/tmp/ray").mkdir(exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2g", "tmpfs", "/tmp/ray"], check=True)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "XAAS_RAY_JOB_LEASE": "3", "XAAS_WORKERS_THREADS": "2",
+           "XAAS_TORCH_THREADS": "1", **{f"XAAS_{k.upper()}": str(v) for k, v in LIMITS.items()}}
+    env.pop("RAY_ADDRESS", None)
     t0 = time.monotonic()
-    ray.init(num_cpus=2, include_dashboard=False, _temp_dir=tempfile.mkdtemp(prefix="xaas-ray-", dir="/tmp"),
-             runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}}, log_to_driver=False)
-    first = settings()
-    serve.start(http_options={"host": "127.0.0.1", "port": PORT,
-                              "request_timeout_s": serve_limits(first).request_timeout_s})
-    seen["timings"]["cluster"] = round(time.monotonic() - t0, 2)
-    t1 = time.monotonic()
-    deploy(first)
-    seen["timings"]["deploy"] = round(time.monotonic() - t1, 2)
-    with httpx.Client(base_url=BASE, timeout=60) as client:
-        spread(client)
-        batching(client)
-        jobs(client)
-        redeploy(client, settings(max_batch_delay_ms=3))
-        deploy(settings(ray_max_ongoing_requests=1, ray_max_queued_requests=1, ray_retry_after=3))
-        overflow(client)
-        replica_dies(client)
-    serve.shutdown()
-    ray.shutdown()
+    server = subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "--ray", "--replicas", "2",
+                               "--cpus-per-replica", "0.5", "--host", "127.0.0.1", "--port", str(PORT),
+                               "--device", "cpu"], env=env, stdout=subprocess.DEVNULL, stderr=sys.stderr)
+    try:
+        with httpx.Client(base_url=BASE, timeout=60) as client:
+            wait_ready(client, server)
+            seen["timings"]["start"] = round(time.monotonic() - t0, 2)
+            spread(client)
+            batching(client)
+            jobs(client)
+            overflow(client)
+            ray.init(address="auto", log_to_driver=False)
+            redeploy(client, settings(max_batch_delay_ms=3, **LIMITS))
+            replica_dies(client)
+            ray.shutdown()
+            sigterm(client, server)
+    finally:
+        if server.poll() is None:
+            server.kill()
     print(json.dumps(seen))
 
 
