@@ -172,6 +172,28 @@ def overflow(client: httpx.Client) -> dict[str, Any]:
             "request_ids": sorted({len(r.headers.get_list("x-request-id")) for r in responses})}
 
 
+@step("ray_metrics")
+def ray_metrics(client: httpx.Client, replicas: set[str]) -> dict[str, Any]:
+    """The service's metrics reach Ray's metrics endpoint (what Prometheus scrapes per node), one series per replica."""
+    node = next(n for n in ray.nodes() if n["Alive"])
+    url = f"http://127.0.0.1:{node['MetricsExportPort']}/metrics"
+    deadline = time.monotonic() + 30  # Ray exports every few seconds
+    found: dict[str, set[str]] = {}
+    while time.monotonic() < deadline:
+        text = httpx.get(url, timeout=10).text
+        found = {}
+        for line in text.splitlines():
+            if line.startswith("ray_xaas_") and "replica=" in line:
+                name = line.split("{", 1)[0]
+                replica = line.split('replica="', 1)[1].split('"', 1)[0]
+                found.setdefault(name, set()).add(replica)
+        if replicas <= found.get("ray_xaas_requests_total", set()):
+            break
+        time.sleep(1)
+    return {"names": sorted(found), "requests_replicas": sorted(found.get("ray_xaas_requests_total", set())),
+            "served_replicas": sorted(replicas)}
+
+
 @step("replica_dies")
 def replica_dies(client: httpx.Client) -> dict[str, Any]:
     """A replica killed with a job running: the job reads 'failed' through the survivor once the lease runs out."""
@@ -262,6 +284,8 @@ def main() -> None:
             overflow(client)
             ray.init(address="auto", log_to_driver=False)
             redeploy(client, settings(max_batch_delay_ms=3, **LIMITS))
+            current = {client.post("/predict", files=image(i)).headers["x-served-by"] for i in range(12)}
+            ray_metrics(client, current)
             replica_dies(client)
             ray.shutdown()
             sigterm(client, server)

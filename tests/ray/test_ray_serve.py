@@ -100,3 +100,9 @@ def test_sigterm_with_requests_in_flight_loses_none_and_exits_cleanly(seen):
     r = _ok(seen, "sigterm")
     assert r["codes"] == [200, 200, 200, 200], r
     assert r["exit"] == 0, r
+
+
+def test_the_services_metrics_reach_rays_endpoint_per_replica(seen):
+    r = _ok(seen, "ray_metrics")
+    assert set(r["served_replicas"]) <= set(r["requests_replicas"]), r   # one scrape sees every replica
+    assert {"ray_xaas_request_seconds_bucket", "ray_xaas_batch_rows_sum", "ray_xaas_model_ready"} <= set(r["names"])
