@@ -175,6 +175,9 @@ class JobStore(ABC):
     def purge(self, older_than: float) -> None:
         """Forget jobs that finished before ``older_than`` (a ``time.time()`` value)."""
 
+    def close(self) -> None:  # noqa: B027 - optional hook, a no-op for stores that hold no lease
+        """Called once this replica's scheduler has stopped (a shared store gives its replica's lease back)."""
+
 
 class MemoryJobStore(JobStore):
     """The default store: a dict behind a lock (one process)."""

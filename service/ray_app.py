@@ -156,7 +156,7 @@ class XaasReplica:
         setup_logging(self.settings.log_level)
         context = serve.get_replica_context()
         self.replica = context.replica_tag
-        self.store = RayJobStore(owner=self.replica, lease=self.settings.ray_job_lease)
+        self.store = RayJobStore(owner=self.replica, lease=self.settings.job_lease)
         self.runtime = Runtime(self.settings, metrics=mirror_to_ray(Metrics()), job_store=self.store)
         failure: list[str] = []
         self.runtime.start(on_failure=failure.append)
@@ -177,11 +177,8 @@ class XaasReplica:
         if problems:
             raise RuntimeError("; ".join(problems))
 
-    def __del__(self) -> None:
-        # Runs after the app's lifespan shutdown (the drain, which also cancelled this replica's unfinished jobs).
-        store = getattr(self, "store", None)
-        if store is not None:
-            store.close()
+    # No __del__ of our own: Serve runs the app's lifespan shutdown, whose Runtime.stop drains the workers, cancels
+    # this replica's unfinished jobs and gives its job-store lease back.
 
 
 XaasDeployment = serve.deployment(name=DEPLOYMENT_NAME)(serve.ingress()(XaasReplica))

@@ -44,6 +44,10 @@ class Runtime:
         self._decoding: dict[str, int] = {}  # per model: requests decoding now, i.e. jobs about to be submitted
         self._decoding_lock = threading.Lock()
         self._loader: threading.Thread | None = None
+        if job_store is None and settings.job_store == "redis":
+            from .redis_jobs import RedisJobStore
+
+            job_store = RedisJobStore.from_settings(settings)
         self.jobs = JobScheduler(job_store, max_active=settings.max_jobs, ttl=settings.job_ttl,
                                  slice_steps=settings.job_slice_steps, slice_seconds=settings.job_slice_ms / 1000,
                                  max_seconds=settings.job_max_seconds, executor=self.executor)
@@ -103,6 +107,7 @@ class Runtime:
         """Drain: refuse new work, let each worker finish its queue within the grace period."""
         self.shutting_down = True
         self.jobs.stop()  # first: pending job slices must not re-queue themselves while the workers drain
+        self.jobs.store.close()  # a shared store: this replica's jobs are cancelled, give its lease back
         grace = self.settings.shutdown_grace
         threads = [threading.Thread(target=b.stop, args=(grace,)) for b in self.batchers.values()]
         for t in threads:

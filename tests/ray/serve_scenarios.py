@@ -57,7 +57,7 @@ def image(i: int) -> dict[str, Any]:
 
 def settings(**overrides: Any) -> Settings:
     # a short lease so that a killed replica's jobs fail within the test's time
-    return Settings(device="cpu", ray_job_lease=3, workers_threads=2, torch_threads=1, **overrides)
+    return Settings(device="cpu", job_lease=3, workers_threads=2, torch_threads=1, **overrides)
 
 
 def deploy(s: Settings) -> None:
@@ -267,7 +267,7 @@ def main() -> None:
     # `ray.init(address="auto")` finds exactly the cluster `xaas serve --ray` starts.
     Path("/tmp/ray").mkdir(exist_ok=True)
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2g", "tmpfs", "/tmp/ray"], check=True)
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "XAAS_RAY_JOB_LEASE": "3", "XAAS_WORKERS_THREADS": "2",
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "XAAS_JOB_LEASE": "3", "XAAS_WORKERS_THREADS": "2",
            "XAAS_TORCH_THREADS": "1", **{f"XAAS_{k.upper()}": str(v) for k, v in LIMITS.items()}}
     env.pop("RAY_ADDRESS", None)
     t0 = time.monotonic()
