@@ -221,9 +221,13 @@ def replica_dies(client: httpx.Client) -> dict[str, Any]:
 def sigterm(client: httpx.Client, server: subprocess.Popen) -> dict[str, Any]:
     """SIGTERM to `xaas serve --ray` with requests in flight: they all complete, then the server drains and exits."""
     wait_ready(client, server)  # Serve has replaced the killed replica
+    # Serve counts a request against max_queued_requests (2 here) until it is assigned to a replica, so a burst
+    # larger than that may be refused with a 429 even with room in the replicas: 2 at once, then 2 more.
     with ThreadPoolExecutor(4) as pool:
-        futures = [pool.submit(client.post, "/explain/rise", files=image(600 + i), data={"masks": "300"})
-                   for i in range(4)]
+        futures = []
+        for i in range(4):
+            futures.append(pool.submit(client.post, "/explain/rise", files=image(600 + i), data={"masks": "300"}))
+            time.sleep(0.1 if i % 2 else 0.0)
         time.sleep(0.3)
         t0 = time.monotonic()
         server.send_signal(signal.SIGTERM)
