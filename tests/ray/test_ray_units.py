@@ -76,3 +76,20 @@ def test_ray_flags_need_ray(capsys):
     assert main(["serve", "--replicas", "2"]) == 2
     assert "only apply with --ray" in capsys.readouterr().err
     assert main(["serve", "--ray", "--replicas", "0"]) == 2
+
+
+def test_check_health_fails_with_the_runtimes_problems():
+    from service.ray_app import XaasReplica
+
+    class _Runtime:
+        problems: list[str] = []
+
+        def health(self) -> list[str]:
+            return self.problems
+
+    replica = object.__new__(XaasReplica)
+    replica.runtime = _Runtime()
+    replica.check_health()                       # healthy: returns
+    replica.runtime.problems = ["the worker thread of model 'demo' died"]
+    with pytest.raises(RuntimeError, match="worker thread of model 'demo' died"):
+        replica.check_health()
