@@ -173,6 +173,12 @@ def _serve_ray(settings, args: argparse.Namespace) -> int:
 
     address = args.address or os.environ.get("RAY_ADDRESS") or None
     limits = serve_limits(settings, replicas)
+    if address is None:
+        # Serve's own plain-text errors (its 429, 408, 503) as problem+json: a hook its proxies read from their
+        # environment, which the cluster started here inherits. A joined cluster needs it set where it was started.
+        from .ray_proxy import CALLBACK
+
+        os.environ.setdefault("RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH", CALLBACK)
     ray.init(address=address, namespace="xaas", log_to_driver=True)
     try:
         # http_options belong to the cluster's Serve instance: on a cluster where Serve already runs they stay as

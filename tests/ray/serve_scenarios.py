@@ -169,6 +169,8 @@ def overflow(client: httpx.Client) -> dict[str, Any]:
     refused = [r for r in responses if r.status_code == 429]
     return {"codes": sorted(r.status_code for r in responses),
             "retry_after": sorted({r.headers.get("retry-after") for r in refused}),
+            "content_types": sorted({r.headers.get("content-type") for r in refused}),
+            "problem": refused[0].json() if refused else None,
             "request_ids": sorted({len(r.headers.get_list("x-request-id")) for r in responses})}
 
 

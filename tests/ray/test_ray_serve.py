@@ -86,6 +86,10 @@ def test_overflow_is_429_with_retry_after(seen):
     r = _ok(seen, "overflow")
     assert set(r["codes"]) == {200, 429}
     assert r["retry_after"] == ["3"]     # XAAS_RAY_RETRY_AFTER
+    # Serve's own answer, rewritten in its proxy (service/ray_proxy.py) into the service's problem shape
+    assert r["content_types"] == ["application/problem+json"]
+    assert r["problem"]["status"] == 429 and r["problem"]["type"].endswith("/queue-full")
+    assert "Ray Serve" in r["problem"]["detail"]
     assert r["request_ids"] == [1]
 
 

@@ -93,3 +93,38 @@ def test_check_health_fails_with_the_runtimes_problems():
     replica.runtime.problems = ["the worker thread of model 'demo' died"]
     with pytest.raises(RuntimeError, match="worker thread of model 'demo' died"):
         replica.check_health()
+
+
+def test_serves_plain_text_errors_become_problems_and_the_apps_pass_through():
+    import asyncio
+
+    from service.ray_proxy import ServeProblems
+
+    def app_answering(status, content_type, body):
+        async def app(scope, receive, send):
+            await send({"type": "http.response.start", "status": status,
+                        "headers": [(b"content-type", content_type), (b"retry-after", b"2"), (b"x-request-id", b"r1"),
+                                    (b"content-length", str(len(body)).encode())]})
+            await send({"type": "http.response.body", "body": body})
+        return app
+
+    def run(app):
+        sent = []
+
+        async def send(message):
+            sent.append(message)
+
+        asyncio.run(ServeProblems(app)({"type": "http"}, None, send))
+        return sent
+
+    start, body = run(app_answering(429, b"text/plain", b"Request dropped due to backpressure."))
+    headers = dict(start["headers"])
+    assert start["status"] == 429 and headers[b"content-type"] == b"application/problem+json"
+    assert headers[b"retry-after"] == b"2" and headers[b"x-request-id"] == b"r1"
+    doc = __import__("json").loads(body["body"])
+    assert doc["status"] == 429 and doc["detail"].startswith("Request dropped due to backpressure.")
+    ours = b'{"status": 429}'
+    start, body = run(app_answering(429, b"application/problem+json", ours))
+    assert body["body"] == ours                       # the app's own problem: untouched
+    start, body = run(app_answering(200, b"application/json", b"{}"))
+    assert start["status"] == 200 and body["body"] == b"{}"
