@@ -8,7 +8,8 @@ requests/s, p50/p95/p99 latency, mean rows per model pass (summed over the repli
 that answered, and errors (non-200 answers).
 
 Ray's processes listen on every interface whatever their settings, so the script re-runs itself in private network
-and mount namespaces (``unshare -n -m``, root or CAP_SYS_ADMIN): loopback only, a private /tmp/ray.
+and mount namespaces (``unshare --pid -n -m``, root or CAP_SYS_ADMIN): loopback only, a private /tmp/ray, and no
+Ray process outlives the run.
 
     python bench/scale.py                                     # resnet18 @ 224 px (random init), /predict, c = 4 16
     python bench/scale.py --model demo --concurrency 16 --seconds 10
@@ -178,7 +179,9 @@ def main() -> None:
         return
     env = {**os.environ, IN_NAMESPACE: "1", "PYTHONPATH": str(ROOT), "RAY_USAGE_STATS_ENABLED": "0"}
     env.pop("RAY_ADDRESS", None)
-    sys.exit(subprocess.run(["unshare", "-n", "-m", sys.executable, *sys.argv], env=env).returncode)
+    # own PID namespace too: every Ray process of the run ends with it, however it ends
+    sys.exit(subprocess.run(["unshare", "--pid", "--fork", "--kill-child", "--mount-proc", "-n", "-m", sys.executable,
+                             *sys.argv], env=env).returncode)
 
 
 if __name__ == "__main__":

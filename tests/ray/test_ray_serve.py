@@ -1,8 +1,8 @@
 """xaas on Ray Serve: a real local cluster (2 CPUs, 127.0.0.1, its own network namespace), 2 replicas of the whole app.
 
 One cluster for the module, started by ``xaas serve --ray``: tests/ray/serve_scenarios.py runs every scenario in order
-inside ``unshare -n -m`` and reports what it saw as JSON; each test here checks one scenario. About 1.5 minutes on 2
-cores.
+inside ``unshare --pid -n -m`` and reports what it saw as JSON; each test here checks one scenario. About 1.5 minutes
+on 2 cores.
 """
 
 from __future__ import annotations
@@ -24,8 +24,9 @@ pytestmark = pytest.mark.ray
 def _namespace_reason() -> str | None:
     if shutil.which("unshare") is None or shutil.which("ip") is None:
         return "unshare/ip are needed to give the Ray cluster a private network namespace"
-    if subprocess.run(["unshare", "-n", "-m", "true"], capture_output=True).returncode != 0:
-        return "cannot create network and mount namespaces here (unshare -n -m needs CAP_SYS_ADMIN)"
+    if subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", "-n", "-m", "true"],
+                      capture_output=True).returncode != 0:
+        return "cannot create PID, network and mount namespaces here (unshare needs CAP_SYS_ADMIN)"
     return None
 
 
@@ -35,8 +36,10 @@ def seen() -> dict:
     if reason:
         pytest.skip(reason)
     script = Path(__file__).with_name("serve_scenarios.py")
-    run = subprocess.run(["unshare", "-n", "-m", sys.executable, str(script)], capture_output=True, text=True,
-                         timeout=280,
+    # Own PID namespace too (--pid --fork --kill-child): however the run ends, even killed by the timeout, every Ray
+    # process it started dies with it — none is left behind on a shared machine.
+    run = subprocess.run(["unshare", "--pid", "--fork", "--kill-child", "--mount-proc", "-n", "-m", sys.executable,
+                          str(script)], capture_output=True, text=True, timeout=280,
                          env={**os.environ, "PYTHONPATH": str(script.parents[2]), "RAY_USAGE_STATS_ENABLED": "0"})
     assert run.returncode == 0, run.stderr[-4000:]
     return json.loads(run.stdout.strip().splitlines()[-1])
