@@ -130,6 +130,10 @@ def _serve(args: argparse.Namespace) -> int:
     if given_ray:
         print(f"xaas: {', '.join(given_ray)} only apply with --ray", file=sys.stderr)
         return 2
+    if settings.job_store == "redis":  # likewise: an unreachable Redis is one line now, not a failed start-up later
+        from .redis_jobs import RedisJobStore
+
+        RedisJobStore.from_settings(settings).close()
 
     failure: list[str] = []
     server: uvicorn.Server | None = None

@@ -35,6 +35,16 @@ PREFIX = "xaas:"
 DEAD_REPLICA = "the replica running this job stopped before it finished; submit it again"
 
 
+def _safe(url: str) -> str:
+    """The URL without its password (``redis://:secret@host`` must not reach the logs)."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if parts.password:
+        return url.replace(f":{parts.password}@", ":***@", 1)
+    return url
+
+
 def _dump(job: Job) -> str:
     return json.dumps(asdict(job))
 
@@ -66,8 +76,11 @@ class RedisJobStore(JobStore):
             import redis
         except ImportError:
             raise ConfigError("XAAS_JOB_STORE=redis needs the redis client: pip install 'xaas[redis]'") from None
-        client = redis.Redis.from_url(settings.redis_url, socket_timeout=10, socket_connect_timeout=10)
-        return cls(client, lease=settings.job_lease)
+        try:
+            client = redis.Redis.from_url(settings.redis_url, socket_timeout=10, socket_connect_timeout=10)
+            return cls(client, lease=settings.job_lease)
+        except (redis.RedisError, ValueError) as exc:  # a start-up fault of the configuration: one line, no traceback
+            raise ConfigError(f"XAAS_REDIS_URL: cannot use Redis at {_safe(settings.redis_url)}: {exc}") from None
 
     # -- lease -----------------------------------------------------------------------------------------------------
     def _renew(self) -> None:

@@ -94,3 +94,15 @@ def test_admission_counts_the_submitting_replicas_jobs(redis_url):
     finally:
         first.close()
         second.close()
+
+
+def test_an_unreachable_redis_is_a_one_line_configuration_error(tmp_path):
+    from service.config import Settings
+    from service.errors import ConfigError
+
+    settings = Settings(job_store="redis", redis_url=f"unix://:s3cret@{tmp_path}/none.sock")
+    with pytest.raises(ConfigError, match="XAAS_REDIS_URL: cannot use Redis") as failed:
+        RedisJobStore.from_settings(settings)
+    assert "s3cret" not in str(failed.value)
+    with pytest.raises(ConfigError, match="needs XAAS_REDIS_URL"):
+        RedisJobStore.from_settings(Settings(job_store="redis"))
