@@ -2,9 +2,12 @@
 # CPU image by default; the CUDA variant: docker build --build-arg VARIANT=cuda -t xaas:cuda .
 ARG PYTHON_VERSION=3.11
 ARG VARIANT=cpu
+# Optional extras, e.g. --build-arg EXTRAS=ray for the Ray Serve image (deploy/ray/rayservice.yaml)
+ARG EXTRAS=
 
 FROM python:${PYTHON_VERSION}-slim AS build
 ARG VARIANT
+ARG EXTRAS
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
 RUN python -m venv /opt/venv
@@ -17,9 +20,9 @@ RUN if [ "$VARIANT" = "cpu" ]; then \
       grep -vE '^(torch|torchvision|nvidia-|triton|cuda-)' constraints.txt > /tmp/constraints.txt && \
       pip install --index-url https://download.pytorch.org/whl/cpu "torch==$(grep '^torch==' constraints.txt | cut -d= -f3)" \
                   "torchvision==$(grep '^torchvision==' constraints.txt | cut -d= -f3)" && \
-      pip install -c /tmp/constraints.txt . ; \
+      pip install -c /tmp/constraints.txt ".${EXTRAS:+[$EXTRAS]}" ; \
     else \
-      pip install -c constraints.txt . ; \
+      pip install -c constraints.txt ".${EXTRAS:+[$EXTRAS]}" ; \
     fi
 
 FROM python:${PYTHON_VERSION}-slim AS runtime

@@ -24,7 +24,10 @@ HTTP. Errors are RFC 9457 `application/problem+json`; every response carries `X-
 
 
 def create_app(settings: Settings | None = None, *, runtime: Runtime | None = None,
-               on_load_failure: Callable[[str], None] | None = None) -> FastAPI:
+               on_load_failure: Callable[[str], None] | None = None, request_id_from_proxy: bool = False,
+               served_by: str | None = None) -> FastAPI:
+    """``request_id_from_proxy`` and ``served_by``: for a replica behind Ray Serve's proxy (see service/ray_app.py and
+    :class:`RequestContextMiddleware`)."""
     settings = settings or Settings()
     metrics = runtime.metrics if runtime else Metrics()
 
@@ -58,5 +61,6 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
                            allow_headers=["authorization", "x-api-key", "content-type", "x-request-id",
                                           "if-none-match"],
                            expose_headers=["x-request-id", "retry-after", "etag", "x-cache"], max_age=600)
-    app.add_middleware(RequestContextMiddleware, metrics=metrics)
+    app.add_middleware(RequestContextMiddleware, metrics=metrics, id_from_proxy=request_id_from_proxy,
+                       served_by=served_by)
     return app

@@ -122,6 +122,11 @@ class DynamicBatcher:
             _fail(item, ShuttingDown())
 
     @property
+    def alive(self) -> bool:
+        """The worker thread runs (False before ``start`` and once it has ended, e.g. after ``stop``)."""
+        return self._thread is not None and self._thread.is_alive()
+
+    @property
     def queued_rows(self) -> int:
         return self._queued_rows
 

@@ -26,6 +26,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--port", type=int, help="port (default XAAS_PORT or 8000)")
     p.add_argument("--models", type=Path, help="models.yaml (default XAAS_MODELS or the shipped demo registry)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="device policy (default XAAS_DEVICE or auto)")
+    ray = p.add_argument_group("scale-out on Ray Serve (needs the ray extra: pip install 'xaas[ray]')")
+    ray.add_argument("--ray", action="store_true",
+                     help="serve through Ray Serve: start a local Ray cluster (or join --address) and deploy the app "
+                          "as --replicas replicas, each a complete server; Ctrl-C or SIGTERM drains and removes it")
+    ray.add_argument("--replicas", type=int, default=None, help="replicas of the app (default 1)")
+    ray.add_argument("--gpus-per-replica", type=float, default=None,
+                     help="GPUs each replica reserves; fractions share one (0.5: two replicas per GPU; default 0)")
+    ray.add_argument("--cpus-per-replica", type=float, default=None,
+                     help="CPUs each replica reserves (default XAAS_RAY_CPUS_PER_REPLICA or 1)")
+    ray.add_argument("--address", default=None,
+                     help="Ray cluster to join (e.g. auto, or ray://head:10001); default RAY_ADDRESS, else a new local "
+                          "cluster")
     p.set_defaults(func=_serve)
 
     p = sub.add_parser("demo-data", help="write a synthetic dataset with known boxes (PNGs + labels.json)")
@@ -128,6 +140,18 @@ def _serve(args: argparse.Namespace) -> int:
     settings = Settings(**overrides)
     setup_logging(settings.log_level)
     read_registry_file(Path(settings.models))  # fail fast, in one line, before binding the port
+    ray_only = {"--replicas": args.replicas, "--gpus-per-replica": args.gpus_per_replica,
+                "--cpus-per-replica": args.cpus_per_replica, "--address": args.address}
+    if args.ray:
+        return _serve_ray(settings, args)
+    given_ray = [flag for flag, value in ray_only.items() if value is not None]
+    if given_ray:
+        print(f"xaas: {', '.join(given_ray)} only apply with --ray", file=sys.stderr)
+        return 2
+    if settings.job_store == "redis":  # likewise: an unreachable Redis is one line now, not a failed start-up later
+        from .redis_jobs import RedisJobStore
+
+        RedisJobStore.from_settings(settings).close()
 
     failure: list[str] = []
     server: uvicorn.Server | None = None
@@ -145,6 +169,60 @@ def _serve(args: argparse.Namespace) -> int:
     if failure:
         print(f"xaas: configuration error: {failure[0]}", file=sys.stderr)
         return 3
+    return 0
+
+
+def _serve_ray(settings, args: argparse.Namespace) -> int:
+    """Start (or join) a Ray cluster, deploy the app, wait for Ctrl-C/SIGTERM, then remove it gracefully: Serve stops
+    routing to the replicas, lets their ongoing requests finish and runs each one's drain (XAAS_SHUTDOWN_GRACE)."""
+    import os
+    import signal
+    import threading
+
+    replicas = 1 if args.replicas is None else args.replicas
+    gpus = 0.0 if args.gpus_per_replica is None else args.gpus_per_replica
+    if replicas < 1 or gpus < 0 or (args.cpus_per_replica is not None and args.cpus_per_replica < 0):
+        print("xaas: --replicas must be >= 1, --gpus-per-replica and --cpus-per-replica >= 0", file=sys.stderr)
+        return 2
+    try:
+        import ray
+        from ray import serve
+
+        from .ray_app import APP_NAME, build_app, serve_limits
+    except ImportError as exc:
+        print(f"xaas: --ray needs Ray Serve: pip install 'xaas[ray]' ({exc})", file=sys.stderr)
+        return 2
+
+    address = args.address or os.environ.get("RAY_ADDRESS") or None
+    limits = serve_limits(settings, replicas)
+    if address is None:
+        # Serve's own plain-text errors (its 429, 408, 503) as problem+json: a hook its proxies read from their
+        # environment, which the cluster started here inherits. A joined cluster needs it set where it was started.
+        from .ray_proxy import CALLBACK
+
+        os.environ.setdefault("RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH", CALLBACK)
+    ray.init(address=address, namespace="xaas", log_to_driver=True)
+    try:
+        # http_options belong to the cluster's Serve instance: on a cluster where Serve already runs they stay as
+        # they are (Serve warns), so set request_timeout_s there too (deploy/ray/serve.yaml).
+        serve.start(http_options={"host": settings.host, "port": settings.port,
+                                  "request_timeout_s": limits.request_timeout_s})
+        app = build_app(settings, replicas=replicas, gpus_per_replica=gpus, cpus_per_replica=args.cpus_per_replica)
+        serve.run(app, name=APP_NAME, route_prefix="/", blocking=False)
+        print(f"xaas: {replicas} replica(s) on Ray Serve at http://{settings.host}:{settings.port} "
+              f"(max_ongoing_requests {limits.max_ongoing_requests}, max_queued_requests "
+              f"{limits.max_queued_requests}); Ctrl-C or SIGTERM to drain and stop", file=sys.stderr, flush=True)
+        stop = threading.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stop.set())
+        while not stop.wait(1.0):
+            pass
+        print("xaas: draining the replicas", file=sys.stderr, flush=True)
+        serve.delete(APP_NAME)
+        if address is None:
+            serve.shutdown()
+    finally:
+        ray.shutdown()
     return 0
 
 

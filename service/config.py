@@ -82,6 +82,26 @@ class Settings(BaseSettings):
                                            "forwards is sized from the model's measured forward time, so live "
                                            "requests wait for at most about this long.")
     job_max_seconds: float = Field(3600.0, gt=0, description="A job running longer fails.")
+    # Where job records live: in this process (one server), or shared by every replica — Redis for the compose `scale`
+    # profile (any replica behind nginx answers a poll); `xaas serve --ray` always shares them through a Ray actor.
+    job_store: Literal["memory", "redis"] = Field("memory", description="Job records: memory (this process) or "
+                                                  "redis (shared by replicas; needs redis_url).")
+    redis_url: str | None = Field(None, description="Redis for job_store=redis (redis://host:6379/0, unix:///path).")
+    job_lease: float = Field(15.0, gt=0, le=3600,
+                             description="Seconds without a heartbeat after which a replica counts as dead and its "
+                                         "unfinished jobs fail (shared job stores).")
+
+    # Ray Serve (`xaas serve --ray`, service/ray_app.py): the deployment's limits, derived from the ones above unless
+    # set. Ignored by the single-process server.
+    ray_max_ongoing_requests: int | None = Field(
+        None, ge=1, description="Requests one replica works on at once (Serve's max_ongoing_requests). Default: twice "
+                                "the largest max_batch_size, at most the smallest model queue (max_queue).")
+    ray_max_queued_requests: int | None = Field(
+        None, ge=0, description="Requests each Serve proxy holds for busy replicas before answering 429 "
+                                "(Serve's max_queued_requests). Default: max_ongoing_requests × replicas.")
+    ray_retry_after: float = Field(2.0, ge=0, le=3600,
+                                   description="Retry-After seconds of Serve's 429 when its queue is full.")
+    ray_cpus_per_replica: float = Field(1.0, ge=0, le=512, description="CPUs Ray reserves for each replica.")
 
     @field_validator("api_keys", "cors_origins", mode="before")
     @classmethod

@@ -134,6 +134,7 @@ class Job:
     created: float = field(default_factory=time.time)
     started: float | None = None
     finished: float | None = None
+    owner: str = ""  # the replica whose worker runs the job (a shared store fails its jobs when that replica dies)
 
     def to_json(self) -> dict[str, Any]:
         p = self.progress
@@ -173,6 +174,9 @@ class JobStore(ABC):
     @abstractmethod
     def purge(self, older_than: float) -> None:
         """Forget jobs that finished before ``older_than`` (a ``time.time()`` value)."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook, a no-op for stores that hold no lease
+        """Called once this replica's scheduler has stopped (a shared store gives its replica's lease back)."""
 
 
 class MemoryJobStore(JobStore):
@@ -312,8 +316,13 @@ class JobScheduler:
             self._end(task, "cancelled")
             return
         job = self.store.get(task.job_id)
-        if job is None:  # deleted between two slices
+        if job is None or job.status not in ACTIVE:
+            # Deleted between two slices (perhaps through another replica, with a shared store) or ended by the store
+            # (its replica was taken for dead): drop the local side too, so its tensors are freed now.
+            with self._lock:
+                self._tasks.pop(task.job_id, None)
             task.cancelled = True
+            task.work = _Released()
             return
         if job.status == "queued":
             self.store.update(task.job_id, status="running", started=time.time())

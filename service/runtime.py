@@ -20,7 +20,7 @@ from .errors import ConfigError, InvalidImage, ModelNotReady, ShuttingDown, TooM
 from .imaging import DecodedImage, ImageLimits, decode_image, to_model_input
 from .imaging.volume import VolumeLimits, decode_volume, is_volume_container, volume_to_model_input
 from .inference import ExplainWork, PredictResult, PredictWork, TargetMap, explain_steps, run_work, split_results
-from .jobs import Job, JobScheduler, ReadyWork, StepsWork
+from .jobs import Job, JobScheduler, JobStore, ReadyWork, StepsWork
 from .metrics import Metrics
 from .registry import LoadedModel, ModelRegistry
 
@@ -31,7 +31,10 @@ T = TypeVar("T")
 class Runtime:
     """Owns the models and their workers. ``start`` loads in a background thread so liveness answers meanwhile."""
 
-    def __init__(self, settings: Settings, registry: ModelRegistry | None = None, metrics: Metrics | None = None):
+    def __init__(self, settings: Settings, registry: ModelRegistry | None = None, metrics: Metrics | None = None,
+                 job_store: JobStore | None = None):
+        """``job_store``: where job records live (default: in memory; a shared store lets replicas see each other's
+        jobs, see service/ray_jobs.py)."""
         self.settings = settings
         self.registry = registry or ModelRegistry.from_file(Path(settings.models), device_policy=settings.device)
         self.metrics = metrics or Metrics()
@@ -43,7 +46,11 @@ class Runtime:
         self._decoding: dict[str, int] = {}  # per model: requests decoding now, i.e. jobs about to be submitted
         self._decoding_lock = threading.Lock()
         self._loader: threading.Thread | None = None
-        self.jobs = JobScheduler(max_active=settings.max_jobs, ttl=settings.job_ttl,
+        if job_store is None and settings.job_store == "redis":
+            from .redis_jobs import RedisJobStore
+
+            job_store = RedisJobStore.from_settings(settings)
+        self.jobs = JobScheduler(job_store, max_active=settings.max_jobs, ttl=settings.job_ttl,
                                  slice_steps=settings.job_slice_steps, slice_seconds=settings.job_slice_ms / 1000,
                                  max_seconds=settings.job_max_seconds, executor=self.executor)
         self.cache = ResultCache(settings.cache_bytes, observer=self.metrics)  # explanation maps, shared by endpoints
@@ -52,6 +59,10 @@ class Runtime:
 
     # -- lifecycle -------------------------------------------------------------------------------------------------
     def start(self, on_failure: Callable[[str], None] | None = None) -> None:
+        """Load in the background. Idempotent: a host that loads and warms before serving (a Ray Serve replica's
+        constructor) starts it first, and the app's lifespan then finds it started."""
+        if self._loader is not None:
+            return
         if self.settings.torch_threads:
             import torch
 
@@ -80,10 +91,25 @@ class Runtime:
     def ready(self) -> bool:
         return self.registry.ready and len(self.batchers) == len(self.registry.specs) and not self.shutting_down
 
+    def health(self) -> list[str]:
+        """What is wrong with this process as a server (empty when healthy): a model not loaded, a worker thread
+        that died. Draining is not a fault (a replica being shut down is not to be restarted)."""
+        problems: list[str] = []
+        if self.registry.state == "failed":
+            problems.append(f"the model registry failed to load: {self.registry.error}")
+        for name in self.registry.names():
+            batcher = self.batchers.get(name)
+            if batcher is None:
+                problems.append(f"model {name!r} is not loaded")
+            elif not batcher.alive and not self.shutting_down:
+                problems.append(f"the worker thread of model {name!r} died")
+        return problems
+
     def stop(self) -> None:
         """Drain: refuse new work, let each worker finish its queue within the grace period."""
         self.shutting_down = True
         self.jobs.stop()  # first: pending job slices must not re-queue themselves while the workers drain
+        self.jobs.store.close()  # a shared store: this replica's jobs are cancelled, give its lease back
         grace = self.settings.shutdown_grace
         threads = [threading.Thread(target=b.stop, args=(grace,)) for b in self.batchers.values()]
         for t in threads:

@@ -152,16 +152,26 @@ class BodyLimitMiddleware:
 class RequestContextMiddleware:
     """Echo or mint ``X-Request-ID``, log one line per request, record route metrics, turn crashes into 500 problems."""
 
-    def __init__(self, app: ASGIApp, metrics: Metrics):
+    def __init__(self, app: ASGIApp, metrics: Metrics, *, id_from_proxy: bool = False, served_by: str | None = None):
+        """``id_from_proxy``: a proxy in front (Ray Serve's) has already chosen the request id, passes it in
+        ``X-Request-ID`` and adds that header to every response itself — so it is used as given (it is what the client
+        sees) and not added a second time. ``served_by``: sent as ``X-Served-By`` (which replica answered)."""
         self.app = app
         self.metrics = metrics
+        self.id_from_proxy = id_from_proxy
+        self.extra_headers = [(b"x-served-by", served_by.encode())] if served_by else []
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         incoming = dict(scope.get("headers", [])).get(b"x-request-id", b"").decode("latin-1")
-        request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
+        if self.id_from_proxy and incoming:
+            request_id = incoming[:128]
+        else:
+            request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
         scope.setdefault("state", {})["request_id"] = request_id
+        added = self.extra_headers if self.id_from_proxy else [*self.extra_headers,
+                                                               (b"x-request-id", request_id.encode())]
         status = 500
         started = False
         t0 = time.perf_counter()
@@ -171,7 +181,7 @@ class RequestContextMiddleware:
             if message["type"] == "http.response.start":
                 started = True
                 status = message["status"]
-                message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
+                message["headers"] = [*message.get("headers", []), *added]
             await send(message)
 
         try:
