@@ -254,14 +254,33 @@ def _multiframe(ds: Any, blob: bytes, limits: VolumeLimits) -> Volume:
     order = np.argsort(along, kind="stable")
     full = _read_pixels(blob, 0)
     pixels = np.asarray(full.pixel_array)
-    voxels = np.stack([_rescaled(full, pixels[k]) for k in order.tolist()]).astype(np.float32)
+    voxels = np.stack([_rescaled(_frame_transform(shared, groups[k]), pixels[k])
+                       for k in order.tolist()]).astype(np.float32)
     dz = float(np.median(np.diff(along[order]))) if frames > 1 else 1.0
     affine = np.eye(4)
     affine[:3, 0] = row_dir * spacing[1]
     affine[:3, 1] = col_dir * spacing[0]
     affine[:3, 2] = normal * dz
     affine[:3, 3] = positions[int(order[0])]
-    return Volume(voxels, affine, "dicom-multiframe", _window(ds), [ds])
+    return Volume(voxels, affine, "dicom-multiframe", _window(_frame_voi(shared, groups[0]) or ds), [ds])
+
+
+def _frame_transform(shared: Any, frame: Any) -> Any:
+    """Where an enhanced object keeps a frame's RescaleSlope/Intercept: its own PixelValueTransformationSequence,
+    else the shared one (the top-level attributes are not used by enhanced IODs)."""
+    for group in (frame, shared):
+        sequence = getattr(group, "PixelValueTransformationSequence", None)
+        if sequence:
+            return sequence[0]
+    return shared
+
+
+def _frame_voi(shared: Any, frame: Any) -> Any:
+    for group in (frame, shared):
+        sequence = getattr(group, "FrameVOILUTSequence", None)
+        if sequence:
+            return sequence[0]
+    return None
 
 
 def _read_pixels(blob: bytes, index: int) -> Any:

@@ -287,3 +287,30 @@ def test_a_series_gets_multiframe_pm_and_seg_referencing_every_slice(vol_client,
     if shutil.which("dciodvfy"):
         for name in ("pm", "seg"):
             assert _dciodvfy_errors(base64.b64decode(row["dicom"][name]), tmp_path, name) == [], name
+
+
+def test_an_enhanced_multiframe_ct_reads_as_its_series(vol_client, volume):
+    """The series converted to one Legacy Converted Enhanced CT (highdicom): rescale from the functional groups,
+    frames sorted by their plane positions — the same map; its DICOM results are refused as not built yet."""
+    import warnings
+
+    import highdicom as hd
+    import pydicom
+
+    voxels, _ = volume
+    files = dicom_series(voxels, SPACING)
+    sources = [pydicom.dcmread(io.BytesIO(f)) for f in files]
+    random.Random(5).shuffle(sources)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        enhanced = hd.legacy.LegacyConvertedEnhancedCTImage(sources, series_instance_uid=hd.UID(), series_number=7,
+                                                            sop_instance_uid=hd.UID(), instance_number=1)
+    buf = io.BytesIO()
+    enhanced.save_as(buf)
+    one_file = {"image": ("ct.dcm", buf.getvalue(), "application/dicom")}
+    fields = {"target": "1", "outputs": "raw"}
+    np.testing.assert_allclose(_raw(vol_client.post("/explain/gradcam", files=one_file, data=fields)),
+                               _raw(vol_client.post("/explain/gradcam", files=_series_parts(files), data=fields)),
+                               rtol=1e-5, atol=1e-7)
+    refused = vol_client.post("/explain/gradcam", files=one_file, data={"outputs": "dicom-pm"})
+    assert refused.status_code == 422 and "multi-frame" in refused.json()["detail"]

@@ -71,5 +71,7 @@ def test_cli_async_shows_progress_and_prints_the_result(server: str, sample_path
     assert run.returncode == 0, run.stderr
     body = json.loads(run.stdout)
     assert body["method"] == "scorecam" and body["explanations"]
-    assert "running" in run.stderr and "masked forwards" in run.stderr and "done" in run.stderr
+    # each poll prints the job's state; on a busy machine the job may go from queued to done between two polls
+    assert ("running" in run.stderr or "queued" in run.stderr) and "masked forwards" in run.stderr
+    assert "done" in run.stderr
     assert out.read_bytes().startswith(b"\x89PNG")

@@ -11,6 +11,7 @@ Skipped (with the reason) only where Playwright or a Chromium binary is missing;
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import httpx
@@ -300,7 +301,11 @@ def test_a_multi_frame_dicom_is_read_frame_by_frame(page, server):
     frame.fill("8")
     frame.press("Enter")
     page.wait_for_function("() => window.xaasReview.state.frame === 7 && window.xaasReview.state.predictions.length")
-    assert changed(page, first, snap(page)) > 0.01  # another frame on screen
+    # another frame on screen: its pixels arrive by their own request, which may finish after the predictions
+    deadline = time.monotonic() + 15
+    while changed(page, first, snap(page)) <= 0.01 and time.monotonic() < deadline:
+        page.wait_for_timeout(100)
+    assert changed(page, first, snap(page)) > 0.01
     # the classes are those of frame 7 (0-based): the page sends `frame` with its calls
     expected = httpx.post(server.url + "/predict", files={"image": ("d.dcm", dose)},
                           data={"frame": "7", "top_k": "6"}).json()["predictions"]

@@ -72,7 +72,7 @@ class ModelInfo(_Result):
     name: str
     task: str  # "multiclass" | "multilabel"
     num_classes: int
-    input_size: tuple[int, int]  # [height, width]
+    input_size: tuple[int, ...]  # [height, width], or [depth, height, width] for volume models
     device: str
     target_layer: str | None = None
     methods: list[str] = []
