@@ -9,6 +9,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 from .errors import ConfigError
 
@@ -260,42 +261,42 @@ def _eval_demo(args: argparse.Namespace) -> int:
 def _train_demo_seg(args: argparse.Namespace) -> int:
     from .demo import segmentation
 
-    kwargs: dict = {"seed": args.seed}
-    if args.steps:
-        kwargs["steps"] = args.steps
-    result = segmentation.train_demo_seg(args.out or segmentation.DEFAULT_SEG_WEIGHTS, **kwargs)
-    print(json.dumps(result, indent=2, default=str))
-    return 0
+    return _train(segmentation.train_demo_seg, segmentation.DEFAULT_SEG_WEIGHTS, args)
 
 
 def _eval_demo_seg(args: argparse.Namespace) -> int:
     from .demo import segmentation
 
-    kwargs: dict = {"n": args.n}
-    if args.seed is not None:
-        kwargs["seed"] = args.seed
-    print(json.dumps(segmentation.evaluate_demo_seg(args.weights, **kwargs), indent=2, default=str))
-    return 0
+    return _evaluate(segmentation.evaluate_demo_seg, args)
 
 
 def _train_demo_3d(args: argparse.Namespace) -> int:
     from .demo import volume_model
 
-    kwargs: dict = {"seed": args.seed}
-    if args.steps:
-        kwargs["steps"] = args.steps
-    result = volume_model.train_demo_volume(args.out or volume_model.DEFAULT_VOLUME_WEIGHTS, **kwargs)
-    print(json.dumps(result, indent=2, default=str))
-    return 0
+    return _train(volume_model.train_demo_volume, volume_model.DEFAULT_VOLUME_WEIGHTS, args)
 
 
 def _eval_demo_3d(args: argparse.Namespace) -> int:
     from .demo import volume_model
 
+    return _evaluate(volume_model.evaluate_demo_volume, args)
+
+
+def _train(train: Any, default_out: Path, args: argparse.Namespace) -> int:
+    """A demo model's training command: ``--out``, ``--seed``, ``--steps`` (else the shipped recipe's)."""
+    kwargs: dict = {"seed": args.seed}
+    if args.steps:
+        kwargs["steps"] = args.steps
+    print(json.dumps(train(args.out or default_out, **kwargs), indent=2, default=str))
+    return 0
+
+
+def _evaluate(evaluate: Any, args: argparse.Namespace) -> int:
+    """A demo model's held-out evaluation: ``--weights``, ``--n``, ``--seed`` (else the model's evaluation seed)."""
     kwargs: dict = {"n": args.n}
     if args.seed is not None:
         kwargs["seed"] = args.seed
-    print(json.dumps(volume_model.evaluate_demo_volume(args.weights, **kwargs), indent=2, default=str))
+    print(json.dumps(evaluate(args.weights, **kwargs), indent=2, default=str))
     return 0
 
 
