@@ -67,6 +67,8 @@ class ModelSpec(BaseModel):
                                                                 "volume models.")
     window: tuple[float, float] | None = Field(None, description="Volumes: [centre, width] mapped to [0, 1] "
                                                                   "(default: the files' own window, else the range).")
+    keep_aspect: bool = Field(False, description="Volumes: keep the physical proportions (voxels x spacing) when "
+                                                 "resampling to input_size, padding the rest (default: stretch).")
     mean: list[float] = Field(default_factory=lambda: [0.485, 0.456, 0.406])
     std: list[float] = Field(default_factory=lambda: [0.229, 0.224, 0.225])
     channels: Literal[1, 3] = 3
@@ -164,7 +166,7 @@ class LoadedModel:
         s = self.spec
         fields = [self.labels, s.task, list(s.input_size), s.mean, s.std, s.channels, self.target_layer]
         if s.spatial_dims == 3:
-            fields += [s.spatial_dims, list(s.window) if s.window else None]
+            fields += [s.spatial_dims, list(s.window) if s.window else None, s.keep_aspect]
         if s.task == "detection":
             fields += [s.score_threshold, s.max_detections]
         return hashlib.sha256(json.dumps(fields, separators=(",", ":")).encode()).hexdigest()

@@ -27,9 +27,16 @@ _AXIS = {"axial": 0, "coronal": 1, "sagittal": 2}
 _GAP = 2
 
 
-def map_on_grid(values: np.ndarray, size: tuple[int, int, int]) -> np.ndarray:
-    """A raw volume map ``[d, h, w]`` resampled trilinearly (half-pixel centres) to ``size`` = (D, H, W)."""
+def map_on_grid(values: np.ndarray, size: tuple[int, int, int],
+                content: tuple[tuple[int, int, int], ...] | None = None) -> np.ndarray:
+    """A raw volume map ``[d, h, w]`` resampled trilinearly (half-pixel centres) to ``size`` = (D, H, W). With
+    ``content`` (where the voxels lay in a padded model input: (start, stop, input side) per axis) the map is
+    first brought to the model input's grid, the padding cut off, and only the voxels' box resampled."""
     t = torch.from_numpy(np.nan_to_num(np.asarray(values, dtype=np.float32), nan=0.0, posinf=0.0, neginf=0.0))
+    if content is not None:
+        sides = tuple(int(total) for _, _, total in content)
+        t = F.interpolate(t[None, None], size=sides, mode="trilinear", align_corners=False)[0, 0]
+        t = t[tuple(slice(start, stop) for start, stop, _ in content)].contiguous()
     if tuple(t.shape) == tuple(size):
         return t.numpy().copy()
     up = F.interpolate(t[None, None], size=tuple(int(s) for s in size), mode="trilinear", align_corners=False)

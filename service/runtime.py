@@ -180,7 +180,8 @@ class Runtime:
             if model.volumetric:
                 volume = decode_volume(data, self.volume_limits)
                 return volume, volume_to_model_input(volume, input_size=spec.input_size, channels=spec.channels,
-                                                     mean=spec.mean, std=spec.std, window=spec.window)
+                                                     mean=spec.mean, std=spec.std, window=spec.window,
+                                                     keep_aspect=spec.keep_aspect)
             if is_volume_container(data):
                 raise InvalidImage(f"model '{model.name}' takes 2-D images; a DICOM series, zip or NIfTI volume "
                                    "is for volume models (spatial_dims: 3)")

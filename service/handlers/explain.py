@@ -332,7 +332,7 @@ def _render_volume(result: ExplanationRun, opts: ExplainOptions, data: bytes | N
         stats = map_stats(item.heatmap)
         fields: dict[str, Any] = {}
         needs_grid = {"heatmap", "nifti"} & set(opts.outputs) or kinds
-        grid = map_on_grid(item.heatmap, volume.size) if needs_grid else None
+        grid = map_on_grid(item.heatmap, volume.size, volume.content) if needs_grid else None
         if "heatmap" in opts.outputs:
             assert grid is not None
             if opts.slice is not None:

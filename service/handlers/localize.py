@@ -126,7 +126,7 @@ def _boxes_3d(model: LoadedModel, result: explaining.ExplanationRun, threshold: 
     assert volume is not None
     out = []
     for item in result.maps:
-        grid = map_on_grid(item.heatmap, volume.size)
+        grid = map_on_grid(item.heatmap, volume.size, volume.content)
         for (x0, y0, z0, x1, y1, z1), voxels in boxes_3d(grid, threshold, all_components=opts.all_components,
                                                           min_voxels=opts.min_area):
             corners = volume.to_mm([[x0 - 0.5, y0 - 0.5, z0 - 0.5], [x1 - 0.5, y1 - 0.5, z1 - 0.5]])

@@ -50,6 +50,9 @@ class VolumeGeometry:
     height: int
     width: int
     affine: tuple[tuple[float, ...], ...]   # 4x4, voxel (i, j, k) → LPS mm
+    #: Where the volume lies in the model input when ``keep_aspect`` padded it: (start, stop, input side) per axis
+    #: (D, H, W); None when the volume was stretched onto the whole input.
+    content: tuple[tuple[int, int, int], ...] | None = None
 
     @property
     def size(self) -> tuple[int, int, int]:
@@ -77,6 +80,8 @@ class Volume:
     format: str
     window: tuple[float, float] | None = None
     datasets: list[Any] = field(default_factory=list, repr=False)
+    #: Set by :func:`volume_to_model_input`: where the voxels lie in the model input (see VolumeGeometry.content).
+    content: tuple[tuple[int, int, int], ...] | None = None
 
     @property
     def depth(self) -> int:
@@ -103,7 +108,7 @@ class Volume:
     @property
     def geometry(self) -> VolumeGeometry:
         return VolumeGeometry(self.depth, self.height, self.width,
-                              tuple(tuple(float(v) for v in row) for row in self.affine))
+                              tuple(tuple(float(v) for v in row) for row in self.affine), self.content)
 
 
 def is_volume_container(data: bytes) -> bool:
@@ -381,9 +386,13 @@ def nifti_bytes(values: np.ndarray, affine_lps: np.ndarray) -> bytes:
 
 
 def volume_to_model_input(volume: Volume, *, input_size: tuple[int, int, int], channels: int, mean: Any, std: Any,
-                          window: tuple[float, float] | None = None) -> torch.Tensor:
+                          window: tuple[float, float] | None = None, keep_aspect: bool = False) -> torch.Tensor:
     """Float32 ``[channels, D, H, W]``: the window (the entry's, else the files', else the volume's range) maps
-    values to [0, 1], the whole volume is resampled trilinearly to ``input_size`` = (D, H, W), then normalised."""
+    values to [0, 1], the whole volume is resampled trilinearly to ``input_size`` = (D, H, W), then normalised.
+
+    ``keep_aspect``: resampled instead to the largest size that keeps its physical proportions (voxel counts x
+    spacing) inside ``input_size``, centred, the rest filled with the window's low end (0 after windowing); where
+    it lies is recorded in ``volume.content`` so that maps are cropped back to the voxels before resampling."""
     v = torch.from_numpy(volume.voxels)
     chosen = window or volume.window
     if chosen is not None:
@@ -392,8 +401,20 @@ def volume_to_model_input(volume: Volume, *, input_size: tuple[int, int, int], c
         lo, hi = float(v.min()), float(v.max())
     # One copy of the voxels, changed in place: a 512 x 512 x 600 CT is 600 MiB of float32 per temporary.
     x = v.clone().sub_(lo).div_(max(hi - lo, 1e-12)).clamp_(0, 1)[None, None]
-    if tuple(x.shape[2:]) != tuple(input_size):
-        x = F.interpolate(x, size=tuple(int(s) for s in input_size), mode="trilinear", align_corners=False)
+    target = tuple(int(s) for s in input_size)
+    if keep_aspect:
+        extent = [n * s for n, s in zip(volume.voxels.shape, volume.spacing)]
+        scale = min(t / e for t, e in zip(target, extent))
+        inner = tuple(max(1, min(t, round(e * scale))) for t, e in zip(target, extent))
+        x = F.interpolate(x, size=inner, mode="trilinear", align_corners=False)
+        starts = [(t - i) // 2 for t, i in zip(target, inner)]
+        padded = x.new_zeros((1, 1, *target))
+        padded[0, 0, starts[0]:starts[0] + inner[0], starts[1]:starts[1] + inner[1],
+               starts[2]:starts[2] + inner[2]] = x[0, 0]
+        x = padded
+        volume.content = tuple((s, s + i, t) for s, i, t in zip(starts, inner, target))
+    elif tuple(x.shape[2:]) != target:
+        x = F.interpolate(x, size=target, mode="trilinear", align_corners=False)
     x = x[0].expand(channels, -1, -1, -1)
     m = torch.as_tensor(mean, dtype=torch.float32).flatten()
     s = torch.as_tensor(std, dtype=torch.float32).flatten()

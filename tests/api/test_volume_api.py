@@ -314,3 +314,35 @@ def test_an_enhanced_multiframe_ct_reads_as_its_series(vol_client, volume):
                                rtol=1e-5, atol=1e-7)
     refused = vol_client.post("/explain/gradcam", files=one_file, data={"outputs": "dicom-pm"})
     assert refused.status_code == 422 and "multi-frame" in refused.json()["detail"]
+
+
+def test_keep_aspect_pads_the_volume_and_crops_the_map_back(tmp_path, volume):
+    """keep_aspect: the 50 x 22.4 x 24 mm volume keeps its proportions inside [16, 24, 24] (16 x 7 x 8 voxels,
+    centred, the rest the window's low end); the NIfTI map is the raw map on the input grid with the padding cut
+    off, resampled to the source's voxels."""
+    import nibabel as nib
+    import torch.nn.functional as F
+
+    from service.imaging.volume import decode_volume, volume_to_model_input
+
+    path = tmp_path / "models.yaml"
+    path.write_text("models:\n  - name: vol\n    source: python:tests.engine.vol_support:tiny_net3d\n"
+                    f"    spatial_dims: 3\n    input_size: {list(SIZE)}\n    channels: 1\n    window: [200, 800]\n"
+                    "    keep_aspect: true\n    mean: [0.5]\n    std: [0.25]\n")
+    nii = nifti_file(volume[0], SPACING)
+    decoded = decode_volume(nii)
+    x = volume_to_model_input(decoded, input_size=SIZE, channels=1, mean=[0.5], std=[0.25], window=(200, 800),
+                              keep_aspect=True)
+    assert decoded.content == ((0, 16, 16), (8, 15, 24), (8, 16, 24))
+    assert torch.all(x[0, :, :8] == -2.0) and torch.all(x[0, :, 15:] == -2.0)   # (0 - 0.5) / 0.25 outside
+    with make_client(models=str(path)) as c:
+        wait_ready(c)
+        body = c.post("/explain/gradcam", files={"image": ("v.nii.gz", nii, "x")},
+                      data={"target": "1", "outputs": "raw,nifti"}).json()
+    row = body["explanations"][0]
+    raw = torch.from_numpy(decode_raw(row["raw"]).copy())
+    on_input = F.interpolate(raw[None, None], size=SIZE, mode="trilinear", align_corners=False)[0, 0]
+    expected = F.interpolate(on_input[0:16, 8:15, 8:16][None, None].contiguous(), size=SHAPE, mode="trilinear",
+                             align_corners=False)[0, 0].numpy()
+    returned = nib.Nifti1Image.from_bytes(gzip.decompress(base64.b64decode(row["nifti"])))
+    np.testing.assert_allclose(np.asarray(returned.get_fdata()).transpose(2, 1, 0), expected, rtol=1e-4, atol=1e-7)
