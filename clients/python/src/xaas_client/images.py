@@ -11,6 +11,7 @@ import importlib
 import io
 import mimetypes
 import os
+import zipfile
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, NamedTuple, Union
 
@@ -20,8 +21,9 @@ if TYPE_CHECKING:
 
 __all__ = ["EncodedImage", "ImageInput", "encode_image", "require"]
 
-ImageInput = Union[str, "os.PathLike[str]", bytes, bytearray, memoryview, IO[bytes], "PILImage.Image", "np.ndarray"]
-"""Anything :func:`encode_image` accepts."""
+ImageInput = Union[str, "os.PathLike[str]", bytes, bytearray, memoryview, IO[bytes], "PILImage.Image", "np.ndarray",
+                   "list[Any]", "tuple[Any, ...]"]
+"""Anything :func:`encode_image` accepts (lists and tuples: the files of a DICOM series)."""
 
 EXTRA_HINT = "pip install 'xaas-client[images]'  (from a checkout: pip install -e 'clients/python[images]')"
 
@@ -44,11 +46,17 @@ def require(module: str, purpose: str) -> Any:
 
 def encode_image(image: ImageInput) -> EncodedImage:
     """File bytes for ``image``: a path, bytes, a binary file object, a PIL image (→ PNG) or a NumPy array (→ PNG).
+    For volume models, a DICOM series: a folder (its files, in name order) or a list of paths or bytes, sent as one
+    zip (the server sorts the slices by their geometry); a zip or NIfTI file goes as it is.
 
     Files are sent untouched so the server sees the original format (DICOM, 16-bit PNG, EXIF orientation...).
     """
+    if isinstance(image, (list, tuple)):
+        return _series_zip(image)
     if isinstance(image, (str, os.PathLike)):
         path = Path(image)
+        if path.is_dir():
+            return _series_zip(sorted(p for p in path.iterdir() if p.is_file()))
         return EncodedImage(path.name, path.read_bytes(), _guess_type(path.name))
     if isinstance(image, (bytes, bytearray, memoryview)):
         return EncodedImage("image", bytes(image), "application/octet-stream")
@@ -67,6 +75,21 @@ def encode_image(image: ImageInput) -> EncodedImage:
         return EncodedImage(name, bytes(data), _guess_type(name))
     raise TypeError(f"unsupported image type {type(image).__name__}: pass a path, bytes, a binary file, "
                     "a PIL image or a NumPy array")
+
+
+def _series_zip(files: Any) -> EncodedImage:
+    if not files:
+        raise ValueError("a series needs at least one file")
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED) as bundle:
+        for n, item in enumerate(files):
+            if isinstance(item, (bytes, bytearray, memoryview)):
+                bundle.writestr(f"{n:05d}.dcm", bytes(item))
+            elif isinstance(item, (str, os.PathLike)):
+                bundle.writestr(f"{n:05d}-{Path(item).name}", Path(item).read_bytes())
+            else:
+                raise TypeError(f"a series is a list of paths or bytes, not of {type(item).__name__}")
+    return EncodedImage("series.zip", buf.getvalue(), "application/zip")
 
 
 def _guess_type(name: str) -> str:

@@ -107,6 +107,8 @@ class MethodInfo(_Result):
 class ImageInfo(_Result):
     width: int
     height: int
+    depth: int | None = None                 # volumes: slices
+    spacing: tuple[float, ...] | None = None  # volumes: voxel size in mm, (slice, row, column)
 
     @property
     def size(self) -> tuple[int, int]:
@@ -161,7 +163,7 @@ class PredictResponse(_Result):
 
 class RawMap(_Result):
     dtype: str
-    shape: tuple[int, int]
+    shape: tuple[int, ...]   # [h, w], or a volume's [d, h, w]
     data: str  # base64 of little-endian values, row-major
 
 
@@ -245,6 +247,8 @@ class Box(_Boxed):
     score: float
     area: int | None = None
     detection: ExplainedDetection | None = None  # detection models: the detection explained (its own box)
+    box3d: tuple[int, int, int, int, int, int] | None = None  # volumes: (x0, y0, z0, x1, y1, z1) voxels, ends excl.
+    box_mm: tuple[float, float, float, float, float, float] | None = None  # volumes: the same box in LPS mm
 
 
 class MaskBox(_Boxed):
