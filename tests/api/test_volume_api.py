@@ -346,3 +346,21 @@ def test_keep_aspect_pads_the_volume_and_crops_the_map_back(tmp_path, volume):
                              align_corners=False)[0, 0].numpy()
     returned = nib.Nifti1Image.from_bytes(gzip.decompress(base64.b64decode(row["nifti"])))
     np.testing.assert_allclose(np.asarray(returned.get_fdata()).transpose(2, 1, 0), expected, rtol=1e-4, atol=1e-7)
+
+
+def test_oip_takes_a_volume_as_bytes_or_a_preprocessed_tensor(vol_client, volume):
+    from service.imaging.volume import decode_volume, volume_to_model_input
+
+    nii = nifti_file(volume[0], SPACING)
+    meta = vol_client.get("/v2/models/vol").json()
+    assert {"name": "input", "datatype": "FP32", "shape": [-1, 1, *SIZE]} in meta["inputs"]
+    as_bytes = vol_client.post("/v2/models/vol/infer", json={"inputs": [{
+        "name": "image", "shape": [1], "datatype": "BYTES", "data": [base64.b64encode(nii).decode()]}]})
+    assert as_bytes.status_code == 200, as_bytes.text
+    x = volume_to_model_input(decode_volume(nii), input_size=SIZE, channels=1, mean=[0.5], std=[0.25],
+                              window=(200, 800))
+    as_tensor = vol_client.post("/v2/models/vol/infer", json={"inputs": [{
+        "name": "input", "shape": [1, 1, *SIZE], "datatype": "FP32", "data": x.flatten().tolist()}]})
+    assert as_tensor.status_code == 200, as_tensor.text
+    np.testing.assert_allclose(as_bytes.json()["outputs"][0]["data"], as_tensor.json()["outputs"][0]["data"],
+                               rtol=1e-5, atol=1e-6)
