@@ -81,6 +81,28 @@ def main(argv: list[str] | None = None) -> int:
                    help="print the report as JSON instead of tables (or write it to PATH)")
     p.set_defaults(func=_calibrate)
 
+    p = sub.add_parser("evaluate", help="measure every method on a labelled folder for one model and store the "
+                                        "results as its method_trust (shown by /models/{name})",
+                       description="Randomisation sanity, pointing and box accuracy, deletion/insertion and ROAD for "
+                                   "each method on a folder in the demo-data format; writes them into the model's "
+                                   "registry entry as method_trust (restart the service to serve them).")
+    p.add_argument("data_dir", type=Path, help="folder with labels.json and its images (see `xaas demo-data`)")
+    p.add_argument("--model", default=None, help="registry name (default: the registry's default model)")
+    p.add_argument("--models", type=Path, default=None,
+                   help="models.yaml (default XAAS_MODELS or the shipped registry); written unless --no-write")
+    p.add_argument("--methods", default=None,
+                   help="comma-separated methods (default: the model's applicable one-pass methods)")
+    p.add_argument("--limit", type=int, default=None, help="use only the first N images")
+    p.add_argument("--sanity-pairs", type=int, default=20)
+    p.add_argument("--faithfulness-pairs", type=int, default=30, help="pairs for deletion/insertion")
+    p.add_argument("--road-pairs", type=int, default=10, help="pairs for ROAD (a sparse solve per fraction)")
+    p.add_argument("--write", type=Path, default=None, metavar="MODELS_YAML",
+                   help="write into this registry file instead of --models")
+    p.add_argument("--no-write", action="store_true", help="only report")
+    p.add_argument("--json", nargs="?", const="-", default=None, metavar="PATH",
+                   help="print the report as JSON instead of a table (or write it to PATH)")
+    p.set_defaults(func=_evaluate)
+
     p = sub.add_parser("export-openapi", help="write the OpenAPI document")
     p.add_argument("--out", type=Path, default=Path("openapi/openapi.json"))
     p.set_defaults(func=_export_openapi)
@@ -222,6 +244,45 @@ def _calibrate(args: argparse.Namespace) -> int:
             Path(args.json).write_text(text + "\n")
     else:
         print(format_report(report))
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    import os
+
+    from .calibrate import load_model, update_registry_entry
+    from .config import DEFAULT_MODELS_FILE
+    from .errors import XaasError
+    from .evaluate import evaluate, format_evaluation, trust_entries
+
+    models = args.models or Path(os.environ.get("XAAS_MODELS") or DEFAULT_MODELS_FILE)
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
+    try:
+        loaded = load_model(models, args.model)
+        report = evaluate(args.data_dir, loaded=loaded, methods=methods, limit=args.limit,
+                          sanity_pairs=args.sanity_pairs, faithfulness_pairs=args.faithfulness_pairs,
+                          road_pairs=args.road_pairs, log=lambda m: print(m, file=sys.stderr, flush=True))
+    except (ValueError, FileNotFoundError, XaasError) as exc:
+        print(f"xaas evaluate: {getattr(exc, 'detail', None) or exc}", file=sys.stderr)
+        return 2
+    if not args.no_write:
+        target = args.write or models
+        entries = trust_entries(report)
+        if entries:
+            # Methods measured earlier and not now keep their numbers.
+            merged = {**{k: v.model_dump(exclude_none=True) for k, v in loaded.spec.method_trust.items()}, **entries}
+            update_registry_entry(target, report["model"], {"method_trust": merged})
+            report["written"] = {"file": str(target), "methods": sorted(entries)}
+            print(f"wrote method_trust for {', '.join(sorted(entries))} of model '{report['model']}' in {target}",
+                  file=sys.stderr)
+    if args.json is not None:
+        text = json.dumps(report, indent=2)
+        if args.json == "-":
+            print(text)
+        else:
+            Path(args.json).write_text(text + "\n")
+    else:
+        print(format_evaluation(report))
     return 0
 
 
