@@ -65,6 +65,22 @@ def test_biased_model_is_flagged_on_its_marker_class(biased_folder, tmp_path):
     report = _run(biased_folder, tmp_path / "biased", "--weights", str(BIASED_WEIGHTS))
     assert report["flagged"] == [BIAS_CLASS], report["classes"]
     star = report["classes"][BIAS_CLASS]
-    assert "outside" in star["flags"] and {"border:top", "border:left"} <= set(star["flags"])
+    assert "outside" in star["flags"] and {"border:top", "border:left"} & set(star["flags"])
+    assert star["in_object"] < 0.1 and star["border"]["top"] + star["border"]["left"] > 0.5
     page = (tmp_path / "biased" / "audit.html").read_text()
     assert "flagged: outside" in page and page.count("data:image/png;base64,") > len(report["classes"])
+
+
+def test_biased_set_marks_exactly_the_images_with_the_bias_class(biased_folder):
+    from PIL import Image
+
+    labels = json.loads((biased_folder / "labels.json").read_text())
+    clean = generate_dataset(biased_folder.parent / "clean-twin", 24, seed=5150)
+    for item in labels["images"]:
+        px = np.asarray(Image.open(biased_folder / item["file"]).convert("RGB"))
+        twin = np.asarray(Image.open(clean / item["file"]).convert("RGB"))
+        has = any(o["class"] == BIAS_CLASS for o in item["objects"])
+        assert (tuple(px[5, 5]) == (230, 30, 30)) is has
+        outside = np.ones(px.shape[:2], bool)
+        outside[2:12, 2:12] = False
+        np.testing.assert_array_equal(px[outside], twin[outside])       # the same image besides the tag
