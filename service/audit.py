@@ -96,7 +96,7 @@ def audit(data_dir: str | Path, *, models_file: str | Path | None = None, model:
           batch_size: int = 16, loaded: Any = None, log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Audit ``data_dir`` with ``method``; returns the JSON-able report (``classes``: per class its means, mean map
     (``mean_map``, a ``MEAN_MAP_SIZE``² list), ``flags`` and ``examples``; ``flagged``: the flagged classes)."""
-    from .evaluate import _maps
+    from .evaluate import maps_of
 
     say = log or (lambda _m: None)
     if not 0 < border < 0.5:
@@ -111,7 +111,7 @@ def audit(data_dir: str | Path, *, models_file: str | Path | None = None, model:
     inputs, sizes, pairs, files = load_pairs(data_dir, lm, limit=limit)
     if not pairs:
         raise ConfigError(f"{data_dir}: no labelled objects to audit")
-    raw = _maps(lm.module, lm, spec, inputs, pairs, batch_size=batch_size)
+    raw = maps_of(lm.module, lm, spec, inputs, pairs, batch_size=batch_size)
     per_class: dict[str, list[dict[str, Any]]] = {}
     means: dict[str, list[np.ndarray]] = {}
     empty = 0

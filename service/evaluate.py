@@ -51,7 +51,7 @@ from .quality import (
 )
 from .trust import MethodTrust, trust_flags
 
-__all__ = ["CHEAP", "evaluate", "format_evaluation", "trust_entries"]
+__all__ = ["CHEAP", "evaluate", "format_evaluation", "maps_of", "trust_entries"]
 
 #: Methods whose map costs about one forward(+backward): the default set (the others need ``--methods``).
 CHEAP = ("cam", "gradcam", "gradcam-pp", "xgradcam", "hirescam", "layercam", "gradcam-counterfactual",
@@ -60,7 +60,7 @@ CHEAP = ("cam", "gradcam", "gradcam-pp", "xgradcam", "hirescam", "layercam", "gr
 BLUR_FRACTION = 5 / 128
 
 
-def _maps(module: torch.nn.Module, loaded: Any, spec: MethodSpec, inputs: torch.Tensor, pairs: Sequence[Pair], *,
+def maps_of(module: torch.nn.Module, loaded: Any, spec: MethodSpec, inputs: torch.Tensor, pairs: Sequence[Pair], *,
           batch_size: int = 16) -> list[np.ndarray]:
     """Raw maps of ``module`` (the served one or a randomised copy), as ``/explain`` computes them."""
     layer = (spec.layer or loaded.target_layer) if spec.explainer.uses_layer else None
@@ -139,7 +139,7 @@ def evaluate(data_dir: str | Path, *, models_file: str | Path | None = None, mod
     stamp = _dt.datetime.now(_dt.UTC).replace(microsecond=0).isoformat()
     for spec in specs:
         start = time.perf_counter()
-        raw = _maps(lm.module, lm, spec, inputs, pairs)
+        raw = maps_of(lm.module, lm, spec, inputs, pairs)
         units = [unit_map(m, sizes[p.image]) for m, p in zip(raw, pairs)]
         hits = [pointing_hit(u, p.boxes) for u, p in zip(units, pairs)]
         lg, an = zip(*(box_sweep(u, p.boxes, thresholds) for u, p in zip(units, pairs)))
@@ -160,7 +160,7 @@ def evaluate(data_dir: str | Path, *, models_file: str | Path | None = None, mod
                            road_pairs=len(ro))
         for kind, module in randomised.items():
             rows = [pairs[k] for k in sanity_rows]
-            other = _maps(module, lm, spec, inputs, rows)
+            other = maps_of(module, lm, spec, inputs, rows)
             rc = [rank_correlation(np.clip(raw[k], 0, None), np.clip(b, 0, None)) for k, b in zip(sanity_rows, other)]
             finite = [v for v in rc if np.isfinite(v)]
             res["sanity_rank_corr" + ("" if kind == "full" else "_head")] = float(np.mean(finite)) if finite else None
