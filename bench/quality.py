@@ -27,6 +27,10 @@ Metrics (definitions and conventions in :mod:`service.quality`):
   re-initialised ("full") and only the logit layer re-initialised ("head", the first step of the paper's cascading
   randomisation, which exposes class-insensitive maps); first pair of the first ``--sanity-images`` images; a
   correlation > 0.5 under either is flagged as a failure;
+* ROAD (Rong et al. 2022): the class's probability after the 10 %, ..., 90 % most (MoRF, lower is better) or least
+  (LeRF, higher is better) important pixels are removed and filled by noisy linear imputation
+  (:func:`service.quality.noisy_linear_imputation`), averaged over the fractions; first pair of the first
+  ``--road-images`` images (the imputation is a sparse solve per image and fraction, on the CPU);
 * mass inside the class's own boxes (counterfactual Grad-CAM should put little there; plain Grad-CAM a lot).
 
 ``--segmentation`` measures the demo segmentation model (``demo-seg``) instead: the pointing game against exact
@@ -79,6 +83,8 @@ from service.quality import (  # noqa: E402
     pointing_hit,
     randomized_model,
     rank_correlation,
+    road_curves,
+    road_summary,
     unit_map,
 )
 
@@ -295,13 +301,15 @@ def map_metrics(units: np.ndarray, data: BenchData, rows: Sequence[int], thresho
 
 def run_benchmark(model: torch.nn.Module, methods: Sequence[str], *, n: int = 500, seed: int = 2024,
                   thresholds: str | Sequence[float] | None = BENCH_THRESHOLDS, expensive_images: int = 100,
-                  di_images: int = 100, sanity_images: int = 40, steps: int = 16, blur_sigma: float = 5.0,
+                  di_images: int = 100, sanity_images: int = 40, road_images: int = 0, steps: int = 16,
+                  blur_sigma: float = 5.0,
                   tolerance: int = POINTING_TOLERANCE,
                   batch: int = 64, random_seed: int = 1,
                   baselines: Sequence[str] = (BASELINE_RANDOM, BASELINE_CENTRE), baseline_maps_metrics: bool = True,
                   data: BenchData | None = None,
                   log=print) -> dict[str, Any]:
-    """Every metric for every method; returns the JSON-able result (see :func:`format_tables`).
+    """Every metric for every method; returns the JSON-able result (see :func:`format_tables`). ROAD runs on the
+    first ``road_images`` pairs (0 here, 30 from the command line: its imputations are CPU solves).
 
     ``baselines`` adds model-free reference maps as extra rows; ``baseline_maps_metrics=False`` computes only their
     deletion/insertion AUCs (what the tests need). ``data`` reuses a :func:`build_data` set (then ``n`` and ``seed``
@@ -323,6 +331,7 @@ def run_benchmark(model: torch.nn.Module, methods: Sequence[str], *, n: int = 50
     if di_rows:
         endpoints = (prob(di_x, di_t), prob(di_sub, di_t))
     sanity_rows = data.first_pairs(min(n, sanity_images))
+    road_rows = set(data.first_pairs(min(n, road_images, di_images)))
     # Full re-initialisation, and re-initialisation of the logit layer only (the first step of Adebayo et al.'s
     # cascading randomisation, which exposes class-insensitive methods).
     rmodels = {"full": randomized_model(model, seed=random_seed),
@@ -338,8 +347,17 @@ def run_benchmark(model: torch.nn.Module, methods: Sequence[str], *, n: int = 50
         d, i = deletion_insertion(prob, di_x[idx], di_sub[idx], sal, di_t[idx], steps=steps, batch_size=128,
                                   seed=0, endpoints=ends)
         dels, ins = [auc(c) for c in d], [auc(c) for c in i]
-        return {"deletion_auc": float(np.mean(dels)), "insertion_auc": float(np.mean(ins)), "di_pairs": len(keep),
-                "deletion_curve": [float(v) for v in d.mean(0)], "insertion_curve": [float(v) for v in i.mean(0)]}
+        out = {"deletion_auc": float(np.mean(dels)), "insertion_auc": float(np.mean(ins)), "di_pairs": len(keep),
+               "deletion_curve": [float(v) for v in d.mean(0)], "insertion_curve": [float(v) for v in i.mean(0)]}
+        road_keep = [k for k in keep if di_rows[k] in road_rows]
+        if road_keep:
+            idx = torch.tensor(road_keep)
+            sal = torch.from_numpy(np.stack([units_by_row[di_rows[k]] for k in road_keep]))
+            morf, lerf = road_curves(prob, di_x[idx], sal, di_t[idx], seed=0)
+            out.update(road_summary(morf, lerf), road_pairs=len(road_keep),
+                       road_morf_curve=[float(v) for v in morf.mean(0)],
+                       road_lerf_curve=[float(v) for v in lerf.mean(0)])
+        return out
 
     results: dict[str, Any] = {}
     names = list(methods) + list(baselines)
@@ -383,6 +401,7 @@ def run_benchmark(model: torch.nn.Module, methods: Sequence[str], *, n: int = 50
         say(f"{name:>28s}: pairs {len(rows):4d}  MaxBoxAcc {res['max_box_acc']:.3f}@{res['best_threshold']:g}  "
             f"pointing {res['pointing']:.3f}  corr2 {res['two_class_corr']:.3f}  "
             f"del {res.get('deletion_auc', float('nan')):.3f} ins {res.get('insertion_auc', float('nan')):.3f}  "
+            f"ROAD {res.get('road_morf', float('nan')):.3f}/{res.get('road_lerf', float('nan')):.3f}  "
             f"sanity {res.get('sanity_rank_corr', float('nan')):.3f}/"
             f"{res.get('sanity_rank_corr_head', float('nan')):.3f}  "
             f"{res['seconds']:.1f}s")
@@ -390,7 +409,8 @@ def run_benchmark(model: torch.nn.Module, methods: Sequence[str], *, n: int = 50
         "config": {"n": n, "seed": data.seed, "pairs": len(data.pairs), "thresholds": list(thresholds),
                    "iou_threshold": 0.5, "pointing_tolerance_px": tolerance, "steps": steps,
                    "substrate": f"gaussian blur sigma {blur_sigma} px", "di_images": len(di_rows),
-                   "sanity_images": len(sanity_rows), "expensive_images": min(n, expensive_images),
+                   "sanity_images": len(sanity_rows), "road_images": len(road_rows),
+                   "expensive_images": min(n, expensive_images),
                    "sanity": "Spearman rank correlation of heatmaps (negatives clipped, native resolution) between the "
                              "trained model and (full) every layer re-initialised / (head) the logit layer "
                              "re-initialised", "sanity_fail_above": SANITY_FAIL,
@@ -424,12 +444,15 @@ def format_tables(result: dict[str, Any]) -> str:
         "Localisation: box = largest connected component of `map >= t·max`, correct when IoU >= 0.5 with a box of "
         "the class. MaxBoxAcc = best over t ∈ {" + ", ".join(f"{t:g}" for t in cfg["thresholds"]) + "}. "
         f"Pointing tolerance {cfg['pointing_tolerance_px']} px. Deletion/insertion: {cfg['steps']} steps, "
-        f"{cfg['substrate']}, {cfg['di_images']} pairs. Sanity: {cfg['sanity']}, {cfg['sanity_images']} pairs, "
+        f"{cfg['substrate']}, {cfg['di_images']} pairs. ROAD: MoRF / LeRF probability after removing 10-90 % of the "
+        f"pixels with noisy linear imputation, {cfg.get('road_images', 0)} pairs. Sanity: {cfg['sanity']}, "
+        f"{cfg['sanity_images']} pairs, "
         f"fails above {cfg['sanity_fail_above']}.",
         "",
         "| method | pairs | BoxAcc@0.15 | MaxBoxAcc | best t | mean IoU | MaxBoxAccV2 | pointing | ×random | "
-        "2-class corr | mass in box | deletion ↓ | insertion ↑ | sanity ρ full | sanity ρ head | s/pair |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "2-class corr | mass in box | deletion ↓ | insertion ↑ | ROAD MoRF ↓ | ROAD LeRF ↑ | sanity ρ full | "
+        "sanity ρ head | s/pair |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for k in names:
         r = res[k]
@@ -439,7 +462,8 @@ def format_tables(result: dict[str, Any]) -> str:
             f"| {k} | {r['pairs']} | {_f(r['box_accuracy_at'].get('0.15'))} | **{_f(r['max_box_acc'])}** | "
             f"{r['best_threshold']:g} | {_f(r['mean_iou'])} | {_f(r['max_box_acc_v2'])} | {_f(r['pointing'])} | "
             f"{_f(ratio, 1)} | {_f(r['two_class_corr'])} | {_f(r['mass_in_own_box'])} | "
-            f"{_f(r.get('deletion_auc'))} | {_f(r.get('insertion_auc'))} | {_f(r.get('sanity_rank_corr'))} | "
+            f"{_f(r.get('deletion_auc'))} | {_f(r.get('insertion_auc'))} | {_f(r.get('road_morf'))} | "
+            f"{_f(r.get('road_lerf'))} | {_f(r.get('sanity_rank_corr'))} | "
             f"{_f(r.get('sanity_rank_corr_head'))}{flag} | "
             f"{_f(r['seconds'] / max(1, r['pairs']), 4)} |")
     any_r = next(iter(res.values()))
@@ -513,6 +537,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="images for Score-CAM, occlusion, SmoothGrad, IG, RISE (default 100; --quick 12)")
     ap.add_argument("--di-images", type=int, default=None, help="pairs for deletion/insertion (default 100; quick 40)")
     ap.add_argument("--sanity-images", type=int, default=None, help="pairs for the sanity check (default 40; quick 12)")
+    ap.add_argument("--road-images", type=int, default=None, help="pairs for ROAD (default 30; quick 8; 0: none)")
     ap.add_argument("--steps", type=int, default=16, help="deletion/insertion steps")
     ap.add_argument("--blur-sigma", type=float, default=5.0, help="substrate blur (pixels)")
     ap.add_argument("--tolerance", type=int, default=POINTING_TOLERANCE, help="pointing-game tolerance (pixels)")
@@ -543,6 +568,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         expensive_images=_pick(args.expensive_images, 12 if quick else 100),
         di_images=_pick(args.di_images, 40 if quick else 100),
         sanity_images=_pick(args.sanity_images, 12 if quick else 40),
+        road_images=_pick(args.road_images, 8 if quick else 30),
         steps=args.steps, blur_sigma=args.blur_sigma, tolerance=args.tolerance,
         log=lambda m: print(m, file=sys.stderr, flush=True))
     print(format_tables(result))

@@ -321,9 +321,19 @@ def _format_scalar(value: Any) -> str:
     return json.dumps(text) if not text.replace("-", "").replace("_", "").replace(".", "").isalnum() else text
 
 
+def _format_value(value: Any, indent: str) -> str:
+    """A scalar as :func:`_format_scalar`; a mapping (``method_trust``) as a JSON flow mapping — JSON is YAML — one
+    member per line, continuation lines indented past the key as YAML's flow context requires."""
+    if not isinstance(value, dict):
+        return _format_scalar(value)
+    members = [f"{json.dumps(str(k))}: {json.dumps(v, separators=(', ', ': '))}" for k, v in value.items()]
+    return "{" + f",\n{indent}    ".join(members) + "}"
+
+
 def update_registry_entry(path: str | Path, name: str, updates: dict[str, Any]) -> str:
     """Set ``updates`` (e.g. ``{"localize_threshold": 0.6, "localize_method": "gradcam"}``) in the ``models:`` entry
-    called ``name`` of a registry file and return the new text (the file is replaced atomically).
+    called ``name`` of a registry file and return the new text (the file is replaced atomically). A mapping value
+    (``method_trust``) is written as a JSON flow mapping and may replace an earlier flow mapping of that key.
 
     The edit is textual, guided by the YAML parser's node positions, so comments, ordering, quoting and every other
     entry stay byte for byte: an existing key's value is replaced in place; a missing key is inserted on its own line,
@@ -364,11 +374,13 @@ def update_registry_entry(path: str | Path, name: str, updates: dict[str, Any]) 
     edits: list[tuple[int, int, str, int]] = []  # (start, end, replacement, order at equal start) on the original
     missing: list[tuple[str, str]] = []
     keys = {k.value: (k, v) for k, v in entry.value if isinstance(k, ScalarNode)}
+    indent = " " * entry.value[0][0].start_mark.column
     for key, value in updates.items():
-        rendered = _format_scalar(value)
+        rendered = _format_value(value, indent)
         if key in keys:
             _, vnode = keys[key]
-            if not isinstance(vnode, ScalarNode):
+            flow_map = isinstance(vnode, MappingNode) and vnode.flow_style and isinstance(value, dict)
+            if not isinstance(vnode, ScalarNode) and not flow_map:
                 raise ConfigError(f"{p}: model {name!r}: '{key}' is not a scalar; edit it by hand")
             start, end = vnode.start_mark.index, vnode.end_mark.index
             if start == end and start > 0 and text[start - 1] == ":":     # "key:" with no value

@@ -45,13 +45,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--n", type=int, default=100)
     p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--bias", action="store_true",
+                   help="a biased set: every image with a star carries a corner marker (for `xaas audit`)")
     p.set_defaults(func=_demo_data)
 
     p = sub.add_parser("train-demo", help="train the demo CNN on synthetic data (CPU, a few minutes)")
     p.add_argument("--out", type=Path, default=None, help="weights file (default: the shipped file)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--presentations", type=int, default=None,
-                   help="training images shown (default: the shipped recipe)")
+                   help="training images shown (default: the shipped recipe; --bias: 16000)")
+    p.add_argument("--bias", action="store_true",
+                   help="train on the biased set of `xaas demo-data --bias` (default --out demo_cnn_bias.safetensors)")
     p.set_defaults(func=_train_demo)
 
     p = sub.add_parser("eval-demo", help="held-out mAP and exact-match of the demo model")
@@ -111,6 +115,44 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", nargs="?", const="-", default=None, metavar="PATH",
                    help="print the report as JSON instead of tables (or write it to PATH)")
     p.set_defaults(func=_calibrate)
+
+    p = sub.add_parser("evaluate", help="measure every method on a labelled folder for one model and store the "
+                                        "results as its method_trust (shown by /models/{name})",
+                       description="Randomisation sanity, pointing and box accuracy, deletion/insertion and ROAD for "
+                                   "each method on a folder in the demo-data format; writes them into the model's "
+                                   "registry entry as method_trust (restart the service to serve them).")
+    p.add_argument("data_dir", type=Path, help="folder with labels.json and its images (see `xaas demo-data`)")
+    p.add_argument("--model", default=None, help="registry name (default: the registry's default model)")
+    p.add_argument("--models", type=Path, default=None,
+                   help="models.yaml (default XAAS_MODELS or the shipped registry); written unless --no-write")
+    p.add_argument("--methods", default=None,
+                   help="comma-separated methods (default: the model's applicable one-pass methods)")
+    p.add_argument("--limit", type=int, default=None, help="use only the first N images")
+    p.add_argument("--sanity-pairs", type=int, default=20)
+    p.add_argument("--faithfulness-pairs", type=int, default=30, help="pairs for deletion/insertion")
+    p.add_argument("--road-pairs", type=int, default=10, help="pairs for ROAD (a sparse solve per fraction)")
+    p.add_argument("--write", type=Path, default=None, metavar="MODELS_YAML",
+                   help="write into this registry file instead of --models")
+    p.add_argument("--no-write", action="store_true", help="only report")
+    p.add_argument("--json", nargs="?", const="-", default=None, metavar="PATH",
+                   help="print the report as JSON instead of a table (or write it to PATH)")
+    p.set_defaults(func=_evaluate)
+
+    p = sub.add_parser("audit", help="where the model looks, per class, over a labelled folder (dataset bias): JSON + "
+                                     "HTML report",
+                       description="Explain every (image, class) pair of a folder in the demo-data format; per class "
+                                   "the share of map mass on the object, in the background and in each border band, "
+                                   "the pointing rate and flags; writes audit.json and a self-contained audit.html.")
+    p.add_argument("data_dir", type=Path, help="folder with labels.json and its images (see `xaas demo-data`)")
+    p.add_argument("--model", default=None, help="registry name (default: the registry's default model)")
+    p.add_argument("--models", type=Path, default=None, help="models.yaml (default XAAS_MODELS or the shipped one)")
+    p.add_argument("--weights", type=Path, default=None,
+                   help="other weights for the model's architecture (e.g. the biased demo model)")
+    p.add_argument("--method", default="gradcam", help="method, 'name@layer' or 'name:key=value' (default gradcam)")
+    p.add_argument("--limit", type=int, default=None, help="use only the first N images")
+    p.add_argument("--border", type=float, default=0.1, help="border band width as a fraction of the side")
+    p.add_argument("--out", type=Path, default=Path("audit"), help="folder for audit.json and audit.html")
+    p.set_defaults(func=_audit)
 
     p = sub.add_parser("export-openapi", help="write the OpenAPI document")
     p.add_argument("--out", type=Path, default=Path("openapi/openapi.json"))
@@ -227,21 +269,28 @@ def _serve_ray(settings, args: argparse.Namespace) -> int:
     return 0
 
 
+#: Training images of ``xaas train-demo --bias``: the marker is learnt long before the shapes (minutes on 2 cores).
+BIAS_PRESENTATIONS = 16_000
+
+
 def _demo_data(args: argparse.Namespace) -> int:
     from .demo.data import generate_dataset
 
-    path = generate_dataset(args.out, args.n, args.seed)
-    print(f"wrote {args.n} images and labels.json to {path}")
+    path = generate_dataset(args.out, args.n, args.seed, bias=args.bias)
+    print(f"wrote {args.n} {'biased ' if args.bias else ''}images and labels.json to {path}")
     return 0
 
 
 def _train_demo(args: argparse.Namespace) -> int:
     from .demo import train
 
-    kwargs = {"seed": args.seed}
+    kwargs: dict = {"seed": args.seed, "bias": args.bias}
     if args.presentations:
         kwargs["presentations"] = args.presentations
-    out = args.out or train.DEFAULT_WEIGHTS
+    elif args.bias:
+        kwargs["presentations"] = BIAS_PRESENTATIONS
+    # A biased model never overwrites the shipped weights by default.
+    out = args.out or (Path("demo_cnn_bias.safetensors") if args.bias else train.DEFAULT_WEIGHTS)
     result = train.train_demo(out, **kwargs)
     print(json.dumps(result, indent=2, default=str))
     return 0
@@ -355,6 +404,73 @@ def _calibrate(args: argparse.Namespace) -> int:
             Path(args.json).write_text(text + "\n")
     else:
         print(format_report(report))
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    import os
+
+    from .calibrate import load_model, update_registry_entry
+    from .config import DEFAULT_MODELS_FILE
+    from .errors import XaasError
+    from .evaluate import evaluate, format_evaluation, trust_entries
+
+    models = args.models or Path(os.environ.get("XAAS_MODELS") or DEFAULT_MODELS_FILE)
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
+    try:
+        loaded = load_model(models, args.model)
+        report = evaluate(args.data_dir, loaded=loaded, methods=methods, limit=args.limit,
+                          sanity_pairs=args.sanity_pairs, faithfulness_pairs=args.faithfulness_pairs,
+                          road_pairs=args.road_pairs, log=lambda m: print(m, file=sys.stderr, flush=True))
+    except (ValueError, FileNotFoundError, XaasError) as exc:
+        print(f"xaas evaluate: {getattr(exc, 'detail', None) or exc}", file=sys.stderr)
+        return 2
+    if not args.no_write:
+        target = args.write or models
+        entries = trust_entries(report)
+        if entries:
+            # Methods measured earlier and not now keep their numbers.
+            merged = {**{k: v.model_dump(exclude_none=True) for k, v in loaded.spec.method_trust.items()}, **entries}
+            update_registry_entry(target, report["model"], {"method_trust": merged})
+            report["written"] = {"file": str(target), "methods": sorted(entries)}
+            print(f"wrote method_trust for {', '.join(sorted(entries))} of model '{report['model']}' in {target}",
+                  file=sys.stderr)
+    if args.json is not None:
+        text = json.dumps(report, indent=2)
+        if args.json == "-":
+            print(text)
+        else:
+            Path(args.json).write_text(text + "\n")
+    else:
+        print(format_evaluation(report))
+    return 0
+
+
+def _audit(args: argparse.Namespace) -> int:
+    import os
+
+    from .audit import audit, format_audit, public, render_html
+    from .calibrate import load_model
+    from .config import DEFAULT_MODELS_FILE
+    from .errors import XaasError
+
+    models = args.models or Path(os.environ.get("XAAS_MODELS") or DEFAULT_MODELS_FILE)
+    try:
+        loaded = load_model(models, args.model)
+        if args.weights is not None:
+            from safetensors.torch import load_file
+
+            loaded.module.load_state_dict(load_file(str(args.weights)))
+        report = audit(args.data_dir, loaded=loaded, method=args.method, limit=args.limit, border=args.border,
+                       log=lambda m: print(m, file=sys.stderr, flush=True))
+    except (ValueError, FileNotFoundError, RuntimeError, XaasError) as exc:
+        print(f"xaas audit: {getattr(exc, 'detail', None) or exc}", file=sys.stderr)
+        return 2
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "audit.json").write_text(json.dumps(public(report), indent=1) + "\n")
+    (args.out / "audit.html").write_text(render_html(report), encoding="utf-8")
+    print(format_audit(report))
+    print(f"wrote {args.out / 'audit.json'} and {args.out / 'audit.html'}", file=sys.stderr)
     return 0
 
 

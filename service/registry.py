@@ -25,6 +25,7 @@ from .capabilities import Capabilities, probe
 from .engine.detection import DetectorOutputs
 from .errors import ConfigError, FieldError, InvalidOption, ModelNotReady, UnknownModel
 from .loaders import build_module, resolve_path, weights_digest
+from .trust import MethodTrust
 
 log = logging.getLogger("xaas.registry")
 
@@ -81,6 +82,18 @@ class ModelSpec(BaseModel):
                                              description="Calibrated /localize threshold (xaas calibrate).")
     localize_method: str | None = Field(None, description="Default /localize method (gradcam when absent).")
     batching: BatchingSpec = Field(default_factory=BatchingSpec)
+    method_trust: dict[str, MethodTrust] = Field(
+        default_factory=dict, description="Per method, its quality measured on this model's data (xaas evaluate).")
+
+    @field_validator("method_trust")
+    @classmethod
+    def _trust_methods(cls, v: dict[str, MethodTrust]) -> dict[str, MethodTrust]:
+        from .engine import METHODS
+
+        unknown = [k for k in v if k not in METHODS]
+        if unknown:
+            raise ValueError(f"unknown methods {unknown} (valid: {', '.join(METHODS)})")
+        return v
 
     @field_validator("input_size")
     @classmethod

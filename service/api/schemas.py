@@ -15,6 +15,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
+from ..trust import MethodTrust
+
 # ASCII only: str.isdigit() is true for "¹", and int()/float() read other scripts' digits and underscores.
 _INTEGER = re.compile(r"[+-]?[0-9]+", re.ASCII)
 _NUMBER = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?", re.ASCII)
@@ -424,6 +426,16 @@ class LayerChoice(BaseModel):
     prefix: int = Field(0, description="Tokens: leading non-patch tokens (class, distillation, registers).")
 
 
+class MethodTrustInfo(BaseModel):
+    """Whether a method can be trusted on this model: measured on the model's own data (``xaas evaluate``, written
+    into the registry entry's ``method_trust``) or, until then, the demo model's sanity result."""
+
+    source: Literal["measured", "demo"]
+    passes: bool = Field(description="No flag: passes every rule (measured) or the demo's sanity check (demo).")
+    flags: list[str] = Field(default_factory=list, description="The rules it breaks, with the numbers.")
+    measured: MethodTrust | None = Field(None, description="The measured numbers (source: measured).")
+
+
 class ModelDetail(ModelInfo):
     labels: list[str]
     layers: list[LayerChoice] = Field(default_factory=list,
@@ -432,6 +444,9 @@ class ModelDetail(ModelInfo):
                                     description="Methods that do not apply to this model, each with the reason.")
     caveats: dict[str, list[str]] = Field(default_factory=dict,
                                           description="What holds for an applicable method on this model.")
+    trust: dict[str, MethodTrustInfo] = Field(
+        default_factory=dict, description="Per applicable method: measured flags after `xaas evaluate`, else the "
+                                          "demo model's sanity result.")
 
 
 class ModelList(BaseModel):

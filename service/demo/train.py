@@ -200,6 +200,7 @@ def train_demo(
     log: Callable[[str], None] = print,
     num_workers: int = 0,
     mixed_precision: bool | None = None,
+    bias: bool = False,
 ) -> dict[str, Any]:
     """Train ``DemoNet`` from scratch on synthetic shapes and save it to ``out_path``.
 
@@ -219,6 +220,10 @@ def train_demo(
             training threads (measured ~10% slower with 1 worker).
         mixed_precision: bf16 autocast for the forward pass; ``None`` means
             "if the CPU supports bf16 natively" (about 1.7x faster there).
+        bias: train on the biased stream (:func:`~service.demo.data.generate_biased_sample`:
+            every image with a star carries a corner marker) and without flips, so the
+            marker stays where ``xaas demo-data --bias`` draws it: the model ``xaas audit``
+            is meant to catch.
 
     Returns:
         A summary dict: ``out_path``, ``steps``, ``presentations``,
@@ -248,7 +253,7 @@ def train_demo(
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(s, steps, warmup))
         loss_fn = nn.BCEWithLogitsLoss()
         loader = DataLoader(
-            SyntheticShapes(steps * batch_size, seed),
+            SyntheticShapes(steps * batch_size, seed, bias=bias),
             batch_size=batch_size,
             shuffle=False,  # every index is already an independent random image
             num_workers=num_workers,
@@ -264,7 +269,7 @@ def train_demo(
         start = time.perf_counter()
         window: list[float] = []
         for step, (x, y) in enumerate(loader):
-            x = _random_flips(x, flip_gen).contiguous(memory_format=torch.channels_last)
+            x = (x if bias else _random_flips(x, flip_gen)).contiguous(memory_format=torch.channels_last)
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
                 logits = model(x)
             loss = loss_fn(logits.float(), y)
@@ -286,7 +291,8 @@ def train_demo(
         _save_weights(
             model,
             out,
-            {"seed": seed, "presentations": steps * batch_size, "batch_size": batch_size, "lr": lr},
+            {"seed": seed, "presentations": steps * batch_size, "batch_size": batch_size, "lr": lr,
+             **({"bias": "corner marker on every star image"} if bias else {})},
         )
     finally:
         torch.set_num_threads(prev_threads)

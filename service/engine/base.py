@@ -271,6 +271,10 @@ class Explainer(ABC):
     #: It explains volumes (inputs ``[B, C, D, H, W]``, maps ``[R, d, h, w]``); the probe refuses the others there.
     volumes: ClassVar[bool] = False
 
+    #: Whether the method takes ``augment`` (its params then include :data:`service.engine.augment.AUGMENT_PARAMS`):
+    #: :meth:`steps` then averages the maps of flipped and shifted copies, mapped back (:mod:`.augment`).
+    augmentable: ClassVar[bool] = False
+
     #: Per-instance overrides of the module-level chunk sizes (None = use the module default at call time).
     forward_chunk: int | None = None
     backward_chunk: int | None = None
@@ -298,7 +302,12 @@ class Explainer(ABC):
         if len(requests) != x.shape[0]:
             raise InvalidOption(f"{len(requests)} target requests for a batch of {x.shape[0]} images")
         with torch.inference_mode(False):
-            gen = self.run(model, x, list(requests), layer=layer, task=task, **params)
+            if self.augmentable and self._bind(params)[0].get("augment"):
+                from .augment import augmented_run  # augment builds on this module
+
+                gen = augmented_run(self, model, x, list(requests), layer=layer, task=task, **params)
+            else:
+                gen = self.run(model, x, list(requests), layer=layer, task=task, **params)
         while True:
             with torch.inference_mode(False):
                 try:

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import FieldError, InvalidOption
+from .augment import AUGMENT_PARAMS
 from .base import (
     Explained,
     Explainer,
@@ -84,7 +85,8 @@ def class_indices(rows: Rows, method: str) -> Tensor:
 class _CAMFamily(Explainer):
     family = "cam"
     uses_layer = True
-    params = ()
+    augmentable = True
+    params = AUGMENT_PARAMS
 
     def check_model(self, model: nn.Module, input_shape: Sequence[int], *, layer: str | None = None,
                     task: str = "multiclass") -> None:
@@ -370,6 +372,7 @@ class ScoreCAM(_CAMFamily):
         ParamSpec("channels", int, 0, 0, 100_000,
                   description="0: every channel; N: only the N channels with the largest Grad-CAM weight per target "
                               "(Faster Score-CAM: faster, less faithful)"),
+        *AUGMENT_PARAMS,
     )
 
     def run(self, model: nn.Module, inputs: Tensor, requests: Sequence[TargetRequest], *, layer: str | None,

@@ -38,6 +38,7 @@ from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
 from ..errors import FieldError, InvalidOption
+from .augment import AUGMENT_PARAMS
 from .base import (
     Explained,
     Explainer,
@@ -269,6 +270,9 @@ class Saliency(Explainer):
     family = "gradient"
     description = "Saliency: maximum over colour channels of the absolute input gradient of the class score."
 
+    augmentable = True
+    params = AUGMENT_PARAMS
+
     @single_pass
     def run(self, model: nn.Module, inputs: Tensor, requests: Sequence[TargetRequest], *, layer: str | None,
             task: str, **params: Any) -> Explained:
@@ -298,6 +302,9 @@ class GuidedBackprop(Explainer):
     sanity = ("fails the model-parameter randomisation sanity check (Adebayo et al., 2018): on the demo model the "
               "map's rank correlation with the map of a model whose logit layer is re-initialised is 0.78 "
               "(bench/quality.py); it shows image edges more than what the model learnt")
+
+    augmentable = True
+    params = AUGMENT_PARAMS
 
     @single_pass
     def run(self, model: nn.Module, inputs: Tensor, requests: Sequence[TargetRequest], *, layer: str | None,
@@ -400,7 +407,9 @@ class SmoothGrad(Explainer):
         ParamSpec("noise", float, 0.15, 0.0, 1.0,
                   description="noise standard deviation as a fraction of the input's range (max - min)"),
         ParamSpec("seed", int, 0, 0, 2**31 - 1, description="seed of the noise (same seed, same map)"),
+        *AUGMENT_PARAMS,
     )
+    augmentable = True
 
     def run(self, model: nn.Module, inputs: Tensor, requests: Sequence[TargetRequest], *, layer: str | None,
             task: str, **params: Any) -> Steps[Explained]:
@@ -534,7 +543,9 @@ class IntegratedGradients(Explainer):
         ParamSpec("rule", str, "riemann-middle", choices=IG_RULES, description="quadrature rule along the path"),
         ParamSpec("sign", str, "all", choices=("all", "positive", "absolute"),
                   description="all: signed attributions (completeness holds); positive: ReLU; absolute: |.|"),
+        *AUGMENT_PARAMS,
     )
+    augmentable = True
 
     def run(self, model: nn.Module, inputs: Tensor, requests: Sequence[TargetRequest], *, layer: str | None,
             task: str, **params: Any) -> Steps[Explained]:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from ..api.schemas import LayerChoice, MethodInfo, MethodList, ModelDetail, ModelInfo, ModelList
-from ..engine import describe
+from ..api.schemas import LayerChoice, MethodInfo, MethodList, MethodTrustInfo, ModelDetail, ModelInfo, ModelList
+from ..engine import METHODS, describe
 from ..registry import LoadedModel
 from ..runtime import Runtime
+from ..trust import method_trust_view
 
 __all__ = ["list_methods", "list_models", "model_detail", "model_info"]
 
@@ -38,7 +39,15 @@ def model_detail(runtime: Runtime, name: str) -> ModelDetail:
               for d in caps.layer_details]
     return ModelDetail(**model_info(runtime, model).model_dump(), labels=model.labels, layers=layers,
                        refused={m: why for m, why in caps.methods.items() if why is not None},
-                       caveats={m: list(notes) for m, notes in caps.caveats.items()})
+                       caveats={m: list(notes) for m, notes in caps.caveats.items()},
+                       trust=model_trust(model))
+
+
+def model_trust(model: LoadedModel) -> dict[str, MethodTrustInfo]:
+    """Per usable method: the flags measured on the model's data (``method_trust``), else the demo's sanity."""
+    measured = model.spec.method_trust
+    return {m: MethodTrustInfo.model_validate(method_trust_view(m, METHODS[m].sanity, measured.get(m)))
+            for m in model.capabilities.usable_methods if m in METHODS}
 
 
 def list_methods() -> MethodList:

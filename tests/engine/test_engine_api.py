@@ -59,8 +59,9 @@ def test_validate_params_coerces_form_strings_and_applies_defaults():
         "window": 16, "stride": 8, "baseline": "blur", "blur_sigma": 0.05}
     assert validate_params(occ, {"window": 16.0, "stride": None})["stride"] == 16
     sg = get_method("smoothgrad")
-    assert validate_params(sg, {"noise": "0.2", "samples": "10"}) == {"samples": 10, "noise": 0.2, "seed": 0}
-    assert validate_params(get_method("gradcam"), {}) == {}
+    assert validate_params(sg, {"noise": "0.2", "samples": "10"}) == {"samples": 10, "noise": 0.2, "seed": 0,
+                                                                       "augment": False, "augment_shift": 0.0625}
+    assert validate_params(get_method("gradcam"), {}) == {"augment": False, "augment_shift": 0.0625}
 
 
 @pytest.mark.parametrize("raw, error, words", [
