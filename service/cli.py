@@ -396,14 +396,17 @@ def _calibrate(args: argparse.Namespace) -> int:
               f"'{report['model']}' in {target}", file=sys.stderr)
         if best.get("sanity"):
             print(f"note: {method} {best['sanity']}", file=sys.stderr)
-    if as_json:
-        text = json.dumps(report, indent=2)
-        if args.json == "-":
-            print(text)
-        else:
-            Path(args.json).write_text(text + "\n")
+    return _print_report(report, args.json if as_json else None, format_report)
+
+
+def _print_report(report: dict, json_to: str | None, as_table: Any) -> int:
+    """A command's report: JSON to stdout (``-``) or a file, else its table."""
+    if json_to is None:
+        print(as_table(report))
+    elif json_to == "-":
+        print(json.dumps(report, indent=2))
     else:
-        print(format_report(report))
+        Path(json_to).write_text(json.dumps(report, indent=2) + "\n")
     return 0
 
 
@@ -435,15 +438,7 @@ def _evaluate(args: argparse.Namespace) -> int:
             report["written"] = {"file": str(target), "methods": sorted(entries)}
             print(f"wrote method_trust for {', '.join(sorted(entries))} of model '{report['model']}' in {target}",
                   file=sys.stderr)
-    if args.json is not None:
-        text = json.dumps(report, indent=2)
-        if args.json == "-":
-            print(text)
-        else:
-            Path(args.json).write_text(text + "\n")
-    else:
-        print(format_evaluation(report))
-    return 0
+    return _print_report(report, args.json, format_evaluation)
 
 
 def _audit(args: argparse.Namespace) -> int:
