@@ -83,10 +83,9 @@ from service.quality import (  # noqa: E402
     pointing_hit,
     randomized_model,
     rank_correlation,
-    road_curves,
-    road_summary,
     unit_map,
 )
+from service.road import road_curves, road_summary  # noqa: E402
 
 DEFAULT_METHODS = (
     "cam", "gradcam", "gradcam-pp", "xgradcam", "hirescam", "layercam", "scorecam", "gradcam-counterfactual",

@@ -45,10 +45,9 @@ from .quality import (
     pointing_hit,
     randomized_model,
     rank_correlation,
-    road_curves,
-    road_summary,
     unit_map,
 )
+from .road import road_curves, road_summary
 from .trust import MethodTrust, trust_flags
 
 __all__ = ["CHEAP", "evaluate", "format_evaluation", "maps_of", "trust_entries"]

@@ -7,13 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from service.quality import (
-    ROAD_NEIGHBOURS,
-    noisy_linear_imputation,
-    perturbation_ranks,
-    road_curves,
-    road_summary,
-)
+from service.quality import perturbation_ranks
+from service.road import ROAD_NEIGHBOURS, noisy_linear_imputation, road_curves, road_summary
 
 WEIGHTS = dict(ROAD_NEIGHBOURS)
 

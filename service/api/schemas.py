@@ -6,6 +6,10 @@ take only numbers — never booleans (``"seed": false`` is not 0) and, from form
 (``0`` is not false). Fixed-length arrays are described as
 arrays with ``minItems``/``maxItems`` rather than tuple typing (``prefixItems``), which several OpenAPI tools and
 client generators cannot read.
+
+(Longer than our usual ~500 lines on purpose: this is the contract itself — many small declarative classes that the
+OpenAPI document is generated from — and one file keeps every shared option type next to its users. The Open
+Inference Protocol's schemas, a contract of their own, live in :mod:`service.api.schemas_oip`.)
 """
 
 from __future__ import annotations

@@ -14,7 +14,8 @@ import pytest
 from PIL import Image
 
 from service.cli import main as xaas_main
-from xaas_client.cli import _Progress, main
+from xaas_client._output import Progress
+from xaas_client.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]
 ENTRY_POINTS = {"xaas-client": ["-m", "xaas_client"], "xaas alias": ["-m", "service.cli"]}
@@ -127,7 +128,7 @@ def test_progress_bar_draws_only_on_a_terminal():
 
     tty, pipe = Tty(), io.StringIO()
     for stream in (tty, pipe):
-        bar = _Progress(4, stream)
+        bar = Progress(4, stream)
         bar.update(2, "x.png")
         bar.clear()
     assert "2/4 x.png" in tty.getvalue() and "#" * 12 in tty.getvalue()

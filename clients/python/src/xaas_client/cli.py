@@ -6,6 +6,9 @@ Pillow: the PNGs it writes are the server's bytes, base64-decoded.
 
 Exit codes: 0 ok, 1 the server refused a request, 2 usage or file error, 3 cannot connect. Messages on stderr start
 with ``xaas:`` whichever command was typed, so scripts match one prefix.
+
+(A little over our usual ~500 lines on purpose: one argparse tree whose subcommands share option sets, one error
+path and one per-image loop; what is printed lives in :mod:`xaas_client._output`.)
 """
 
 from __future__ import annotations
@@ -18,8 +21,19 @@ import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
+from ._output import (
+    Progress,
+    activations_table,
+    explain_table,
+    filters_summary,
+    format_table,
+    impression_summary,
+    localize_table,
+    predict_table,
+    stored_summary,
+)
 from .client import DEFAULT_URL, Client
 from .errors import JobTimeout, XaasConnectionError, XaasError
 from .types import ExplainResponse, LocalizeResponse
@@ -253,7 +267,7 @@ def _predict(args: argparse.Namespace) -> int:
                 raise CommandError(str(exc), EXIT_USAGE) from None
 
     return _each_image(args, _image_files(args.image),
-                       lambda client, path: client.predict(path, outputs=outputs, **_classes(args)), _predict_table,
+                       lambda client, path: client.predict(path, outputs=outputs, **_classes(args)), predict_table,
                        save)
 
 
@@ -275,7 +289,7 @@ def _explain(args: argparse.Namespace) -> int:
             name = f"{path.stem}.{'overlay' if args.overlay else 'heatmap'}.png"
             _write_map(result, out / name if out.is_dir() else out, overlay=args.overlay)
 
-    return _each_image(args, files, ask, _explain_table, save)
+    return _each_image(args, files, ask, explain_table, save)
 
 
 def _localize(args: argparse.Namespace) -> int:
@@ -287,7 +301,7 @@ def _localize(args: argparse.Namespace) -> int:
             return _await_job(client, client.localize(path, wait=False, **options), args.wait, f"localize {path.name}")
         return client.localize(path, **options)
 
-    return _each_image(args, _image_files(args.image), ask, _localize_table)
+    return _each_image(args, _image_files(args.image), ask, localize_table)
 
 
 def _detection(args: argparse.Namespace) -> dict[str, Any]:
@@ -300,17 +314,17 @@ def _activations(args: argparse.Namespace) -> int:
     result = _ask(args, lambda client: client.activations(args.image, model=args.model, layer=args.layer,
                                                           top=args.top, channel=args.channel), path=args.image)
     png = result.channel_png() if args.channel is not None else result.grid_png()
-    return _show(args, result, _activations_table, png)
+    return _show(args, result, activations_table, png)
 
 
 def _filters(args: argparse.Namespace) -> int:
     result = _ask(args, lambda client: client.filters(args.model, layer=args.layer))
-    return _show(args, result, _filters_summary, result.grid_png())
+    return _show(args, result, filters_summary, result.grid_png())
 
 
 def _impression(args: argparse.Namespace) -> int:
     result = _ask(args, lambda client: _run_impression(client, args))
-    return _show(args, result, _impression_summary, result.image_png())
+    return _show(args, result, impression_summary, result.image_png())
 
 
 def _dicomweb(args: argparse.Namespace) -> int:
@@ -335,11 +349,11 @@ def _dicomweb(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result.body, indent=2))
     elif args.action == "explain":
-        print(_explain_table(name, ExplainResponse.model_validate(result.body)))
+        print(explain_table(name, ExplainResponse.model_validate(result.body)))
     else:
-        print(_localize_table(name, LocalizeResponse.model_validate(result.body)))
+        print(localize_table(name, LocalizeResponse.model_validate(result.body)))
     if not args.json:
-        print(_stored_summary(result.stored, args.store))
+        print(stored_summary(result.stored, args.store))
     if folder is not None:
         _write_dicom(folder, args.action, result)
     return EXIT_OK
@@ -378,7 +392,7 @@ def _each_image(args: argparse.Namespace, files: list[Path], ask: Ask, render: R
     the end, its name in the message) but stops at a failed connection: the rest would fail the same way."""
     folder = args.image.is_dir()
     status = EXIT_OK
-    progress = _Progress(len(files))
+    progress = Progress(len(files))
     with _connect(args) as client:
         for done, path in enumerate(files):
             progress.update(done, path.name)
@@ -530,110 +544,6 @@ def _write_png(path: Path, png: bytes) -> None:
 
 def _say(message: str) -> None:
     print(f"xaas: {message}", file=sys.stderr)
-
-
-class _Progress:
-    """A minimal progress bar on stderr, drawn only on a terminal (no tqdm dependency, no noise in logs/pipes)."""
-
-    def __init__(self, total: int, stream: TextIO | None = None) -> None:
-        self.total = total
-        self.stream = stream or sys.stderr
-        self.enabled = total > 1 and self.stream.isatty()
-
-    def update(self, done: int, label: str = "") -> None:
-        if self.enabled:
-            filled = round(24 * done / self.total)
-            self.stream.write(f"\r\033[K[{'#' * filled}{'.' * (24 - filled)}] {done}/{self.total} {label}"[:200])
-            self.stream.flush()
-
-    def clear(self) -> None:
-        if self.enabled:
-            self.stream.write("\r\033[K")
-            self.stream.flush()
-
-
-# --- output ------------------------------------------------------------------------------------------------------
-
-def format_table(title: str, header: list[str], rows: list[list[str]], *,
-                 text_columns: frozenset[str] = frozenset({"label", "map"})) -> str:
-    """``title`` over an aligned table; ``text_columns`` are left-aligned, the others (numbers) right-aligned."""
-    if not rows:
-        return f"{title}\n  (none)"
-    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
-
-    def line(cells: list[str]) -> str:
-        return "  " + "  ".join(cell.ljust(width) if name in text_columns else cell.rjust(width)
-                                for name, cell, width in zip(header, cells, widths, strict=True)).rstrip()
-
-    return "\n".join([title, line(header), *map(line, rows)])
-
-
-def _size(result: Any) -> str:
-    return f"{result.image.width}x{result.image.height}"
-
-
-def _predict_table(name: str, result: Any) -> str:
-    title = f"{name}: {result.model} ({result.task}), {_size(result)}"
-    if any(p.pixel_fraction is not None for p in result.predictions):  # a segmentation model's statistics
-        return format_table(title, ["index", "label", "score", "pixels", "mean p"],
-                            [[str(p.index), p.label, f"{p.score:.4f}", f"{p.pixel_fraction or 0:.4f}",
-                              f"{p.mean_probability or 0:.4f}"] for p in result.predictions])
-    if any(p.box is not None for p in result.predictions):  # a detector's detections
-        return format_table(title, ["id", "index", "label", "score", "x0", "y0", "x1", "y1"],
-                            [[str(p.id), str(p.index), p.label, f"{p.score:.4f}", *(f"{v:.1f}" for v in p.box)]
-                             for p in result.predictions])
-    return format_table(title, ["index", "label", "score"],
-                        [[str(p.index), p.label, f"{p.score:.4f}"] for p in result.predictions])
-
-
-def _explain_table(name: str, result: Any) -> str:
-    layer = f", layer {result.layer}" if result.layer else ""
-    rows = [[str(e.index), e.label, f"{e.score:.4f}", "empty" if e.empty else ("non-finite" if e.nonfinite else "")]
-            for e in result.explanations]
-    if any(e.detection is not None for e in result.explanations):
-        rows = [[str(e.detection.id) if e.detection else "", *row] for e, row in zip(result.explanations, rows)]
-        return format_table(f"{name}: {result.method} on {result.model}{layer}, {_size(result)}",
-                            ["detection", "index", "label", "score", "map"], rows)
-    return format_table(f"{name}: {result.method} on {result.model}{layer}, {_size(result)}",
-                        ["index", "label", "score", "map"], rows)
-
-
-def _localize_table(name: str, result: Any) -> str:
-    title = f"{name}: {result.method} boxes on {result.model} (threshold {result.threshold:g}), {_size(result)}"
-    if result.mask_boxes is None:
-        return format_table(title, ["index", "label", "score", "x0", "y0", "x1", "y1"],
-                            [[str(b.index), b.label, f"{b.score:.4f}", *map(str, b.box)] for b in result.boxes])
-    # Segmentation: the explanation's boxes and the predicted mask's, one table, told apart by "from".
-    rows = [[str(b.index), b.label, "heatmap", f"{b.score:.4f}", *map(str, b.box)] for b in result.boxes]
-    rows += [[str(m.index), m.label, "mask", f"{m.mean_probability:.4f}", *map(str, m.box)] for m in result.mask_boxes]
-    return format_table(title, ["index", "label", "from", "score", "x0", "y0", "x1", "y1"], rows)
-
-
-def _activations_table(result: Any) -> str:
-    c, h, w = result.shape
-    return format_table(f"{result.layer} of {result.model}: {c} channels of {h}x{w}",
-                        ["channel", "mean", "max", "positive"],
-                        [[str(s.index), f"{s.mean:.4f}", f"{s.max:.4f}", f"{s.fraction_positive:.2f}"]
-                         for s in result.channels])
-
-
-def _filters_summary(result: Any) -> str:
-    kh, kw = result.kernel_size
-    return (f"{result.layer} of {result.model}: {result.count} filters {kh}x{kw} over {result.in_channels} "
-            f"input channel(s), shown {result.mode}; conv layers: {', '.join(result.conv_layers)}")
-
-
-def _stored_summary(stored: list[str], asked: bool) -> str:
-    if not stored:
-        return "stored nothing in the PACS" + ("" if asked else " (add --store)")
-    lines = [f"stored {len(stored)} object(s) in the PACS (SOP Instance UIDs):", *(f"  {uid}" for uid in stored)]
-    return "\n".join(lines)
-
-
-def _impression_summary(result: Any) -> str:
-    prob = f", probability {result.probability:.4f}" if result.probability is not None else ""
-    steps = f" after {result.progress.steps} steps" if result.progress else ""
-    return f"impression of {result.label!r} (class {result.target}) on {result.model}: {result.status}{steps}{prob}"
 
 
 if __name__ == "__main__":
