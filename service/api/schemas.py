@@ -406,6 +406,9 @@ class ModelInfo(BaseModel):
     input_size: Annotated[list[int], Field(min_length=2, max_length=3)] = Field(
         description="[height, width] the image is resized to ([depth, height, width] for volume models).")
     spatial_dims: int = Field(2, description="3 for volume models (DICOM series, NIfTI).")
+    keep_aspect: bool = Field(False, description="Volume models: the volume keeps its physical proportions inside "
+                                                 "input_size, centred and padded, so a raw map covers the padding "
+                                                 "too (cut it off before resampling onto the volume).")
     channels: int
     device: str
     target_layer: str | None = Field(description="Default CAM layer; null for TorchScript models (no hooks).")

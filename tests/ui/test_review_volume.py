@@ -13,6 +13,8 @@ PM and SEG) and are hidden for NIfTI; a 2-D model for a volume and a 3-D model f
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import httpx
 import numpy as np
 import pytest
@@ -20,8 +22,11 @@ import torch
 import torch.nn.functional as F
 
 from bench._server import running_server
+from service.config import DEFAULT_MODELS_FILE
 from service.demo.volume_model import VOLUME_CLASSES, volume_sample
 from service.demo.volumes import dicom_series, nifti_file
+from service.imaging.volume import decode_volume, volume_to_model_input
+from service.rendering_volume import map_on_grid
 from tests.support import decode_raw, demo_png
 from tests.ui.browser_support import CHROMIUM, CHROMIUM_ARGS, browser_skip_reason
 
@@ -35,8 +40,36 @@ DISPLAY = (75, 32, 32)   # the display grid of a 24 x 32 x 32 volume of 2.5 x 0.
 
 
 @pytest.fixture(scope="module")
-def server():
-    with running_server(env={"XAAS_DEVICE": "cpu", "XAAS_API_KEYS": "", "XAAS_CORS_ORIGINS": ""}) as srv:
+def server(tmp_path_factory):
+    """The shipped demo and demo-3d, and demo-3d with keep_aspect (its input padded around the volume)."""
+    demo = Path(DEFAULT_MODELS_FILE).parent
+    registry = tmp_path_factory.mktemp("models") / "models.yaml"
+    registry.write_text(f"""models:
+  - name: demo
+    source: python:service.demo.model:create_demo_model
+    weights: {demo / "demo" / "demo_cnn.safetensors"}
+    labels: [circle, square, triangle, cross, ring, star]
+    task: multilabel
+    input_size: [128, 128]
+    mean: [0.497, 0.497, 0.499]
+    std: [0.232, 0.240, 0.231]
+    channels: 3
+    default: true
+""" + "".join(f"""  - name: {name}
+    source: python:service.demo.volume_model:create_demo_volume_model
+    weights: {demo / "demo" / "demo_vol.safetensors"}
+    labels: [sphere, cube, rod]
+    spatial_dims: 3
+    input_size: [24, 32, 32]
+    channels: 1
+    window: [200, 800]
+    mean: [0.3]
+    std: [0.3]
+    target_layer: features
+    keep_aspect: {str(aspect).lower()}
+""" for name, aspect in (("demo-3d", False), ("demo-3d-aspect", True))))
+    with running_server(models=registry, env={"XAAS_DEVICE": "cpu", "XAAS_API_KEYS": "",
+                                              "XAAS_CORS_ORIGINS": ""}) as srv:
         yield srv
 
 
@@ -233,12 +266,40 @@ def test_a_nifti_volume_and_the_2d_3d_mismatch_alerts(page, server, volume):
     shot(page, "12-volume-2d-model")
 
     pick_model(page, "demo-3d")
-    page.get_by_label("Image", exact=True).set_input_files(
+    page.locator("#image-input").set_input_files(
         {"name": "shapes.png", "mimeType": "image/png", "buffer": demo_png(3)})
     page.wait_for_function("() => document.getElementById('message').textContent.includes('not a volume')")
     assert "(422)" in alert.inner_text() and page.get_by_label("Slice", exact=True).is_hidden()
     assert page.get_by_role("button", name="Explain").is_disabled()
     page.console.check("status of 422")   # the browser logs the refused requests itself; nothing else may fail
+
+
+def test_a_keep_aspect_model_s_map_is_cut_back_to_the_volume_before_it_is_shown(page, server, volume):
+    """keep_aspect: the 60 x 25.6 x 25.6 mm volume fills 24 x 10 x 10 voxels of the [24, 32, 32] input, the rest is
+    padding; the page cuts the raw map back to that box as the service does (map_on_grid with the content box)."""
+    pick_model(page, "demo-3d-aspect")
+    page.locator("#image-input").set_input_files(
+        {"name": "volume.nii.gz", "mimeType": "application/gzip", "buffer": volume["nifti"]})
+    page.get_by_label("Slice", exact=True).wait_for(state="visible")
+    wait_classes(page)
+    explain(page)
+    key = page.evaluate("() => window.xaasReview.state.selected[0]")
+    body = httpx.post(server.url + "/explain/gradcam", files={"image": ("v.nii.gz", volume["nifti"])},
+                      data={"model": "demo-3d-aspect", "target": str(key), "outputs": "raw"}).json()
+    decoded = decode_volume(volume["nifti"])
+    volume_to_model_input(decoded, input_size=(24, 32, 32), channels=1, mean=[0.3], std=[0.3], window=(200, 800),
+                          keep_aspect=True)
+    assert decoded.content == ((0, 24, 24), (11, 21, 32), (11, 21, 32))
+    grid = map_on_grid(decode_raw(body["explanations"][0]["raw"]), DISPLAY, decoded.content)
+    expected = np.rint(np.clip(grid / grid.max(), 0, 1) * 255).ravel()
+    shown = np.asarray(page.evaluate("""() => Array.from(
+        window.xaasReview.state.results.get('gradcam').maps.values().next().value.levels)"""), float)
+    assert np.abs(shown - expected).max() <= 1
+    # the same map without the cut (stretched over the padding too) would be far off: the test can tell
+    stretched = F.interpolate(torch.from_numpy(decode_raw(body["explanations"][0]["raw"]).copy())[None, None],
+                              size=DISPLAY, mode="trilinear", align_corners=False)[0, 0].numpy()
+    assert np.abs(shown - np.rint(np.clip(stretched / stretched.max(), 0, 1) * 255).ravel()).max() > 20
+    page.console.check()
 
 
 def test_the_file_control_takes_several_files_and_a_folder(page):

@@ -2,7 +2,7 @@
 // no state on the server: the API key lives in memory only, the image stays a File object sent with each call.
 import { Problem, base64Bytes, getBlob, getJson, imageForm, postAsync, setApiKey } from "./api.js";
 import { SharedView, Viewport, attachInteraction } from "./viewer.js";
-import { boxesOnSlice, heatSlice, heatVolume } from "./volume.js";
+import { boxesOnSlice, contentBox, heatSlice, heatVolume } from "./volume.js";
 
 const $ = (id) => document.getElementById(id);
 
@@ -159,7 +159,7 @@ async function selectModel() {
   resetResults();
   // one multi-frame DICOM file is frames for a 2-D model and a volume for a 3-D one: open it again as such
   const frames = state.file && !Array.isArray(state.file)
-    && (state.frames > 1 || (state.volume && state.volume.format === "dicom-multiframe"));
+    && (state.volume ? state.volume.format === "dicom-multiframe" : state.frames > 1);
   if (frames && isVolumeModel(before) !== isVolumeModel(state.model)) await openFile(state.file);
   else if (state.file) await predict();
 }
@@ -566,13 +566,16 @@ function cancelJob() {
 }
 
 /** The raw map volume of /explain (at the model's grid) on the display grid, as 8-bit levels per voxel. */
-function volumeMap(raw, volume) {
+function volumeMap(raw, volume, model) {
   if (!raw || raw.shape.length !== 3) {
     throw new Problem(422, { title: "Not a volume map", detail: "the service answered a 2-D map for a volume" });
   }
   const bytes = base64Bytes(raw.data);
   const values = new Float32Array(bytes.buffer, bytes.byteOffset, raw.shape.reduce((a, b) => a * b, 1));
-  return heatVolume(raw, values, [volume.depth, volume.height, volume.width]);
+  const s = volume.source;
+  const padded = model.keep_aspect ? { inputSize: model.input_size,
+    box: contentBox([s.depth, s.height, s.width], s.spacing, model.input_size) } : null;
+  return heatVolume(raw, values, [volume.depth, volume.height, volume.width], padded);
 }
 
 /** DICOM results exist for grey DICOM images and DICOM series (multi-frame PM and SEG), not for NIfTI volumes
@@ -640,7 +643,7 @@ async function explain() {
           { onProgress, signal: controller.signal });
         for (const [i, e] of body.explanations.entries()) {
           const key = e.detection ? e.detection.id : (targets.detection ?? e.index ?? keys[i]);
-          result.maps.set(key, volume ? volumeMap(e.raw, volume) : await decodeHeatmap(e.heatmap));
+          result.maps.set(key, volume ? volumeMap(e.raw, volume, model) : await decodeHeatmap(e.heatmap));
         }
         status(`Boxing with ${m}…`);
         try {

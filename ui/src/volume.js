@@ -51,12 +51,54 @@ export function resampleVolume(data, dims, size) {
   return values;
 }
 
+/** Python's round(): halves to even (so the page places the volume in the model input exactly as the service). */
+function roundHalfEven(x) {
+  const r = Math.round(x);
+  return Math.abs(x - Math.trunc(x)) === 0.5 && r % 2 !== 0 ? r - 1 : r;
+}
+
+/**
+ * Where a `keep_aspect` model's input holds the volume: [start, stop] per axis (D, H, W) of `inputSize`, the
+ * largest box with the volume's physical proportions (voxel counts x spacing), centred — the service's rule
+ * (service/imaging/volume.py, volume_to_model_input).
+ */
+export function contentBox(shape, spacing, inputSize) {
+  const extent = shape.map((n, a) => n * spacing[a]);
+  const scale = Math.min(...inputSize.map((t, a) => t / extent[a]));
+  return inputSize.map((t, a) => {
+    const inner = Math.max(1, Math.min(t, roundHalfEven(extent[a] * scale)));
+    const start = Math.floor((t - inner) / 2);
+    return [start, start + inner];
+  });
+}
+
+function crop(values, dims, box) {
+  const [[z0, z1], [y0, y1], [x0, x1]] = box;
+  const out = new Float32Array((z1 - z0) * (y1 - y0) * (x1 - x0));
+  let i = 0;
+  for (let z = z0; z < z1; z++) {
+    for (let y = y0; y < y1; y++) {
+      const row = (z * dims[1] + y) * dims[2];
+      out.set(values.subarray(row + x0, row + x1), i);
+      i += x1 - x0;
+    }
+  }
+  return out;
+}
+
 /**
  * A raw volume map ({dtype, shape: [d, h, w], data: Float32Array}) on the display grid `size` as 8-bit levels,
- * 255 = the maximum of the map (negative values are 0, as in the service's heatmaps).
+ * 255 = the maximum of the map (negative values are 0, as in the service's heatmaps). `padded`: for a keep_aspect
+ * model, { inputSize, box } — the map is first brought to the input's grid and the padding cut off, as the service
+ * does before it resamples a map onto the source.
  */
-export function heatVolume(raw, values, size) {
-  const grid = resampleVolume(values, raw.shape, size);
+export function heatVolume(raw, values, size, padded = null) {
+  let dims = raw.shape;
+  if (padded) {
+    values = crop(resampleVolume(values, dims, padded.inputSize), padded.inputSize, padded.box);
+    dims = padded.box.map(([a, b]) => b - a);
+  }
+  const grid = resampleVolume(values, dims, size);
   let max = 0;
   for (let i = 0; i < grid.length; i++) if (grid[i] > max) max = grid[i];
   const levels = new Uint8Array(grid.length);
