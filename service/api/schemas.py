@@ -410,6 +410,9 @@ class ModelInfo(BaseModel):
     input_size: Annotated[list[int], Field(min_length=2, max_length=3)] = Field(
         description="[height, width] the image is resized to ([depth, height, width] for volume models).")
     spatial_dims: int = Field(2, description="3 for volume models (DICOM series, NIfTI).")
+    keep_aspect: bool = Field(False, description="Volume models: the volume keeps its physical proportions inside "
+                                                 "input_size, centred and padded, so a raw map covers the padding "
+                                                 "too (cut it off before resampling onto the volume).")
     channels: int
     device: str
     target_layer: str | None = Field(description="Default CAM layer; null for TorchScript models (no hooks).")
@@ -676,6 +679,9 @@ ASYNC_ACCEPTED: dict[int | str, dict[str, Any]] = {
 
 class DisplayOptions(RequestOptions):
     frame: Int | None = Field(None, ge=0, le=100_000, description="Frame of a multi-frame DICOM/GIF/TIFF (0-based).")
+    volume: Bool = Field(False, description="Read one multi-frame DICOM file as a volume (enhanced functional groups "
+                                            "needed), as a volume model does; several files, a zip and NIfTI are "
+                                            "always volumes.")
 
 
 class DisplayWindow(BaseModel):
@@ -689,14 +695,24 @@ class DisplayResponse(BaseModel):
     format: str = Field(description="The decoded format (DICOM, PNG, ...).")
     image: ImageInfo
     frames: int = Field(description="Frames in the file.")
-    kind: Literal["grey", "rgb"] = Field(
+    kind: Literal["grey", "rgb", "volume"] = Field(
         description="grey: Modality-LUT values to window in the viewer (values, windows, range, invert); rgb: an "
-                    "8-bit PNG shown as is (png), exactly the pixels the model sees.")
-    values: RawMap | None = Field(None, description="grey: the values after the Modality LUT (e.g. Hounsfield units).")
+                    "8-bit PNG shown as is (png), exactly the pixels the model sees; volume (a DICOM series, a zip, "
+                    "NIfTI, or with volume=true an enhanced multi-frame DICOM file): the volume's values (rescaled, "
+                    "e.g. Hounsfield units) resampled trilinearly onto the display grid (values [D, H, W], spacing), "
+                    "with windows, range and invert as for grey; image gives the source's size and spacing.")
+    values: RawMap | None = Field(None, description="grey: the values after the Modality LUT (e.g. Hounsfield units). "
+                                                    "volume: [D, H, W] on the display grid, slice 0 first along the "
+                                                    "slice normal (the order /localize's box3d z counts in).")
+    spacing: list[float] | None = Field(
+        None, description="volume: voxel size of the display grid in mm, [slice, row, column]. The display grid "
+                          "covers the source's box with (near) cubic voxels as fine as the source's finest spacing, "
+                          "coarser where needed to keep each side <= 256 and all of it <= 2^21 voxels; display "
+                          "voxel k spans source voxels k * source / display .. (k + 1) * source / display per axis.")
     windows: list[DisplayWindow] | None = Field(
         None, description="grey: the file's windows, the first being the one applied for the model; empty when the "
                           "file has none (the model then sees the value range).")
-    range: list[float] | None = Field(None, description="grey: [min, max] of the values.")
+    range: list[float] | None = Field(None, description="grey, volume: [min, max] of the (source's) values.")
     invert: bool | None = Field(None, description="grey: MONOCHROME1 (high values shown dark).")
     png: str | None = Field(None, description="rgb: base64 PNG of the decoded pixels.")
 

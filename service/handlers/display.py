@@ -14,14 +14,35 @@ from ..errors import InvalidImage, InvalidOption, PayloadTooLarge, UnsupportedMe
 from ..imaging import ImageLimits, decode_image, rgb8
 from ..imaging.dicom import dicom_grey_display, has_dicom_magic, read_dicom, read_dicom_without_preamble
 from ..imaging.pil import open_pil
+from ..imaging.volume import VolumeLimits, decode_volume, display_grid, is_volume_container, resample_volume
 from ..rendering import encode_png
 from ..runtime import Runtime
 
 __all__ = ["display"]
 
 
-async def display(runtime: Runtime, data: bytes, frame: int | None) -> DisplayResponse:
+async def display(runtime: Runtime, data: bytes, frame: int | None, volume: bool = False) -> DisplayResponse:
+    if is_volume_container(data) or (volume and frame is None):
+        return await runtime.in_thread(_display_volume, data, runtime.volume_limits)
     return await runtime.in_thread(_display, data, runtime.limits, frame)
+
+
+def _display_volume(data: bytes, limits: VolumeLimits) -> DisplayResponse:
+    try:
+        vol = decode_volume(data, limits)
+        size = display_grid(vol.voxels.shape, vol.spacing)
+        values = resample_volume(vol.voxels, size)
+    except MemoryError:
+        raise PayloadTooLarge("the volume needs more memory to decode than is available") from None
+    low, high = float(vol.voxels.min()), float(vol.voxels.max())
+    extent = [n * s for n, s in zip(vol.voxels.shape, vol.spacing)]
+    windows = [DisplayWindow(center=vol.window[0], width=vol.window[1])] if vol.window else []
+    return DisplayResponse(
+        format=vol.format, frames=vol.depth, kind="volume",
+        image=ImageInfo(width=vol.width, height=vol.height, depth=vol.depth, spacing=list(vol.spacing)),
+        values=RawMap(dtype="float32", shape=list(size),
+                      data=base64.b64encode(values.astype("<f4").tobytes()).decode("ascii")),
+        spacing=[e / n for e, n in zip(extent, size)], windows=windows, range=[low, high], invert=False)
 
 
 def _display(data: bytes, limits: ImageLimits, frame: int | None) -> DisplayResponse:

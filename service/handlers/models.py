@@ -25,6 +25,7 @@ def model_info(runtime: Runtime, model: LoadedModel) -> ModelInfo:
         default=model.name == runtime.registry.default_name,
         score_threshold=model.spec.score_threshold if model.task == "detection" else None,
         spatial_dims=model.spec.spatial_dims,
+        keep_aspect=model.spec.keep_aspect,
     )
 
 

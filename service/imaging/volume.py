@@ -25,8 +25,8 @@ import torch.nn.functional as F
 
 from ..errors import InvalidImage, PayloadTooLarge
 
-__all__ = ["Volume", "VolumeGeometry", "VolumeLimits", "decode_volume", "is_volume_container", "nifti_bytes",
-           "volume_to_model_input"]
+__all__ = ["DISPLAY_MAX_SIDE", "DISPLAY_MAX_VOXELS", "Volume", "VolumeGeometry", "VolumeLimits", "decode_volume",
+           "display_grid", "is_volume_container", "nifti_bytes", "resample_volume", "volume_to_model_input"]
 
 _RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
@@ -380,6 +380,36 @@ def nifti_bytes(values: np.ndarray, affine_lps: np.ndarray) -> bytes:
     image = nib.Nifti1Image(np.asarray(values, dtype=np.float32).transpose(2, 1, 0), _RAS_TO_LPS @ affine_lps)
     image.header.set_xyzt_units("mm")
     return gzip.compress(image.to_bytes(), compresslevel=6, mtime=0)
+
+
+# --------------------------------------------------------------------------------------------------- display grid
+
+#: Bounds of the grid a viewer is sent (``/display``): each side, and all voxels (2^21 = 8 MiB of float32).
+DISPLAY_MAX_SIDE = 256
+DISPLAY_MAX_VOXELS = 1 << 21
+
+
+def display_grid(shape: tuple[int, int, int], spacing: tuple[float, float, float], *,
+                 max_side: int = DISPLAY_MAX_SIDE, max_voxels: int = DISPLAY_MAX_VOXELS) -> tuple[int, int, int]:
+    """The (D, H, W) a viewer gets for a volume of ``shape`` voxels of ``spacing`` mm: the same physical box cut
+    into (near) cubic voxels (physical proportions kept), as fine as the finest spacing of the source, coarser where
+    needed to keep every side within ``max_side`` and the total within ``max_voxels``."""
+    extent = [n * max(float(s), 1e-6) for n, s in zip(shape, spacing)]
+    step = max(min(max(float(s), 1e-6) for s in spacing), max(extent) / max_side,
+               (extent[0] * extent[1] * extent[2] / max_voxels) ** (1 / 3))
+    while True:
+        grid = tuple(max(1, min(max_side, round(e / step))) for e in extent)
+        if grid[0] * grid[1] * grid[2] <= max_voxels:
+            return grid
+        step *= 1.01   # rounding up on every axis overshot the voxel bound by a little
+
+
+def resample_volume(voxels: np.ndarray, size: tuple[int, int, int]) -> np.ndarray:
+    """``voxels`` ``[D, H, W]`` resampled trilinearly (half-voxel centres, edges clamped) to ``size``: float32."""
+    if tuple(voxels.shape) == tuple(size):
+        return np.ascontiguousarray(voxels, dtype=np.float32)
+    t = torch.from_numpy(np.ascontiguousarray(voxels, dtype=np.float32))[None, None]
+    return F.interpolate(t, size=tuple(int(s) for s in size), mode="trilinear", align_corners=False)[0, 0].numpy()
 
 
 # --------------------------------------------------------------------------------------------------- model input

@@ -70,10 +70,13 @@ export async function getBlob(path) {
   return response.blob();
 }
 
-/** multipart/form-data with the file in `image` and each option (lists repeated), as the API expects. */
+/**
+ * multipart/form-data with the file in `image` and each option (lists repeated), as the API expects. `file` may be
+ * a list of files (the slices of a DICOM series): each goes in its own `image` field.
+ */
 export function imageForm(file, options = {}) {
   const form = new FormData();
-  form.append("image", file, file.name || "image");
+  for (const f of Array.isArray(file) ? file : [file]) form.append("image", f, f.name || "image");
   for (const [name, value] of Object.entries(options)) {
     if (value === undefined || value === null || value === "") continue;
     for (const v of Array.isArray(value) ? value : [value]) form.append(name, String(v));

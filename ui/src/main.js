@@ -2,6 +2,7 @@
 // no state on the server: the API key lives in memory only, the image stays a File object sent with each call.
 import { Problem, base64Bytes, getBlob, getJson, imageForm, postAsync, setApiKey } from "./api.js";
 import { SharedView, Viewport, attachInteraction } from "./viewer.js";
+import { boxesOnSlice, contentBox, heatSlice, heatVolume } from "./volume.js";
 
 const $ = (id) => document.getElementById(id);
 
@@ -19,10 +20,12 @@ const state = {
   models: [],
   methods: new Map(), // name → MethodInfo
   model: null, // ModelInfo
-  file: null,
+  file: null, // a File, or an array of Files (the slices of a DICOM series)
   frame: 0, // 0-based frame of a multi-frame file, sent with every call
   frames: 1,
-  grey: null, // { values: Float32Array, width, height, range, windows, invert } for grey DICOM
+  grey: null, // { values: Float32Array, width, height, range, windows, invert } for grey DICOM (a volume: its slice)
+  volume: null, // { values, depth, height, width, spacing, source: {depth, height, width, spacing}, format }
+  slice: 0, // 0-based axial slice of the volume's display grid
   window: null, // { center, width }
   base: null, // canvas of the image as shown
   predictions: [],
@@ -138,7 +141,10 @@ async function openFromPacs() {
   }
 }
 
+const isVolumeModel = (m) => Boolean(m && m.spatial_dims === 3);
+
 async function selectModel() {
+  const before = state.model;
   state.model = state.models.find((m) => m.name === $("model-select").value) || null;
   const usable = state.model ? state.model.methods.filter((n) => state.methods.has(n)) : [];
   for (const id of ["method-select", "method2-select"]) {
@@ -151,7 +157,11 @@ async function selectModel() {
   }
   describeMethod();
   resetResults();
-  if (state.file) await predict();
+  // one multi-frame DICOM file is frames for a 2-D model and a volume for a 3-D one: open it again as such
+  const frames = state.file && !Array.isArray(state.file)
+    && (state.volume ? state.volume.format === "dicom-multiframe" : state.frames > 1);
+  if (frames && isVolumeModel(before) !== isVolumeModel(state.model)) await openFile(state.file);
+  else if (state.file) await predict();
 }
 
 function describeMethod() {
@@ -231,7 +241,13 @@ function canvasOf(source, width, height) {
   return canvas;
 }
 
-async function openFile(file) {
+/** What the browser cannot show itself and the service reads as a volume: several files, a zip, NIfTI. */
+const volumeName = (name) => /\.(zip|nii|nii\.gz|gz)$/i.test(name);
+
+async function openFile(picked) {
+  let file = picked && picked.length !== undefined ? [...picked] : picked; // a FileList, an array or one File
+  if (Array.isArray(file)) file = file.filter((f) => f.size > 0 && !/^\.|(^|\/)DICOMDIR$/i.test(f.name));
+  if (Array.isArray(file) && file.length < 2) file = file[0];
   if (!file) return;
   const generation = ++state.generation;
   cancelJob();
@@ -239,17 +255,21 @@ async function openFile(file) {
   resetResults();
   state.file = null;
   state.grey = null;
+  state.volume = null;
+  state.slice = 0;
   state.frame = 0;
   state.frames = 1;
   $("frame-row").hidden = true;
+  $("slice-row").hidden = true;
   state.predictions = [];
   state.selected = [];
   renderClasses();
   $("window-controls").hidden = true;
-  status(`Opening ${file.name}…`);
+  const name = Array.isArray(file) ? `${file.length} files` : file.name;
+  status(`Opening ${name}…`);
   try {
     let info;
-    if (!(await isDicom(file))) {
+    if (!Array.isArray(file) && !volumeName(file.name) && !(await isDicom(file))) {
       try {
         const bitmap = await createImageBitmap(file); // EXIF orientation applied, as the service does
         state.base = canvasOf(bitmap, bitmap.width, bitmap.height);
@@ -279,9 +299,18 @@ async function openFile(file) {
 }
 
 async function openViaService(file, keepWindow = false) {
-  const body = await getJson("/display", { method: "POST", body: imageForm(file, frameOption()) });
+  let body = await getJson("/display", { method: "POST", body: imageForm(file, frameOption()) });
+  if (body.kind === "grey" && body.frames > 1 && isVolumeModel(state.model) && !Array.isArray(file)) {
+    try { // a 3-D model reads one enhanced multi-frame file as a volume: show it as one
+      body = await getJson("/display", { method: "POST", body: imageForm(file, { volume: true }) });
+    } catch (err) {
+      if (!(err instanceof Problem) || err.status !== 422) throw err; // frames only: /predict will say why
+    }
+  }
   state.frames = body.frames;
   const { width, height } = body.image;
+  const name = Array.isArray(file) ? `${file.length} files` : file.name;
+  if (body.kind === "volume") return openVolume(body, name);
   if (body.kind === "grey") {
     const bytes = base64Bytes(body.values.data);
     const values = new Float32Array(bytes.buffer, bytes.byteOffset, width * height);
@@ -299,7 +328,57 @@ async function openViaService(file, keepWindow = false) {
   $("frame-row").hidden = body.frames < 2;
   $("frame-input").max = String(body.frames);
   $("frame-count").textContent = `of ${body.frames}`;
-  return `${file.name}: ${body.format} ${width} × ${height}${body.frames > 1 ? `, ${body.frames} frames` : ""}`;
+  return `${name}: ${body.format} ${width} × ${height}${body.frames > 1 ? `, ${body.frames} frames` : ""}`;
+}
+
+// ---- volumes: one display grid from /display, scrolled slice by slice with no request --------------------------
+
+const mm = (list) => list.map((v) => Math.round(v * 100) / 100).join(" × ");
+
+function openVolume(body, name) {
+  const [depth, height, width] = body.values.shape;
+  const bytes = base64Bytes(body.values.data);
+  state.volume = { values: new Float32Array(bytes.buffer, bytes.byteOffset, depth * height * width), depth, height,
+    width, spacing: body.spacing, format: body.format,
+    source: { depth: body.image.depth, height: body.image.height, width: body.image.width, spacing: body.image.spacing } };
+  state.slice = Math.floor(depth / 2);
+  state.grey = { values: sliceValues(state.slice), width, height, range: body.range, windows: body.windows || [],
+    invert: false };
+  state.base = document.createElement("canvas");
+  state.base.width = width;
+  state.base.height = height;
+  const input = $("slice-input");
+  input.max = String(depth);
+  input.value = String(state.slice + 1);
+  $("slice-row").hidden = false;
+  sliceText();
+  setupWindowControls();
+  const s = state.volume.source;
+  return `${name}: ${body.format} ${s.width} × ${s.height} × ${s.depth} voxels of ${mm(s.spacing)} mm, shown on `
+    + `${width} × ${height} × ${depth} of ${mm(body.spacing)} mm`;
+}
+
+function sliceValues(k) {
+  const { values, height, width } = state.volume;
+  return values.subarray(k * height * width, (k + 1) * height * width);
+}
+
+function sliceText() {
+  const text = `${state.slice + 1} of ${state.volume.depth}`;
+  $("slice-count").textContent = text;
+  $("slice-input").setAttribute("aria-valuetext", `slice ${text}`);
+}
+
+/** Show slice `k` (0-based) of the open volume: values, window, heatmap and boxes are all here already. */
+function showSlice(k) {
+  if (!state.volume) return;
+  k = Math.max(0, Math.min(state.volume.depth - 1, k));
+  state.slice = k;
+  $("slice-input").value = String(k + 1);
+  sliceText();
+  state.grey.values = sliceValues(k);
+  applyWindow(state.window.center, state.window.width, false);
+  showViews();
 }
 
 /** `frame` for multi-frame files (every call must look at the frame on screen). */
@@ -486,6 +565,25 @@ function cancelJob() {
   state.job = null;
 }
 
+/** The raw map volume of /explain (at the model's grid) on the display grid, as 8-bit levels per voxel. */
+function volumeMap(raw, volume, model) {
+  if (!raw || raw.shape.length !== 3) {
+    throw new Problem(422, { title: "Not a volume map", detail: "the service answered a 2-D map for a volume" });
+  }
+  const bytes = base64Bytes(raw.data);
+  const values = new Float32Array(bytes.buffer, bytes.byteOffset, raw.shape.reduce((a, b) => a * b, 1));
+  const s = volume.source;
+  const padded = model.keep_aspect ? { inputSize: model.input_size,
+    box: contentBox([s.depth, s.height, s.width], s.spacing, model.input_size) } : null;
+  return heatVolume(raw, values, [volume.depth, volume.height, volume.width], padded);
+}
+
+/** DICOM results exist for grey DICOM images and DICOM series (multi-frame PM and SEG), not for NIfTI volumes
+ * or enhanced multi-frame files (the service refuses those). */
+function dicomResults() {
+  return state.volume ? state.volume.format === "dicom-series" : Boolean(state.grey);
+}
+
 async function decodeHeatmap(b64) {
   const bitmap = await createImageBitmap(new Blob([base64Bytes(b64)], { type: "image/png" }));
   const canvas = canvasOf(bitmap, bitmap.width, bitmap.height);
@@ -538,12 +636,14 @@ async function explain() {
       };
       for (const targets of targetOptions(keys)) {
         status(`Explaining with ${m}…`);
-        const options = { model: model.name, outputs: "heatmap", ...frameOption(), ...targets, ...own };
+        const volume = state.volume;
+        const options = { model: model.name, outputs: volume ? "raw" : "heatmap", ...frameOption(), ...targets,
+          ...own };
         const body = await postAsync(`/explain/${encodeURIComponent(m)}`, imageForm(state.file, options),
           { onProgress, signal: controller.signal });
         for (const [i, e] of body.explanations.entries()) {
           const key = e.detection ? e.detection.id : (targets.detection ?? e.index ?? keys[i]);
-          result.maps.set(key, await decodeHeatmap(e.heatmap));
+          result.maps.set(key, volume ? volumeMap(e.raw, volume, model) : await decodeHeatmap(e.heatmap));
         }
         status(`Boxing with ${m}…`);
         try {
@@ -564,8 +664,8 @@ async function explain() {
     state.results = results;
     state.explainedMethods = methods;
     $("download-png").disabled = false;
-    $("download-dicom").disabled = !state.grey;
-    $("download-dicom").hidden = !state.grey;
+    $("download-dicom").disabled = !dicomResults();
+    $("download-dicom").hidden = !dicomResults();
     status(`Explained ${keys.length} target${keys.length > 1 ? "s" : ""} with ${methods.join(" and ")}.`);
   } catch (err) {
     status(err.name === "AbortError" && generation === state.generation ? "Cancelled." : "");
@@ -607,10 +707,15 @@ function showViews() {
     }
     const key = pane.key === "" ? undefined : Number(pane.key);
     const result = state.results.get(pane.method);
-    const heat = result && key !== undefined ? result.maps.get(key) || null : null;
-    const boxes = result && key !== undefined ? result.boxes.get(key) || [] : [];
-    const caption = heat ? `${pane.method} · ${labelOf(key)}${boxes.length ? ` · ${boxes.length} box` : ""}`
-      : (result ? `${pane.method}: no map for this class (explain it)` : "Image");
+    let heat = result && key !== undefined ? result.maps.get(key) || null : null;
+    let boxes = result && key !== undefined ? result.boxes.get(key) || [] : [];
+    if (state.volume) {
+      if (heat) heat = heatSlice(heat, state.slice);
+      boxes = boxesOnSlice(boxes, state.slice, state.volume);
+    }
+    const where = state.volume ? ` · slice ${state.slice + 1}/${state.volume.depth}` : "";
+    const caption = heat ? `${pane.method} · ${labelOf(key)}${boxes.length ? ` · ${boxes.length} box` : ""}${where}`
+      : (result ? `${pane.method}: no map for this class (explain it)` : `Image${where}`);
     v.setContent({ base: state.base, heat, boxes, caption });
   }
 }
@@ -631,7 +736,10 @@ const safe = (s) => String(s).replace(/[^A-Za-z0-9._-]+/g, "_").slice(0, 60);
 async function downloadPng() {
   const [pane] = panes();
   const blob = await viewports[0].exportPng();
-  if (blob) await downloadBlob(blob, `xaas-${safe(pane.method)}-${safe(labelOf(Number(pane.key)).split(" ")[0])}.png`);
+  const where = state.volume ? `-slice${state.slice + 1}` : "";
+  if (blob) {
+    await downloadBlob(blob, `xaas-${safe(pane.method)}-${safe(labelOf(Number(pane.key)).split(" ")[0])}${where}.png`);
+  }
 }
 
 async function downloadDicom() {
@@ -642,18 +750,21 @@ async function downloadDicom() {
   state.job = controller;
   status("Building the DICOM results…");
   try {
-    const options = { model: state.model.name, outputs: "dicom-pm,dicom-seg,dicom-sc", ...frameOption(), ...targets,
+    const outputs = state.volume ? "dicom-pm,dicom-seg" : "dicom-pm,dicom-seg,dicom-sc"; // no SC/SR of a volume
+    const options = { model: state.model.name, outputs, ...frameOption(), ...targets,
       ...(pane.method === $("method-select").value ? state.lastMethodParams : {}) };
     const body = await postAsync(`/explain/${encodeURIComponent(pane.method)}`, imageForm(state.file, options),
       { signal: controller.signal });
     const objects = { ...((body.explanations[0] && body.explanations[0].dicom) || {}) };
-    try {
-      const sr = await postAsync("/localize", imageForm(state.file, { model: state.model.name, method: pane.method,
-        outputs: "dicom-sr", ...frameOption(), ...targets }), { signal: controller.signal });
-      if (sr.dicom && sr.dicom.sr) objects.sr = sr.dicom.sr;
-    } catch (err) {
-      if (err.name === "AbortError") throw err;
-      showError(err);
+    if (!state.volume) { // the SR of boxes is for 2-D images only
+      try {
+        const sr = await postAsync("/localize", imageForm(state.file, { model: state.model.name, method: pane.method,
+          outputs: "dicom-sr", ...frameOption(), ...targets }), { signal: controller.signal });
+        if (sr.dicom && sr.dicom.sr) objects.sr = sr.dicom.sr;
+      } catch (err) {
+        if (err.name === "AbortError") throw err;
+        showError(err);
+      }
     }
     for (const [kind, b64] of Object.entries(objects)) {
       await downloadBlob(new Blob([base64Bytes(b64)], { type: "application/dicom" }),
@@ -671,14 +782,26 @@ async function downloadDicom() {
 // ---- wiring -----------------------------------------------------------------------------------------------------
 
 const tool = () => document.querySelector("input[name=tool]:checked").value;
-for (const v of viewports) attachInteraction(v, { tool, onWindow: windowDrag });
+for (const v of viewports) {
+  attachInteraction(v, { tool, onWindow: windowDrag });
+  v.canvas.addEventListener("keydown", (e) => { // scroll the slices of a volume from the viewer
+    if (!state.volume) return;
+    const steps = { PageDown: 1, PageUp: -1, End: Infinity, Home: -Infinity };
+    if (!(e.key in steps)) return;
+    const step = steps[e.key];
+    showSlice(Number.isFinite(step) ? state.slice + step : (step > 0 ? state.volume.depth - 1 : 0));
+    e.preventDefault();
+  });
+}
 
 $("key-form").addEventListener("submit", (e) => {
   e.preventDefault();
   setApiKey($("api-key").value);
   loadCatalogue();
 });
-$("image-input").addEventListener("change", (e) => openFile(e.target.files[0]));
+$("image-input").addEventListener("change", (e) => openFile(e.target.files));
+$("folder-input").addEventListener("change", (e) => openFile(e.target.files));
+$("slice-input").addEventListener("input", (e) => showSlice(Math.round(Number(e.target.value)) - 1));
 $("model-select").addEventListener("change", selectModel);
 $("frame-input").addEventListener("change", selectFrame);
 $("pacs-study").addEventListener("change", () => loadSeries().catch(showError));
@@ -745,8 +868,8 @@ stage.addEventListener("dragleave", () => {
 stage.addEventListener("drop", (e) => {
   e.preventDefault();
   for (const f of document.querySelectorAll(".viewport")) f.classList.remove("dragover");
-  const file = e.dataTransfer && e.dataTransfer.files[0];
-  if (file) openFile(file);
+  const files = e.dataTransfer && e.dataTransfer.files;
+  if (files && files.length) openFile(files);
 });
 
 // for integrations and the browser tests: read-only views of what is drawn where

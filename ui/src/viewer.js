@@ -120,7 +120,9 @@ export class Viewport {
     this.boxes = boxes;
     this.caption.textContent = caption;
     const boxText = boxes.map((b) => `box ${b.label} ${b.score.toFixed(2)} at ${b.box.join(",")}`).join("; ");
-    this.canvas.setAttribute("aria-label", [caption || "Image viewer", boxText].filter(Boolean).join(". "));
+    // "Viewer: …", never the bare caption: a caption "Image" would share its name with the Image file control
+    this.canvas.setAttribute("aria-label", [caption ? `Viewer: ${caption}` : "Image viewer", boxText].filter(Boolean)
+      .join(". "));
     this.draw();
   }
 
