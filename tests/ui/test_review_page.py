@@ -306,11 +306,19 @@ def test_a_multi_frame_dicom_is_read_frame_by_frame(page, server):
     while changed(page, first, snap(page)) <= 0.01 and time.monotonic() < deadline:
         page.wait_for_timeout(100)
     assert changed(page, first, snap(page)) > 0.01
-    # the classes are those of frame 7 (0-based): the page sends `frame` with its calls
+    # the classes are those of frame 7 (0-based): the page sends `frame` with its calls (frame 0's predictions may
+    # still be on screen until frame 7's /predict answers, so poll for them)
     expected = httpx.post(server.url + "/predict", files={"image": ("d.dcm", dose)},
                           data={"frame": "7", "top_k": "6"}).json()["predictions"]
-    shown = page.evaluate("() => window.xaasReview.state.predictions")
-    assert [(p["index"], round(p["score"], 5)) for p in shown] == [(p["index"], round(p["score"], 5)) for p in expected]
+    want = [(p["index"], round(p["score"], 5)) for p in expected]
+
+    def shown() -> list:
+        return [(p["index"], round(p["score"], 5)) for p in page.evaluate("() => window.xaasReview.state.predictions")]
+
+    deadline = time.monotonic() + 15
+    while shown() != want and time.monotonic() < deadline:
+        page.wait_for_timeout(100)
+    assert shown() == want
     page.console.check()
 
 
