@@ -5,12 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
 import pytest
 
 from xaas_client import AsyncClient, Client, JobHandle, XaasError
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -53,3 +58,19 @@ def test_async_client_audit(server: str, labelled: Path):
 
     report = asyncio.run(scenario())
     assert report["mode"] == "boxes" and report["images"] == 3 and report["method"] == "layercam"
+
+
+def test_cli_audit_prints_the_table_and_writes_both_reports(server: str, labelled: Path, tmp_path: Path):
+    run = subprocess.run([sys.executable, "-m", "xaas_client", "audit", str(labelled), "--no-boxes", "--server", server,
+                          "--out", str(tmp_path / "out")], capture_output=True, text=True, timeout=180,
+                         env={"PYTHONPATH": str(ROOT / "clients" / "python" / "src"), "PATH": ""})
+    assert run.returncode == 0, run.stderr
+    assert "boxless, 6 images" in run.stdout and "flagged: none" in run.stdout and "images" in run.stderr
+    report = json.loads((tmp_path / "out" / "audit.json").read_text())
+    assert report["mode"] == "boxless" and set(report["classes"]) <= {"circle", "square", "triangle", "cross",
+                                                                      "ring", "star"}
+    assert (tmp_path / "out" / "audit.html").read_text().startswith("<!doctype html>")
+    bad = subprocess.run([sys.executable, "-m", "xaas_client", "audit", str(tmp_path / "nowhere"), "--server", server],
+                         capture_output=True, text=True, timeout=60,
+                         env={"PYTHONPATH": str(ROOT / "clients" / "python" / "src"), "PATH": ""})
+    assert bad.returncode == 2 and "nowhere" in bad.stderr
