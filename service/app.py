@@ -12,7 +12,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from . import __version__, openapi
 from .api import problems
 from .api.middleware import ApiKeyMiddleware, BodyLimitMiddleware, RequestContextMiddleware
-from .api.routes import dicomweb, display, explain, features, health, localize, models, oip, predict, ui
+from .api.routes import audit, dicomweb, display, explain, features, health, localize, models, oip, predict, ui
 from .config import Settings
 from .metrics import Metrics
 from .runtime import Runtime
@@ -45,7 +45,7 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
     problems.install(app)
     openapi.install(app)
     for router in (health.router, models.router, predict.router, explain.router, localize.router, features.router,
-                   oip.router, dicomweb.router, display.router, ui.router):
+                   oip.router, dicomweb.router, display.router, ui.router, audit.router):
         app.include_router(router)
     # Added last = outermost: request id → CORS → API key → body limit → routes.
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes, body_timeout=settings.body_timeout)

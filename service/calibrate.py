@@ -50,6 +50,7 @@ __all__ = [
     "format_report",
     "load_pairs",
     "parse_method",
+    "prepare_pairs",
     "update_registry_entry",
 ]
 
@@ -108,39 +109,54 @@ class Pair:
     boxes: list[list[int]]
 
 
-def load_pairs(data_dir: str | Path, loaded: Any, *, limit: int | None = None
+def load_pairs(data_dir: str | Path, loaded: Any, *, limit: int | None = None, need_boxes: bool = True
                ) -> tuple[torch.Tensor, list[tuple[int, int]], list[Pair], list[str]]:
     """``(inputs [N, C, H, W], sizes [(width, height)], pairs, files)`` for a demo-format folder.
 
     Preprocessing is the service's: :func:`service.imaging.decode_image` then ``to_model_input`` with the model's
     input size, channels, mean and std. Dataset classes are matched to the model's labels by name (a class the
-    model does not know is an error). Images without objects contribute no pair.
+    model does not know is an error). Images without objects contribute no pair. ``need_boxes``: an object without
+    a box is an error (calibrate and evaluate measure against boxes; the audit can run boxless).
     """
     from .demo.data import load_dataset
-    from .imaging import decode_image, to_model_input
 
     classes, entries = load_dataset(data_dir)
     if limit is not None:
         entries = entries[: int(limit)]
+    return prepare_pairs(classes, [(p.name, p.read_bytes, objects) for p, objects in entries], loaded,
+                         where=str(data_dir), need_boxes=need_boxes)
+
+
+def prepare_pairs(classes: Sequence[str], entries: Sequence[tuple[str, Callable[[], bytes], list[dict[str, Any]]]],
+                  loaded: Any, *, where: str, need_boxes: bool = True, limits: Any = None
+                  ) -> tuple[torch.Tensor, list[tuple[int, int]], list[Pair], list[str]]:
+    """:func:`load_pairs` on parsed labels: ``entries`` = ``(file name, read the file's bytes, objects)``; ``limits``
+    (:class:`~service.imaging.ImageLimits`) bounds each decoded image (the HTTP audit passes the service's)."""
+    from .imaging import decode_image, to_model_input
+
     unknown = [c for c in classes if c not in loaded.labels]
     if unknown:
-        raise ConfigError(f"{data_dir}: classes {unknown} are not labels of model '{loaded.name}' "
+        raise ConfigError(f"{where}: classes {unknown[:10]} are not labels of model '{loaded.name}' "
                           f"(labels: {', '.join(loaded.labels[:10])}{' ...' if len(loaded.labels) > 10 else ''})")
     spec = loaded.spec
     tensors, sizes, pairs, files = [], [], [], []
-    for i, (path, objects) in enumerate(entries):
-        decoded = decode_image(path.read_bytes())
+    for i, (name, read, objects) in enumerate(entries):
+        decoded = decode_image(read()) if limits is None else decode_image(read(), limits)
         tensors.append(to_model_input(decoded, input_size=spec.input_size, channels=spec.channels,
                                       mean=spec.mean, std=spec.std))
         sizes.append((decoded.width, decoded.height))
-        files.append(path.name)
+        files.append(name)
         by_class: dict[str, list[list[int]]] = {}
         for obj in objects:
-            by_class.setdefault(obj["class"], []).append(list(obj["box"]))
+            boxes = by_class.setdefault(obj["class"], [])
+            if "box" in obj:
+                boxes.append(list(obj["box"]))
+            elif need_boxes:
+                raise ConfigError(f"{where}: {name}: a {obj['class']!r} object has no box (boxes are needed here)")
         for label, boxes in by_class.items():
             pairs.append(Pair(i, loaded.labels.index(label), label, boxes))
     if not tensors:
-        raise ConfigError(f"{data_dir}: no images")
+        raise ConfigError(f"{where}: no images")
     return torch.stack(tensors), sizes, pairs, files
 
 

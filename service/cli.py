@@ -151,6 +151,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--method", default="gradcam", help="method, 'name@layer' or 'name:key=value' (default gradcam)")
     p.add_argument("--limit", type=int, default=None, help="use only the first N images")
     p.add_argument("--border", type=float, default=0.1, help="border band width as a fraction of the side")
+    p.add_argument("--no-boxes", action="store_true",
+                   help="boxless mode even when labels.json has boxes (automatic when objects have none)")
     p.add_argument("--out", type=Path, default=Path("audit"), help="folder for audit.json and audit.html")
     p.set_defaults(func=_audit)
 
@@ -444,7 +446,8 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _audit(args: argparse.Namespace) -> int:
     import os
 
-    from .audit import audit, format_audit, public, render_html
+    from .audit import audit, public
+    from .audit_report import format_audit, render_html
     from .calibrate import load_model
     from .config import DEFAULT_MODELS_FILE
     from .errors import XaasError
@@ -457,7 +460,7 @@ def _audit(args: argparse.Namespace) -> int:
 
             loaded.module.load_state_dict(load_file(str(args.weights)))
         report = audit(args.data_dir, loaded=loaded, method=args.method, limit=args.limit, border=args.border,
-                       log=lambda m: print(m, file=sys.stderr, flush=True))
+                       boxless=args.no_boxes, log=lambda m: print(m, file=sys.stderr, flush=True))
     except (ValueError, FileNotFoundError, RuntimeError, XaasError) as exc:
         print(f"xaas audit: {getattr(exc, 'detail', None) or exc}", file=sys.stderr)
         return 2

@@ -82,6 +82,11 @@ class Settings(BaseSettings):
                                            "forwards is sized from the model's measured forward time, so live "
                                            "requests wait for at most about this long.")
     job_max_seconds: float = Field(3600.0, gt=0, description="A job running longer fails.")
+    # POST /audit: a zip of labels.json + images, bounded before anything is decoded (see service/handlers/audit.py).
+    audit_max_images: int = Field(500, ge=1, le=100_000, description="Most images one POST /audit may audit.")
+    audit_max_members: int = Field(2000, ge=2, le=100_000, description="Most files in a POST /audit zip.")
+    audit_max_inflated_bytes: int = Field(256 * 1024 * 1024, ge=1024,
+                                          description="Most bytes a POST /audit zip may inflate to (all members).")
     # Where job records live: in this process (one server), or shared by every replica — Redis for the compose `scale`
     # profile (any replica behind nginx answers a poll); `xaas serve --ray` always shares them through a Ray actor.
     job_store: Literal["memory", "redis"] = Field("memory", description="Job records: memory (this process) or "

@@ -95,6 +95,22 @@ class InvalidImage(XaasError):
     status, code, title = 422, "invalid-image", "Image could not be decoded"
 
 
+class InvalidDataset(XaasError):
+    """A labelled set (``POST /audit``'s zip) that cannot be read: a broken archive, a bad ``labels.json``, a missing
+    image, classes the model does not know."""
+
+    status, code, title = 422, "invalid-dataset", "Dataset could not be read"
+
+
+class JobNotDone(XaasError):
+    """A job's product asked for before the job is done."""
+
+    status, code, title = 409, "job-not-done", "Job not done"
+
+    def __init__(self, job_id: str, status: str) -> None:
+        super().__init__(f"job {job_id!r} is {status}; its report exists once it is done")
+
+
 class InvalidOption(XaasError):
     """An option was well-formed but its value is not acceptable (out of range, unknown class label...)."""
 

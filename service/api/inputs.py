@@ -193,3 +193,62 @@ def parse_infer_body(body: bytes, header_length: str | None) -> tuple[Any, bytes
     except ValidationError as exc:
         errors = [FieldError(".".join(str(p) for p in e["loc"]) or "request", e["msg"]) for e in exc.errors()]
         raise BadOption("; ".join(f"{e.field}: {e.message}" for e in errors[:5]), errors=errors) from None
+
+
+async def read_file_request(request: Request, options_model: type[M], *, field: str, max_bytes: int, what: str
+                            ) -> tuple[bytes, M]:
+    """A one-file request other than an image (``POST /audit``'s zip): ``multipart/form-data`` with the file in
+    ``field`` and options as form fields, or JSON with ``field`` as base64 and options as members. ``what`` names the
+    file in the errors."""
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    hint = f"send multipart/form-data (file field {field!r}) or application/json ({field!r}: base64)"
+    if ctype == "multipart/form-data":
+        try:
+            form = await request.form(max_files=1, max_fields=64)
+        except Exception as exc:
+            if exc.__class__.__name__ == "BodyTooLarge":
+                raise
+            raise BadOption(f"malformed multipart body: {getattr(exc, 'detail', None) or exc}") from None
+        try:
+            raw: dict[str, Any] = {}
+            data = None
+            lists = _list_fields(options_model)
+            for key, value in form.multi_items():
+                if key == field:
+                    if not isinstance(value, UploadFile) or data is not None:
+                        raise BadOption(f"field {field!r} must be one file upload (-F {field}=@file in curl)")
+                    data = await value.read()
+                elif isinstance(value, UploadFile):
+                    raise BadOption(f"field {key[:64]!r} must be a plain form field, not a file")
+                elif key in lists:
+                    raw.setdefault(key, []).append(value)
+                elif key in raw:
+                    raise BadOption(f"option {key[:64]!r} given more than once",
+                                    errors=[FieldError(key[:64], "repeated")])
+                else:
+                    raw[key] = value
+        finally:
+            await form.close()
+        if data is None:
+            raise BadOption(f"missing file field {field!r} ({what})")
+    elif ctype == "application/json" or ctype.endswith("+json"):
+        raw = parse_json_object(await request.body(), what=f"with a {field!r} member")
+        text = raw.pop(field, None)
+        if not isinstance(text, str):
+            raise BadOption(f"member {field!r} must be a base64 string ({what})")
+        try:
+            data = base64.b64decode(text, validate=True)
+        except (binascii.Error, ValueError):
+            raise BadOption(f"member {field!r} is not valid base64") from None
+    elif not ctype:
+        raise UnsupportedMediaType(f"missing Content-Type: {hint}")
+    else:
+        raise UnsupportedMediaType(f"Content-Type {ctype!r} is not supported: {hint}")
+    if len(data) > max_bytes:
+        raise PayloadTooLarge(f"{what} of {len(data)} bytes exceeds the limit of {max_bytes} bytes")
+    unknown = sorted(name[:64] for name in set(raw) - set(options_model.model_fields))
+    if unknown:
+        raise BadOption(f"unknown option(s): {', '.join(unknown)} (known: {field}, "
+                        f"{', '.join(sorted(options_model.model_fields))})",
+                        errors=[FieldError(u, "unknown option") for u in unknown])
+    return data, parse_options(options_model, raw)

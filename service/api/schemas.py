@@ -20,6 +20,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
 from ..trust import MethodTrust
+from .schemas_audit import AuditReport
 
 # ASCII only: str.isdigit() is true for "¹", and int()/float() read other scripts' digits and underscores.
 _INTEGER = re.compile(r"[+-]?[0-9]+", re.ASCII)
@@ -492,6 +493,7 @@ _PROBLEM_DESCRIPTIONS: dict[int, str] = {
     401: "Missing or wrong API key (when the service requires one)",
     404: "Unknown model, method or job",
     408: "The request body did not arrive in time",
+    409: "The job is not done yet",
     413: "Body or image too large",
     415: "Unsupported media type",
     422: "Undecodable image or invalid option value",
@@ -640,6 +642,19 @@ class JobProgress(BaseModel):
     steps: int = Field(description="Same as total (the first job API's name).")
 
 
+class AuditOptions(RequestOptions):
+    """Options of ``POST /audit`` (form fields beside the ``archive`` file, or JSON members beside its base64)."""
+
+    model: str | None = Field(None, description="Registry name; the default model when absent.", max_length=64)
+    method: str = Field("gradcam", max_length=64, description="Explanation method (see GET /methods).")
+    layer: str | None = Field(None, max_length=200, description="Layer for CAM methods (default: the model's).")
+    boxless: Bool = Field(False, description="Ignore the boxes (automatic when labels.json lists objects without "
+                                             "boxes).")
+    limit: Int | None = Field(None, ge=1, le=100_000, description="Audit only the first N images of labels.json.")
+    border: Number = Field(0.1, gt=0, lt=0.5, description="Border band width as a fraction of the side.")
+    examples: Int = Field(3, ge=0, le=20, description="Example images per class in the report.")
+
+
 class JobAccepted(BaseModel):
     id: str
     status: Literal["queued", "running", "done", "failed", "cancelled"]
@@ -653,7 +668,7 @@ class JobStatus(BaseModel):
     model_config = ConfigDict(protected_namespaces=())
 
     id: str
-    kind: Literal["explanation", "localization", "class-impression"]
+    kind: Literal["explanation", "localization", "class-impression", "audit"]
     model: str
     status: Literal["queued", "running", "done", "failed", "cancelled"]
     progress: JobProgress
@@ -662,9 +677,9 @@ class JobStatus(BaseModel):
     label: str | None = None
     probability: float | None = Field(None, description="Class impressions: the class's probability on the current "
                                                         "image.")
-    result: ExplainResponse | LocalizeResponse | ClassImpressionResult | None = Field(
+    result: ExplainResponse | LocalizeResponse | ClassImpressionResult | AuditReport | None = Field(
         None, description="When done: exactly the body the synchronous call returns (for class impressions, the "
-                          "image).")
+                          "image; for audits, the report).")
     error: str | None = Field(None, description="When failed: why.")
 
 

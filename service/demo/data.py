@@ -51,6 +51,7 @@ __all__ = [
     "labels_vector",
     "load_dataset",
     "mask_box",
+    "parse_labels",
     "sample_rng",
 ]
 
@@ -376,20 +377,50 @@ def generate_dataset(out_dir: str | Path, n: int, seed: int, *, bias: bool = Fal
 
 
 def _check_object(obj: Any, classes: list[str], where: str) -> dict[str, Any]:
-    if not isinstance(obj, dict) or set(obj) != {"class", "box"}:
-        raise DatasetFormatError(f"{where}: object must be {{'class': str, 'box': [x0, y0, x1, y1]}}, got {obj!r}")
+    if not isinstance(obj, dict) or "class" not in obj or not set(obj) <= {"class", "box"}:
+        raise DatasetFormatError(f"{where}: object must be {{'class': str, 'box': [x0, y0, x1, y1]}} (the box may be "
+                                 f"left out where it is not known), got {obj!r}"[:400])
     if obj["class"] not in classes:
-        raise DatasetFormatError(f"{where}: unknown class {obj['class']!r} (classes: {classes})")
+        raise DatasetFormatError(f"{where}: unknown class {str(obj['class'])[:64]!r} (classes: {classes})"[:400])
+    if "box" not in obj:
+        return {"class": obj["class"]}
     box = obj["box"]
     if (
         not isinstance(box, list)
         or len(box) != 4
         or not all(isinstance(v, int) and not isinstance(v, bool) for v in box)
     ):
-        raise DatasetFormatError(f"{where}: box must be 4 integers [x0, y0, x1, y1], got {box!r}")
+        raise DatasetFormatError(f"{where}: box must be 4 integers [x0, y0, x1, y1], got {box!r}"[:400])
     if not (box[0] < box[2] and box[1] < box[3]) or min(box) < 0:
         raise DatasetFormatError(f"{where}: box must satisfy 0 <= x0 < x1 and 0 <= y0 < y1, got {box!r}")
     return {"class": obj["class"], "box": list(box)}
+
+
+def parse_labels(payload: Any, where: str) -> tuple[list[str], list[tuple[str, list[dict[str, Any]]]]]:
+    """A parsed ``labels.json`` → ``(classes, [(file name, objects), ...])``, checked as :func:`load_dataset`
+    documents (``where`` names the file in the errors). Objects without ``box`` are image-level labels (a class
+    present, its place unknown): ``xaas audit`` then runs boxless."""
+    if not isinstance(payload, dict) or "classes" not in payload or "images" not in payload:
+        raise DatasetFormatError(f"{where}: top level must be an object with 'classes' and 'images'")
+    classes = payload["classes"]
+    if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
+        raise DatasetFormatError(f"{where}: 'classes' must be a non-empty list of strings")
+    if len(set(classes)) != len(classes):
+        raise DatasetFormatError(f"{where}: 'classes' contains duplicates")
+    if not isinstance(payload["images"], list):
+        raise DatasetFormatError(f"{where}: 'images' must be a list")
+    entries: list[tuple[str, list[dict[str, Any]]]] = []
+    for k, item in enumerate(payload["images"]):
+        at = f"{where}: images[{k}]"
+        if (not isinstance(item, dict) or not isinstance(item.get("file"), str)
+                or not isinstance(item.get("objects"), list)):
+            raise DatasetFormatError(f"{at}: must be {{'file': str, 'objects': list}}")
+        name = item["file"]
+        if Path(name).name != name or name in ("", ".", ".."):
+            raise DatasetFormatError(f"{at}: 'file' must be a bare file name, got {name[:200]!r}")
+        objects = [_check_object(obj, classes, f"{at}.objects[{j}]") for j, obj in enumerate(item["objects"])]
+        entries.append((name, objects))
+    return list(classes), entries
 
 
 def load_dataset(directory: str | Path) -> tuple[list[str], list[tuple[Path, list[dict[str, Any]]]]]:
@@ -408,31 +439,14 @@ def load_dataset(directory: str | Path) -> tuple[list[str], list[tuple[Path, lis
         payload = json.loads(labels_path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise DatasetFormatError(f"{labels_path}: not valid JSON ({exc})") from exc
-    if not isinstance(payload, dict) or "classes" not in payload or "images" not in payload:
-        raise DatasetFormatError(f"{labels_path}: top level must be an object with 'classes' and 'images'")
-    classes = payload["classes"]
-    if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
-        raise DatasetFormatError(f"{labels_path}: 'classes' must be a non-empty list of strings")
-    if len(set(classes)) != len(classes):
-        raise DatasetFormatError(f"{labels_path}: 'classes' contains duplicates")
-    if not isinstance(payload["images"], list):
-        raise DatasetFormatError(f"{labels_path}: 'images' must be a list")
-
+    classes, named = parse_labels(payload, str(labels_path))
     entries: list[tuple[Path, list[dict[str, Any]]]] = []
-    for k, item in enumerate(payload["images"]):
-        where = f"{labels_path}: images[{k}]"
-        if (not isinstance(item, dict) or not isinstance(item.get("file"), str)
-                or not isinstance(item.get("objects"), list)):
-            raise DatasetFormatError(f"{where}: must be {{'file': str, 'objects': list}}")
-        name = item["file"]
-        if Path(name).name != name:
-            raise DatasetFormatError(f"{where}: 'file' must be a bare file name, got {name!r}")
+    for k, (name, objects) in enumerate(named):
         path = root / name
         if not path.is_file():
-            raise FileNotFoundError(f"{where}: image file {path} does not exist")
-        objects = [_check_object(obj, classes, f"{where}.objects[{j}]") for j, obj in enumerate(item["objects"])]
+            raise FileNotFoundError(f"{labels_path}: images[{k}]: image file {path} does not exist")
         entries.append((path, objects))
-    return list(classes), entries
+    return classes, entries
 
 
 # --------------------------------------------------------------------------

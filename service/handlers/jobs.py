@@ -9,7 +9,12 @@ __all__ = ["delete_job", "get_job"]
 
 
 def get_job(runtime: Runtime, job_id: str) -> JobStatus:
-    return JobStatus.model_validate(runtime.jobs.get(job_id).to_json())
+    doc = runtime.jobs.get(job_id).to_json()
+    if doc["kind"] == "audit" and "result" in doc:
+        from .audit import shown_result
+
+        doc["result"] = shown_result(job_id, doc["result"])
+    return JobStatus.model_validate(doc)
 
 
 def delete_job(runtime: Runtime, job_id: str) -> None:

@@ -194,7 +194,8 @@ def _one(objects: object) -> dict:
         (_one([{"class": "circle", "box": [0, 0, 5]}]), "4 integers"),
         (_one([{"class": "circle", "box": [0, 0, 5.5, 5]}]), "4 integers"),
         (_one([{"class": "circle", "box": [6, 0, 5, 5]}]), "x0 < x1"),
-        (_one([{"class": "circle"}]), "objects[0]"),
+        (_one([{"box": [0, 0, 5, 5]}]), "objects[0]"),
+        (_one([{"class": "circle", "colour": "red"}]), "objects[0]"),
     ],
 )
 def test_malformed_labels_give_clear_error(tmp_path: Path, payload: object, fragment: str) -> None:
@@ -203,6 +204,12 @@ def test_malformed_labels_give_clear_error(tmp_path: Path, payload: object, frag
         load_dataset(directory)
     assert fragment in str(info.value)
     assert "labels.json" in str(info.value)
+
+
+def test_objects_without_box_are_image_level_labels(tmp_path: Path) -> None:
+    directory = _write_labels(tmp_path / "ds", _one([{"class": "circle"}, {"class": "star", "box": [1, 2, 3, 4]}]))
+    _, entries = load_dataset(directory)
+    assert entries[0][1] == [{"class": "circle"}, {"class": "star", "box": [1, 2, 3, 4]}]
 
 
 def test_missing_labels_file(tmp_path: Path) -> None:

@@ -8,11 +8,15 @@ the asyncio clients are two ten-line drivers over the same logic rather than two
 from __future__ import annotations
 
 import base64
+import io
 import numbers
 import random
 import time
+import zipfile
 from collections.abc import Callable, Generator, Iterable, Sequence
 from dataclasses import dataclass, field
+from os import PathLike
+from pathlib import Path
 from typing import Any, Generic, TypeVar
 from urllib.parse import quote
 
@@ -67,12 +71,16 @@ class Call(Generic[T]):
     #: For calls that start a job (``Prefer: respond-async``): how to read the job's result once it is done; the
     #: clients then return a job handle instead of the bare :class:`Job`.
     job_result: Callable[[Job], Any] | None = None
+    #: The form field of the file part (``image``; ``archive`` for ``POST /audit``).
+    file_field: str = "image"
+    #: Parse the body as text (an HTML page) rather than JSON.
+    text: bool = False
 
     def request(self, http: httpx.Client | httpx.AsyncClient) -> httpx.Request:
         """A fresh request per attempt: a multipart stream is not guaranteed to be re-readable."""
         headers = self.headers or None
         if self.image is not None:
-            return http.build_request(self.method, self.path, data=self.fields, files={"image": self.image},
+            return http.build_request(self.method, self.path, data=self.fields, files={self.file_field: self.image},
                                       headers=headers)
         if self.json is not None:
             return http.build_request(self.method, self.path, json=self.json, headers=headers)
@@ -82,7 +90,7 @@ class Call(Generic[T]):
         try:
             if response.status_code == 204:  # no content: the parser gets None
                 return self.parse(None)
-            return self.parse(response.json())
+            return self.parse(response.text if self.text else response.json())
         except (ValueError, ValidationError) as exc:  # JSONDecodeError is a ValueError
             raise UnexpectedResponse(f"{self.method} {self.path}: response does not match the API schema: {exc}",
                                      status=response.status_code, request_id=response.headers.get("x-request-id"),
@@ -353,6 +361,40 @@ def start_class_impression(model: str | None, target: Target, **params: Any) -> 
 def job(id: str) -> Call[Job]:
     """A job's status, progress and (when done) result (``GET /jobs/{id}``); :class:`NotFound` once expired."""
     return Call("GET", f"/jobs/{quote(id, safe='')}", Job.model_validate)
+
+
+def audit(data: str | PathLike[str] | bytes, *, model: str | None = None, method: str | None = None,
+          layer: str | None = None, boxless: bool | None = None, limit: int | None = None,
+          border: float | None = None, examples: int | None = None) -> Call[Job]:
+    """Audit a labelled set for dataset bias (``POST /audit``): ``data`` is a folder (``labels.json`` and its images,
+    zipped here), a ``.zip`` path or zip bytes. Always a job: returns a :class:`JobHandle` at once
+    (``.job.progress`` counts images); ``.result()`` is the report (a dict: per class its mass shares, agreement,
+    ``flags``; ``flagged``); :meth:`audit_report_html` fetches the HTML page. ``boxless`` ignores the boxes
+    (automatic when the labels have none); ``limit`` audits the first N images."""
+    options: dict[str, FormValue] = {"model": model, "method": method, "layer": layer, "boxless": boxless,
+                                     "limit": limit, "border": border, "examples": examples}
+    return Call("POST", "/audit", Job.model_validate, form_fields(options), ("set.zip", _archive(data),
+                "application/zip"), accept=frozenset({202}), job_result=Job.audit_report, file_field="archive")
+
+
+def _archive(data: str | PathLike[str] | bytes) -> bytes:
+    """Zip bytes of a folder (its files, flat), of a zip file, or given as bytes."""
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        return bytes(data)
+    path = Path(data)
+    if path.is_dir():
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+            for file in sorted(path.iterdir()):
+                if file.is_file() and not file.name.startswith("."):
+                    archive.write(file, file.name)
+        return buf.getvalue()
+    return path.read_bytes()
+
+
+def audit_report_html(id: str) -> Call[str]:
+    """A finished audit job's self-contained HTML report (``GET /jobs/{id}/report.html``)."""
+    return Call("GET", f"/jobs/{quote(id, safe='')}/report.html", str, text=True)
 
 
 def cancel_job(id: str) -> Call[None]:

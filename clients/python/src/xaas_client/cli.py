@@ -54,6 +54,7 @@ COMMANDS: dict[str, str] = {  # name -> summary; the service's `xaas --help` sho
     "filters": "a convolution layer's filters as a grid",
     "impression": "a class impression: an input optimised for a class (background job)",
     "dicomweb": "explain or localize an instance of the server's PACS (DICOMweb), optionally storing the DICOM results",
+    "audit": "audit a labelled folder or zip for dataset bias (a job on the server): JSON + HTML report",
 }
 # dicomweb actions, each with the DICOM result it asks for when --outputs is not given.
 _DICOM_DEFAULT = {"explain": "dicom-pm", "localize": "dicom-sr"}
@@ -160,6 +161,16 @@ def build_parser(prog: str = "xaas-client") -> argparse.ArgumentParser:
                                                    "dicom-seg mask (explain); default: the server's")
     p.add_argument("--fractional", action="store_true", help="explain: dicom-seg as a FRACTIONAL segmentation")
     _param_option(p, "a method parameter; repeatable")
+
+    p = add("audit", [shared], _audit)
+    p.add_argument("data", type=Path, metavar="FOLDER|ZIP", help="labels.json and its images, as a folder or a zip")
+    p.add_argument("--method", help="explanation method (default: the server's, gradcam)")
+    p.add_argument("--layer", help="layer for CAM methods (default: the model's)")
+    p.add_argument("--no-boxes", action="store_true", default=None, help="boxless mode even when there are boxes")
+    p.add_argument("--limit", type=int, help="audit only the first N images")
+    p.add_argument("--wait", type=float, default=3600.0, help="seconds to wait for the job; then it is cancelled "
+                                                              "(default 3600)")
+    p.add_argument("--out", type=Path, metavar="FOLDER", help="write audit.json and audit.html into this folder")
     return parser
 
 
@@ -356,6 +367,33 @@ def _dicomweb(args: argparse.Namespace) -> int:
         print(stored_summary(result.stored, args.store))
     if folder is not None:
         _write_dicom(folder, args.action, result)
+    return EXIT_OK
+
+
+def _audit(args: argparse.Namespace) -> int:
+    """Upload the set, wait for the job (progress on stderr), print the per-class table or the JSON report."""
+    def ask(client: Client) -> tuple[dict[str, Any], str | None]:
+        handle = client.audit(args.data, model=args.model, method=args.method, layer=args.layer,
+                              boxless=args.no_boxes, limit=args.limit)
+        report = _await_job(client, handle, args.wait, "audit")
+        return report, client.audit_report_html(handle.id) if args.out is not None else None
+
+    report, page = _ask(args, ask, path=args.data)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        rows = [[label, str(c["pairs"]), *(f"{c[k]:.3f}" if c.get(k) is not None else "-"
+                                            for k in ("in_object", "pointing", "centre", "agreement", "baseline")),
+                 ", ".join(c["flags"]) or "-"] for label, c in report["classes"].items()]
+        print(format_table(f"audit of {report['model']} ({report['method']}, {report['mode']}, {report['images']} "
+                           "images)", ["class", "pairs", "in object", "pointing", "centre", "agreement", "baseline",
+                                       "flags"], rows, text_columns=frozenset({"class", "flags"})))
+        print("flagged: " + (", ".join(report["flagged"]) or "none"))
+    if args.out is not None:
+        folder = _output_folder(args.out, "--out must be a folder for audit.json and audit.html")
+        (folder / "audit.json").write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+        (folder / "audit.html").write_text(page or "", encoding="utf-8")
+        _say(f"wrote {folder / 'audit.json'} and {folder / 'audit.html'}")
     return EXIT_OK
 
 

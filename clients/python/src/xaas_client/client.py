@@ -243,6 +243,8 @@ class Client(_BaseClient):
     start_class_impression = _blocking(_core.start_class_impression)
     job = _blocking(_core.job)
     cancel_job = _blocking(_core.cancel_job)
+    audit = _blocking(_core.audit)
+    audit_report_html = _blocking(_core.audit_report_html)
     class_impression = _blocking(_core.class_impression)
 
 
@@ -318,5 +320,7 @@ class AsyncClient(_BaseClient):
     start_class_impression = _awaitable(_core.start_class_impression)
     job = _awaitable(_core.job)
     cancel_job = _awaitable(_core.cancel_job)
+    audit = _awaitable(_core.audit)
+    audit_report_html = _awaitable(_core.audit_report_html)
     class_impression = _awaitable(_core.class_impression)
 

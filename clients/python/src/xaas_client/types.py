@@ -389,6 +389,10 @@ class Job(_Result):
         """The result of a done ``/localize`` job."""
         return LocalizeResponse.model_validate(self._result("localization"))
 
+    def audit_report(self) -> dict[str, Any]:
+        """The report of a done ``/audit`` job (``classes``, ``flagged``, ``report_html``...)."""
+        return self._result("audit report")
+
     def image_png(self) -> bytes:
         """The result PNG file (RGB, or grey for one-channel models) at the model's input size; when done."""
         image = self.image or (self.result or {}).get("image")
