@@ -262,7 +262,7 @@ def test_a_nifti_volume_and_the_2d_3d_mismatch_alerts(page, server, volume):
     alert = page.get_by_role("alert")
     alert.wait_for(state="visible")
     assert "(422)" in alert.inner_text() and "takes 2-D images" in alert.inner_text()
-    assert page.get_by_role("button", name="Explain").is_disabled()
+    sync_api.expect(page.get_by_role("button", name="Explain")).to_be_disabled(timeout=15_000)
     shot(page, "12-volume-2d-model")
 
     pick_model(page, "demo-3d")
@@ -270,7 +270,7 @@ def test_a_nifti_volume_and_the_2d_3d_mismatch_alerts(page, server, volume):
         {"name": "shapes.png", "mimeType": "image/png", "buffer": demo_png(3)})
     page.wait_for_function("() => document.getElementById('message').textContent.includes('not a volume')")
     assert "(422)" in alert.inner_text() and page.get_by_label("Slice", exact=True).is_hidden()
-    assert page.get_by_role("button", name="Explain").is_disabled()
+    sync_api.expect(page.get_by_role("button", name="Explain")).to_be_disabled(timeout=15_000)
     page.console.check("status of 422")   # the browser logs the refused requests itself; nothing else may fail
 
 
