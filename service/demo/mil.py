@@ -180,7 +180,7 @@ def _downscaled(pixels: np.ndarray) -> torch.Tensor:
 # --------------------------------------------------------------------------------------------------- training
 
 
-def train_demo_mil(out: str | Path = DEFAULT_MIL_WEIGHTS, *, seed: int = TRAIN_SEED, steps: int = 200,
+def train_demo_mil(out: str | Path = DEFAULT_MIL_WEIGHTS, *, seed: int = TRAIN_SEED, steps: int = 400,
                    batch_size: int = 4, lr: float = 1e-3, eval_n: int = 100,
                    baseline_out: str | Path | None = None) -> dict[str, Any]:
     """Both models on the same fresh synthetic images (never repeated; half of each batch lesion images), AdamW with

@@ -25,6 +25,8 @@ def model_info(runtime: Runtime, model: LoadedModel) -> ModelInfo:
         default=model.name == runtime.registry.default_name,
         score_threshold=model.spec.score_threshold if model.task == "detection" else None,
         spatial_dims=model.spec.spatial_dims,
+        **({"patch_size": model.spec.patch_size, "stride": model.spec.stride, "max_patches": model.spec.max_patches}
+           if model.task == "mil" else {}),
     )
 
 
