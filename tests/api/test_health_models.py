@@ -19,7 +19,7 @@ def test_health_ready_and_request_ids(client):
 
 def test_models_list_and_detail(client):
     models = client.get("/models").json()["models"]
-    assert [m["name"] for m in models] == ["demo", "demo-seg", "demo-3d"]
+    assert [m["name"] for m in models] == ["demo", "demo-seg", "demo-3d", "demo-mil"]
     seg = models[1]
     assert seg["task"] == "segmentation" and seg["num_classes"] == 7 and seg["target_layer"] == "context"
     assert seg["default"] is False
