@@ -11,7 +11,7 @@ def test_health_ready_and_request_ids(client):
     assert len(r.headers["x-request-id"]) == 32
     ready = client.get("/readyz", headers={"X-Request-ID": "ok-1"})
     assert ready.status_code == 200 and ready.json()["status"] == "ready"
-    assert ready.json()["models"] == {"demo": "loaded", "demo-seg": "loaded", "demo-3d": "loaded"}
+    assert ready.json()["models"] == {"demo": "loaded", "demo-seg": "loaded", "demo-3d": "loaded", "demo-mil": "loaded"}
     assert ready.headers["x-request-id"] == "ok-1"
     # a hostile request id is replaced, not echoed
     assert client.get("/healthz", headers={"X-Request-ID": "a\tb" * 100}).headers["x-request-id"] != "a\tb" * 100
