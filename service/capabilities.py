@@ -29,6 +29,8 @@ __all__ = ["HOOKLESS_METHODS", "Capabilities", "probe"]
 HOOKLESS_METHODS = ("saliency", "smoothgrad", "integrated-gradients", "occlusion", "rise")
 """Methods that need neither forward hooks nor Python-level ReLU interception: all a TorchScript model allows."""
 
+_BAGS = ("{name} explains models of one image input; a mil model takes bags of patches [B, N, C, p, p] and is "
+         "explained by its attention over them: use attention-mil")
 _UNHOOKABLE = ("TorchScript models cannot be hooked (no layer maps, no guided ReLUs); serve it from a python: or "
                "torchvision: source")
 
@@ -97,6 +99,13 @@ def probe(module: nn.Module, *, input_shape: Sequence[int], task: str, target_la
     mine = {name: m for name, m in METHODS.items() if m.tasks is None or task in m.tasks}
     other_tasks = {name: f"{name} explains {' and '.join(m.tasks or ())} models; this one's task is {task}"
                    for name, m in METHODS.items() if name not in mine}
+    if task == "mil":
+        # A mil model takes bags of patches ([B, N, C, p, p]), not one image: it is explained by its own pooling
+        # weights; the image methods would perturb or differentiate an input layout the model does not have.
+        methods = {name: (None if m.tasks and "mil" in m.tasks else _BAGS.format(name=name))
+                   for name, m in mine.items()}
+        return Capabilities(methods, (), None, hookable=False, target_layer_reason=target_layer_reason,
+                            other_tasks=other_tasks)
     if isinstance(module, torch.jit.ScriptModule):
         methods = {name: (None if name in HOOKLESS_METHODS else _UNHOOKABLE) for name in mine}
         return Capabilities(methods, (), None, hookable=False, target_layer_reason=target_layer_reason,

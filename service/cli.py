@@ -88,6 +88,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=None)
     p.set_defaults(func=_eval_demo_3d)
 
+    p = sub.add_parser("train-demo-mil", help="train the demo attention-MIL model and its whole-image CNN baseline "
+                                              "on synthetic large images (CPU, minutes)")
+    p.add_argument("--out", type=Path, default=None, help="weights file (default: the shipped file)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int, default=None, help="optimiser steps (default: the shipped recipe)")
+    p.set_defaults(func=_train_demo_mil)
+
+    p = sub.add_parser("eval-demo-mil", help="held-out AUC and lesion localization of the demo MIL model's attention, "
+                                             "beside the Grad-CAM of a whole-image CNN")
+    p.add_argument("--weights", type=Path, default=None)
+    p.add_argument("--n", type=int, default=200)
+    p.add_argument("--seed", type=int, default=None)
+    p.set_defaults(func=_eval_demo_mil)
+
     p = sub.add_parser("demo-volume", help="write a synthetic volume as a DICOM series folder and a NIfTI file")
     p.add_argument("out", type=Path, help="folder to write series/ and volume.nii.gz into")
     p.add_argument("--seed", type=int, default=1)
@@ -331,6 +345,18 @@ def _eval_demo_3d(args: argparse.Namespace) -> int:
     from .demo import volume_model
 
     return _evaluate(volume_model.evaluate_demo_volume, args)
+
+
+def _train_demo_mil(args: argparse.Namespace) -> int:
+    from .demo import mil
+
+    return _train(mil.train_demo_mil, mil.DEFAULT_MIL_WEIGHTS, args)
+
+
+def _eval_demo_mil(args: argparse.Namespace) -> int:
+    from .demo import mil
+
+    return _evaluate(mil.evaluate_demo_mil, args)
 
 
 def _train(train: Any, default_out: Path, args: argparse.Namespace) -> int:

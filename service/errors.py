@@ -85,6 +85,16 @@ class PayloadTooLarge(XaasError):
     status, code, title = 413, "payload-too-large", "Payload too large"
 
 
+class TooManyPatches(PayloadTooLarge):
+    """A mil model's image would make more patches than its entry allows (``max_patches``): refused from the header,
+    before the pixels are decoded."""
+
+    def __init__(self, width: int, height: int, rows: int, cols: int, patch: int, stride: int, limit: int):
+        super().__init__(f"image is {width}×{height}: {rows}×{cols} = {rows * cols} patches of {patch} px at stride "
+                         f"{stride}, above the model's limit of {limit} (max_patches)",
+                         errors=[FieldError("image", f"at most {limit} patches (max_patches)")])
+
+
 class UnsupportedMediaType(XaasError):
     status, code, title = 415, "unsupported-media-type", "Unsupported media type"
 

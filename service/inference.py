@@ -19,6 +19,7 @@ import torch
 from .batching import Abandoned, batch_abandoned
 from .engine.base import Explained, logits_of
 from .engine.detection import Detection
+from .engine.mil import Bag, mil_outputs
 from .engine.passes import Steps
 from .engine.targets import (
     ClassLogit,
@@ -34,11 +35,21 @@ from .registry import LoadedModel
 
 @dataclass(frozen=True)
 class PredictWork:
-    """Class probabilities for one preprocessed image ``[C, H, W]``."""
+    """Class probabilities for one preprocessed image ``[C, H, W]`` (a mil model's: a :class:`Bag` of patches)."""
 
-    inputs: torch.Tensor
+    inputs: Any
 
     batch_key: Hashable = ("predict",)
+
+
+def predict_key(inputs: Any) -> Hashable:
+    """Images share a prediction pass; bags only with bags of the same tiling (same patch count: they stack)."""
+    return ("predict", inputs.tiling) if isinstance(inputs, Bag) else ("predict",)
+
+
+def stacked(inputs: Sequence[Any]) -> torch.Tensor:
+    """The model input of a batch: images ``[B, C, H, W]``, or bags ``[B, N, C, p, p]``."""
+    return torch.stack([x.patches if isinstance(x, Bag) else x for x in inputs])
 
 
 @dataclass
@@ -53,9 +64,13 @@ def scores_from_logits(logits: torch.Tensor, task: str) -> torch.Tensor:
 
 
 def run_predict(model: LoadedModel, items: Sequence[PredictWork]) -> list[PredictResult]:
-    inputs = torch.stack([work.inputs for work in items]).to(model.device, non_blocking=True)
+    inputs = stacked([work.inputs for work in items]).to(model.device, non_blocking=True)
     with torch.inference_mode():
-        logits = logits_of(model.module(inputs), len(items)).float()
+        output = model.module(inputs)
+        if model.task == "mil":
+            logits = mil_outputs(output, len(items), inputs.shape[1]).logits.float()
+        else:
+            logits = logits_of(output, len(items)).float()
         if model.task == "detection":
             probs = logits   # [B, N, 6] detections: their scores are column 4
         elif model.task == "segmentation":
@@ -70,7 +85,7 @@ def run_predict(model: LoadedModel, items: Sequence[PredictWork]) -> list[Predic
 class ExplainWork:
     """Heatmaps for one preprocessed image: explicit ``targets`` or, when empty, its ``top_k`` classes."""
 
-    inputs: torch.Tensor
+    inputs: Any   # [C, H, W] (a mil model's: a Bag)
     method: str
     params: tuple[tuple[str, Any], ...]  # validated, sorted: part of the batch key
     layer: str | None
@@ -83,8 +98,9 @@ class ExplainWork:
 
     @property
     def batch_key(self) -> Hashable:
-        # Only items with the same method, parameters and layer may share a pass.
-        return ("explain", self.method, self.params, self.layer)
+        # Only items with the same method, parameters and layer may share a pass (bags: and the same tiling).
+        tiling = self.inputs.tiling if isinstance(self.inputs, Bag) else None
+        return ("explain", self.method, self.params, self.layer, tiling)
 
     @property
     def rows(self) -> int:
@@ -138,9 +154,11 @@ def explain_steps(model: LoadedModel, items: Sequence[ExplainWork], *, chunk: in
 
     first = items[0]
     method = get_method(first.method)
-    x = torch.stack([item.inputs for item in items]).to(model.device, non_blocking=True)
+    x = stacked([item.inputs for item in items]).to(model.device, non_blocking=True)
     layer = (first.layer or model.target_layer) if method.uses_layer else None
     context: dict[str, Any] = {"input_range": model.input_range}
+    if isinstance(first.inputs, Bag):
+        context["tiling"] = first.inputs.tiling
     if chunk is not None:
         context["chunk"] = chunk
     return method.steps(model.module, x, explain_requests(items), layer=layer, task=model.task, **context,

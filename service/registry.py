@@ -23,11 +23,15 @@ from torch import nn
 
 from .capabilities import Capabilities, probe
 from .engine.detection import DetectorOutputs
-from .errors import ConfigError, FieldError, InvalidOption, ModelNotReady, UnknownModel
+from .engine.mil import mil_outputs
+from .errors import ConfigError, FieldError, InvalidOption, ModelExecutionError, ModelNotReady, UnknownModel
 from .loaders import build_module, resolve_path, weights_digest
 from .trust import MethodTrust
 
 log = logging.getLogger("xaas.registry")
+
+#: Patches one image of a mil model may make when its entry sets no max_patches (a 4096² image at 64 px).
+DEFAULT_MAX_PATCHES = 4096
 
 
 class BatchingSpec(BaseModel):
@@ -58,11 +62,17 @@ class ModelSpec(BaseModel):
     args: dict[str, Any] = Field(default_factory=dict)
     labels: list[str] | str | None = None
     num_classes: int | None = Field(None, ge=1)
-    task: Literal["multiclass", "multilabel", "segmentation", "detection"] = "multiclass"
+    task: Literal["multiclass", "multilabel", "segmentation", "detection", "mil"] = "multiclass"
     activation: Literal["softmax", "sigmoid"] = Field(
         "softmax", description="Segmentation: softmax over classes per pixel, or an independent sigmoid per class.")
     score_threshold: float = Field(0.5, ge=0, le=1, description="Detection: the least score of a reported detection.")
     max_detections: int = Field(100, ge=1, le=1000, description="Detection: detections kept per image, best first.")
+    patch_size: int | None = Field(None, ge=8, le=1024, description="mil: the side of a square patch, in pixels "
+                                                                      "of the image at its native resolution.")
+    stride: int | None = Field(None, ge=1, le=1024, description="mil: pixels between two patches (default: "
+                                                                "patch_size, no overlap); must divide patch_size.")
+    max_patches: int | None = Field(None, ge=1, le=65_536, description="mil: the most patches one image may make "
+                                                                       "(memory bound; default 4096).")
     spatial_dims: Literal[2, 3] = Field(2, description="3: a volume model ([B, C, D, H, W] inputs).")
     input_size: tuple[int, ...] = Field((224, 224), description="[height, width], or [depth, height, width] for "
                                                                 "volume models.")
@@ -137,6 +147,27 @@ class ModelSpec(BaseModel):
         return v
 
     @model_validator(mode="after")
+    def _mil_tiling(self) -> ModelSpec:
+        tiling = [f for f in ("patch_size", "stride", "max_patches") if getattr(self, f) is not None]
+        if self.task != "mil":
+            if tiling:
+                raise ValueError(f"{', '.join(tiling)} are for task: mil (attention-MIL models over patches)")
+            return self
+        if self.patch_size is None:
+            raise ValueError("task mil needs patch_size (the side of a patch, in pixels)")
+        if self.spatial_dims != 2:
+            raise ValueError("mil models take 2-D images cut into patches (spatial_dims 2)")
+        if "input_size" in self.model_fields_set and tuple(self.input_size) != (self.patch_size, self.patch_size):
+            raise ValueError("for a mil model input_size is the patch: leave it out (patch_size sets it)")
+        self.stride = self.stride or self.patch_size
+        if self.stride > self.patch_size or self.patch_size % self.stride:
+            raise ValueError(f"stride {self.stride} must divide patch_size {self.patch_size} (so that overlapping "
+                             "patches cover whole cells of the map)")
+        self.max_patches = self.max_patches or DEFAULT_MAX_PATCHES
+        self.input_size = (self.patch_size, self.patch_size)
+        return self
+
+    @model_validator(mode="after")
     def _detection_normalisation(self) -> ModelSpec:
         # torchvision's detectors normalise inside (GeneralizedRCNNTransform): they take [0, 1] pixels.
         if self.task == "detection":
@@ -182,6 +213,8 @@ class LoadedModel:
             fields += [s.spatial_dims, list(s.window) if s.window else None, s.keep_aspect]
         if s.task == "detection":
             fields += [s.score_threshold, s.max_detections]
+        if s.task == "mil":
+            fields += [s.patch_size, s.stride, s.max_patches]
         return hashlib.sha256(json.dumps(fields, separators=(",", ":")).encode()).hexdigest()
 
     @property
@@ -333,6 +366,8 @@ def load_model(spec: ModelSpec, *, base_dir: Path, device_policy: str = "auto") 
 def _warm_up(module: nn.Module, spec: ModelSpec, device: torch.device) -> tuple[int, float]:
     """``(classes, seconds per image)``: a first forward checks the output, a second one is timed (the first pays
     one-off costs: allocator, kernel selection)."""
+    if spec.task == "mil":
+        return _warm_up_mil(module, spec, device)
     dummy = torch.zeros(2, spec.channels, *spec.input_size, device=device)
     try:
         with torch.inference_mode():
@@ -358,6 +393,25 @@ def _warm_up(module: nn.Module, spec: ModelSpec, device: torch.device) -> tuple[
         layout = "[batch, classes, height, width]" if wanted == 4 else "[batch, classes]"
         raise ConfigError(f"field 'source': a {spec.task} model must return logits {layout}, got {shape}")
     return int(out.shape[1]), seconds
+
+
+def _warm_up_mil(module: nn.Module, spec: ModelSpec, device: torch.device) -> tuple[int, float]:
+    """A mil model on two bags of four patches: its output must follow the protocol of :mod:`service.engine.mil`."""
+    bags, count = torch.zeros(2, 4, spec.channels, *spec.input_size, device=device), 4
+    try:
+        with torch.inference_mode():
+            out = mil_outputs(module(bags), 2, count)
+            t0 = time.perf_counter()
+            module(bags)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            seconds = (time.perf_counter() - t0) / 2   # per bag of four patches
+    except ModelExecutionError as exc:
+        raise ConfigError(f"field 'source': {exc.detail}") from None
+    except Exception as exc:  # noqa: BLE001
+        raise ConfigError("field 'source': a mil model takes bags [B, N, C, p, p] (see README 'Attention-MIL "
+                          f"models'); warm-up on {tuple(bags.shape)} failed: {exc}") from None
+    return int(out.logits.shape[1]), seconds
 
 
 def _detector_classes(module: DetectorOutputs) -> int:
@@ -396,6 +450,11 @@ def _target_layer(module: nn.Module, spec: ModelSpec, num_classes: int) -> tuple
         if spec.target_layer is not None:
             raise ConfigError("field 'target_layer': TorchScript models cannot be hooked, so they have no target layer")
         return None, "TorchScript models cannot be hooked"
+    if spec.task == "mil":
+        if spec.target_layer is not None:
+            raise ConfigError("field 'target_layer': a mil model is explained by its attention (attention-mil), "
+                              "not at a layer")
+        return None, "a mil model is explained by its attention over the patches (attention-mil)"
     shape = (spec.channels, *spec.input_size)
     if spec.tokens is not None:
         set_token_layout(module, spec.tokens.grid, spec.tokens.prefix)

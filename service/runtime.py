@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import logging
 import threading
@@ -17,9 +18,18 @@ from .config import Settings
 from .engine.detection import Detection
 from .engine.targets import Region
 from .errors import ConfigError, InvalidImage, ModelNotReady, ShuttingDown, TooManyTargets
-from .imaging import DecodedImage, ImageLimits, decode_image, to_model_input
+from .imaging import DecodedImage, ImageLimits, TileLimit, decode_image, to_bag, to_model_input
 from .imaging.volume import VolumeLimits, decode_volume, is_volume_container, volume_to_model_input
-from .inference import ExplainWork, PredictResult, PredictWork, TargetMap, explain_steps, run_work, split_results
+from .inference import (
+    ExplainWork,
+    PredictResult,
+    PredictWork,
+    TargetMap,
+    explain_steps,
+    predict_key,
+    run_work,
+    split_results,
+)
 from .jobs import Job, JobScheduler, JobStore, ReadyWork, StepsWork
 from .metrics import Metrics
 from .registry import LoadedModel, ModelRegistry
@@ -185,6 +195,12 @@ class Runtime:
             if is_volume_container(data):
                 raise InvalidImage(f"model '{model.name}' takes 2-D images; a DICOM series, zip or NIfTI volume "
                                    "is for volume models (spatial_dims: 3)")
+            if model.task == "mil":   # native resolution, cut into patches; their count is checked from the header
+                limits = dataclasses.replace(self.limits, tiles=TileLimit(spec.patch_size, spec.stride,
+                                                                          spec.max_patches))
+                image = decode_image(data, limits, frame=frame)
+                return image, to_bag(image, patch=spec.patch_size, stride=spec.stride, channels=spec.channels,
+                                     mean=spec.mean, std=spec.std)
             image = decode_image(data, self.limits, frame=frame)
             tensor = to_model_input(image, input_size=spec.input_size, channels=spec.channels, mean=spec.mean,
                                     std=spec.std)
@@ -235,6 +251,6 @@ class Runtime:
                                 finish=lambda explained: finish(split_results(explained, 1)[0]))
 
     async def predict(self, model: LoadedModel, inputs: Any, *, timeout: float | None = None) -> PredictResult:
-        work = PredictWork(inputs)
+        work = PredictWork(inputs, batch_key=predict_key(inputs))
         return await self.batcher(model).run(work.batch_key, work, timeout=timeout or self.settings.request_timeout)
 

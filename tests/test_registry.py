@@ -31,7 +31,7 @@ def write(tmp_path: Path, body: str) -> Path:
 
 def test_shipped_registry_serves_the_demo_by_default():
     specs = read_registry_file(DEFAULT_MODELS_FILE)
-    assert [s.name for s in specs] == ["demo", "demo-seg", "demo-3d"]  # ImageNet entries ship disabled
+    assert [s.name for s in specs] == ["demo", "demo-seg", "demo-3d", "demo-mil"]  # ImageNet entries ship disabled
     reg = ModelRegistry.from_file(DEFAULT_MODELS_FILE, device_policy="cpu")
     reg.load_all()
     model = reg.get(None)

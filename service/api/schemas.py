@@ -65,7 +65,7 @@ Triple = Annotated[list[int], Field(min_length=3, max_length=3)]
 Quad = Annotated[list[int], Field(min_length=4, max_length=4)]
 
 
-Task = Literal["multiclass", "multilabel", "segmentation", "detection"]
+Task = Literal["multiclass", "multilabel", "segmentation", "detection", "mil"]
 Box = Annotated[list[float], Field(min_length=4, max_length=4, description="[x0, y0, x1, y1] in original pixels.")]
 
 TIMEOUT_DESCRIPTION = ("Deadline in seconds, at least 1 (a request may shorten the server's XAAS_REQUEST_TIMEOUT, "
@@ -408,6 +408,9 @@ class ModelInfo(BaseModel):
     task: Task
     num_classes: int
     score_threshold: float | None = Field(None, description="Detection: the least score of a reported detection.")
+    patch_size: int | None = Field(None, description="mil: the side of a patch, in pixels of the native image.")
+    stride: int | None = Field(None, description="mil: pixels between two patches.")
+    max_patches: int | None = Field(None, description="mil: the most patches one image may make (else 413).")
     input_size: Annotated[list[int], Field(min_length=2, max_length=3)] = Field(
         description="[height, width] the image is resized to ([depth, height, width] for volume models).")
     spatial_dims: int = Field(2, description="3 for volume models (DICOM series, NIfTI).")

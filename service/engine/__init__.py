@@ -36,6 +36,7 @@ from .cam import CAM, GradCAM, GradCAMCounterfactual, GradCAMPlusPlus, HiResCAM,
 from .fusion import FusedCAM
 from .gradients import GuidedBackprop, GuidedGradCAM, IntegratedGradients, Saliency, SmoothGrad
 from .layers import find_target_layer, spatial_layers
+from .mil import AttentionMIL
 from .perturbation import DRISE, RISE, Occlusion
 
 __all__ = [
@@ -74,6 +75,7 @@ METHODS: dict[str, Explainer] = {
         FusedCAM(),
         AttentionRollout(),
         AttentionGradients(),
+        AttentionMIL(),
     )
 }
 
@@ -82,6 +84,8 @@ _ALIASES = {
     "gradcam++": "gradcam-pp",
     "gradcamplusplus": "gradcam-pp",
     "ig": "integrated-gradients",
+    "mil": "attention-mil",
+    "abmil": "attention-mil",
     "integratedgradients": "integrated-gradients",
     "guidedbackprop": "guided-backprop",
     "guidedgradcam": "guided-gradcam",

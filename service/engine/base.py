@@ -67,13 +67,13 @@ FORWARD_CHUNK_CUDA = 256
 #: :data:`FORWARD_CHUNK` because a backward keeps every activation alive (resnet50 at 224 px: ~0.1 GB per image).
 BACKWARD_CHUNK = 16
 
-TASKS = ("multiclass", "multilabel", "segmentation", "detection")
+TASKS = ("multiclass", "multilabel", "segmentation", "detection", "mil")
 
 # Engine-level keyword arguments that ``explain`` accepts besides the validated method parameters. They describe the
 # model rather than the request, so the HTTP layer passes them and clients never see them.
 # ``chunk`` caps the images per forward of chunked methods for this call: the job system asks for small chunks so that
 # one step of a slow method stays short and live requests wait for at most one of them.
-CONTEXT_KEYS = ("input_range", "chunk")
+CONTEXT_KEYS = ("input_range", "chunk", "tiling")
 
 
 # --------------------------------------------------------------------------------------------------- parameters

@@ -26,6 +26,8 @@ def model_info(runtime: Runtime, model: LoadedModel) -> ModelInfo:
         score_threshold=model.spec.score_threshold if model.task == "detection" else None,
         spatial_dims=model.spec.spatial_dims,
         keep_aspect=model.spec.keep_aspect,
+        **({"patch_size": model.spec.patch_size, "stride": model.spec.stride, "max_patches": model.spec.max_patches}
+           if model.task == "mil" else {}),
     )
 
 

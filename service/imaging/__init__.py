@@ -11,15 +11,17 @@ The public API is re-exported here; the modules behind it, each with its design 
 
 from __future__ import annotations
 
-from .common import SUPPORTED_FORMATS, DecodedImage, ImageLimits
+from .common import SUPPORTED_FORMATS, DecodedImage, ImageLimits, TileLimit
 from .decode import decode_image
-from .tensor import rgb8, to_model_input
+from .tensor import rgb8, to_bag, to_model_input
 
 __all__ = [
     "SUPPORTED_FORMATS",
     "DecodedImage",
     "ImageLimits",
+    "TileLimit",
     "decode_image",
     "rgb8",
+    "to_bag",
     "to_model_input",
 ]

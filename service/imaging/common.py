@@ -13,9 +13,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from service.errors import InvalidImage, InvalidOption, PayloadTooLarge
+from service.errors import InvalidImage, InvalidOption, PayloadTooLarge, TooManyPatches
 
-__all__ = ["SUPPORTED_FORMATS", "DecodedImage", "ImageLimits", "check_frame_index", "check_size", "min_max"]
+__all__ = ["SUPPORTED_FORMATS", "DecodedImage", "ImageLimits", "TileLimit", "check_frame_index", "check_size",
+           "min_max"]
 
 #: Formats accepted by :func:`service.imaging.decode_image`, as named in error messages and in
 #: ``DecodedImage.format``.
@@ -38,6 +39,29 @@ class ImageLimits:
     #: Pixels that may be decoded in total to reach a requested frame: GIF, APNG and animated WebP decode every
     #: earlier frame first, so ``(frame + 1) × width × height`` is bounded too.
     max_seek_pixels: int = 200_000_000
+    #: A mil model's tiling: the patch count an image makes is bounded too (checked from the header as well).
+    tiles: TileLimit | None = None
+
+
+@dataclass(frozen=True)
+class TileLimit:
+    """Patches of ``patch`` pixels every ``stride`` pixels, at most ``max_patches`` of them per image."""
+
+    patch: int
+    stride: int
+    max_patches: int
+
+    def grid(self, width: int, height: int) -> tuple[int, int]:
+        """``(rows, cols)``: enough patches to cover each side (one for a side shorter than a patch)."""
+        def side(n: int) -> int:
+            return 1 if n <= self.patch else -(-(n - self.patch) // self.stride) + 1
+
+        return side(height), side(width)
+
+    def check(self, width: int, height: int) -> None:
+        rows, cols = self.grid(width, height)
+        if rows * cols > self.max_patches:
+            raise TooManyPatches(width, height, rows, cols, self.patch, self.stride, self.max_patches)
 
 
 @dataclass(frozen=True)
@@ -72,6 +96,8 @@ def check_size(width: int, height: int, limits: ImageLimits) -> None:
         raise PayloadTooLarge(
             f"image is {width}×{height}, a side is longer than the limit of {limits.max_side} pixels"
         )
+    if limits.tiles is not None:
+        limits.tiles.check(width, height)
 
 
 def check_frame_index(frame: int, frames: int, limits: ImageLimits) -> None:

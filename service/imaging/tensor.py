@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -15,7 +16,10 @@ import torch.nn.functional as F
 
 from .common import DecodedImage
 
-__all__ = ["rgb8", "to_model_input"]
+if TYPE_CHECKING:
+    from ..engine.mil import Bag
+
+__all__ = ["rgb8", "to_bag", "to_model_input"]
 
 # ITU-R BT.601 luma weights, used for RGB → grey; exactly these (documented) values, which is why torchvision's
 # rgb_to_grayscale (0.2989 for red) is not used.
@@ -58,6 +62,18 @@ def to_model_input(
     if channels == 3 and x.shape[0] == 1:
         x = x.expand(3, -1, -1)
     return ((x - mean_t) / std_t).contiguous()
+
+
+def to_bag(img: DecodedImage, *, patch: int, stride: int, channels: int, mean: Sequence[float],
+           std: Sequence[float]) -> Bag:
+    """A mil model's input: the image at its *native* resolution (no resize), converted and normalised as in
+    :func:`to_model_input`, cut into ``patch``-pixel patches every ``stride`` pixels (:func:`service.engine.mil.tile`,
+    zero-padded at the bottom and right)."""
+    from ..engine.mil import Bag, Tiling, tile
+
+    x = to_model_input(img, input_size=(img.height, img.width), channels=channels, mean=mean, std=std)
+    tiling = Tiling.of(height=img.height, width=img.width, patch=patch, stride=stride)
+    return Bag(tile(x, tiling), tiling)
 
 
 def _per_channel(name: str, values: Sequence[float], channels: int) -> torch.Tensor:

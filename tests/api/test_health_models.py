@@ -11,7 +11,7 @@ def test_health_ready_and_request_ids(client):
     assert len(r.headers["x-request-id"]) == 32
     ready = client.get("/readyz", headers={"X-Request-ID": "ok-1"})
     assert ready.status_code == 200 and ready.json()["status"] == "ready"
-    assert ready.json()["models"] == {"demo": "loaded", "demo-seg": "loaded", "demo-3d": "loaded"}
+    assert ready.json()["models"] == {"demo": "loaded", "demo-seg": "loaded", "demo-3d": "loaded", "demo-mil": "loaded"}
     assert ready.headers["x-request-id"] == "ok-1"
     # a hostile request id is replaced, not echoed
     assert client.get("/healthz", headers={"X-Request-ID": "a\tb" * 100}).headers["x-request-id"] != "a\tb" * 100
@@ -19,7 +19,7 @@ def test_health_ready_and_request_ids(client):
 
 def test_models_list_and_detail(client):
     models = client.get("/models").json()["models"]
-    assert [m["name"] for m in models] == ["demo", "demo-seg", "demo-3d"]
+    assert [m["name"] for m in models] == ["demo", "demo-seg", "demo-3d", "demo-mil"]
     seg = models[1]
     assert seg["task"] == "segmentation" and seg["num_classes"] == 7 and seg["target_layer"] == "context"
     assert seg["default"] is False

@@ -29,7 +29,7 @@ def test_registry_holds_every_required_method_with_its_metadata():
     assert {"hirescam", "xgradcam", "rise"} <= set(METHODS)
     for name, method in METHODS.items():
         assert isinstance(method, Explainer) and method.name == name
-        assert method.family in ("cam", "gradient", "perturbation", "attention")
+        assert method.family in ("cam", "gradient", "perturbation", "attention", "mil")
         assert method.description and isinstance(method.params, tuple)
         assert all(isinstance(p, ParamSpec) for p in method.params)
     assert METHODS["gradcam"].uses_layer and METHODS["guided-gradcam"].uses_layer
