@@ -1,6 +1,10 @@
 """``xaas`` command line: serve, demo data/training/evaluation, calibration, OpenAPI export.
 
 predict/explain/localize/activations/filters/impression/dicomweb are aliases of the client's ``xaas-client`` commands.
+
+(A little over our usual ~500 lines on purpose: one argparse tree and one small function per command, as in
+MLServer's ``cli/main.py``; the work of each command lives in its own module — serve, demo, calibrate, evaluate,
+audit — so what is here is flags and wiring.)
 """
 
 from __future__ import annotations

@@ -1,6 +1,9 @@
 """Model registry: ``models.yaml`` → validated ``ModelSpec`` → warm ``LoadedModel``.
 
 A broken entry fails with one line naming the entry and the field (``ConfigError``), never a long traceback.
+
+(A little over our usual ~500 lines on purpose: the entry schema, its per-task checks and the loading that depends
+on them are one contract; loaders and the applicability probe already live in ``loaders`` and ``capabilities``.)
 """
 
 from __future__ import annotations

@@ -358,7 +358,7 @@ class MethodParam(BaseModel):
 
 class MethodInfo(BaseModel):
     name: str
-    family: Literal["cam", "gradient", "perturbation", "attention"]
+    family: Literal["cam", "gradient", "perturbation", "attention", "mil"]
     description: str
     params: dict[str, MethodParam]
     uses_layer: bool
