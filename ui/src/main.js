@@ -485,6 +485,11 @@ async function predict() {
     status("");
   } catch (err) {
     status("");
+    if (generation === state.generation && model === state.model) { // no classes of another model stay tickable
+      state.predictions = [];
+      state.selected = [];
+      renderClasses();
+    }
     showError(err);
   }
 }
