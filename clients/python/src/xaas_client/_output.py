@@ -14,6 +14,8 @@ __all__ = [
     "format_table",
     "impression_summary",
     "localize_table",
+    "model_summary",
+    "models_table",
     "predict_table",
     "stored_summary",
 ]
@@ -119,3 +121,38 @@ def impression_summary(result: Any) -> str:
     prob = f", probability {result.probability:.4f}" if result.probability is not None else ""
     steps = f" after {result.progress.steps} steps" if result.progress else ""
     return f"impression of {result.label!r} (class {result.target}) on {result.model}: {result.status}{steps}{prob}"
+
+
+def model_input(model: Any) -> str:
+    """How a model reads its image: the resize target, or a mil model's tiling at native resolution."""
+    if model.patch_size is not None:
+        limit = f", at most {model.max_patches} per image" if model.max_patches is not None else ""
+        return f"native size, {model.patch_size} px patches at stride {model.stride}{limit}"
+    text = "x".join(map(str, model.input_size))
+    return f"{text} volume{' (aspect kept)' if model.keep_aspect else ''}" if len(model.input_size) == 3 else text
+
+
+def models_table(models: list[Any]) -> str:
+    """``GET /models``: one row per model; the default one starred."""
+    return format_table("models (* default)", ["model", "task", "classes", "input", "device"],
+                        [[f"{m.name}{' *' if m.default else ''}", m.task, str(m.num_classes), model_input(m), m.device]
+                         for m in models], text_columns=frozenset({"model", "task", "input", "device"}))
+
+
+def model_summary(model: Any) -> str:
+    """``GET /models/{name}``: task, classes, input (a mil model's tiling), layer, methods, and the refused methods
+    with the first one's reason (all of them: ``--json``)."""
+    shown = ", ".join(model.labels[:8]) + (", ..." if len(model.labels) > 8 else "")
+    lines = [f"{model.name}: {model.task}, {model.num_classes} classes ({shown}), device {model.device}"
+             f"{', default' if model.default else ''}",
+             f"  input: {model_input(model)}" + (f", {model.channels} channel(s)" if model.channels else "")]
+    if model.target_layer:
+        reason = f" ({model.target_layer_reason})" if model.target_layer_reason else ""
+        lines.append(f"  target layer: {model.target_layer}{reason}")
+    elif model.target_layer_reason:
+        lines.append(f"  target layer: none ({model.target_layer_reason})")
+    lines.append(f"  methods: {', '.join(model.methods) or '(none)'}")
+    if model.refused:
+        first, reason = next(iter(model.refused.items()))
+        lines += [f"  refused ({len(model.refused)}): {', '.join(model.refused)}", f"    {first}: {reason}"]
+    return "\n".join(lines)

@@ -31,6 +31,8 @@ from ._output import (
     format_table,
     impression_summary,
     localize_table,
+    model_summary,
+    models_table,
     predict_table,
     stored_summary,
 )
@@ -55,6 +57,7 @@ COMMANDS: dict[str, str] = {  # name -> summary; the service's `xaas --help` sho
     "impression": "a class impression: an input optimised for a class (background job)",
     "dicomweb": "explain or localize an instance of the server's PACS (DICOMweb), optionally storing the DICOM results",
     "audit": "audit a labelled folder or zip for dataset bias (a job on the server): JSON + HTML report",
+    "models": "the server's models, or one model's classes, input (a mil model's patches), methods and refusals",
 }
 # dicomweb actions, each with the DICOM result it asks for when --outputs is not given.
 _DICOM_DEFAULT = {"explain": "dicom-pm", "localize": "dicom-sr"}
@@ -161,6 +164,9 @@ def build_parser(prog: str = "xaas-client") -> argparse.ArgumentParser:
                                                    "dicom-seg mask (explain); default: the server's")
     p.add_argument("--fractional", action="store_true", help="explain: dicom-seg as a FRACTIONAL segmentation")
     _param_option(p, "a method parameter; repeatable")
+
+    p = add("models", [shared], _models)
+    p.add_argument("name", nargs="?", metavar="NAME", help="one model's details (default: list them all)")
 
     p = add("audit", [shared], _audit)
     p.add_argument("data", type=Path, metavar="FOLDER|ZIP", help="labels.json and its images, as a folder or a zip")
@@ -367,6 +373,17 @@ def _dicomweb(args: argparse.Namespace) -> int:
         print(stored_summary(result.stored, args.store))
     if folder is not None:
         _write_dicom(folder, args.action, result)
+    return EXIT_OK
+
+
+def _models(args: argparse.Namespace) -> int:
+    name = args.name or args.model
+    result = _ask(args, lambda client: client.model(name) if name else client.models())
+    if args.json:
+        body = result.to_json() if name else {"models": [m.to_json() for m in result]}
+        print(json.dumps(body, indent=2))
+    else:
+        print(model_summary(result) if name else models_table(result))
     return EXIT_OK
 
 

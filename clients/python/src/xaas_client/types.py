@@ -31,10 +31,12 @@ __all__ = [
     "ImageInfo",
     "Job",
     "JobProgress",
+    "LayerChoice",
     "LocalizeResponse",
     "MaskBox",
     "MethodInfo",
     "MethodParam",
+    "MethodTrustInfo",
     "ModelDetail",
     "ModelInfo",
     "Prediction",
@@ -69,19 +71,64 @@ class Readiness(_Result):
 
 
 class ModelInfo(_Result):
+    """One model of ``GET /models`` (``task``: multiclass, multilabel, segmentation, detection, mil...). Fields a
+    server of an older version omits are ``None`` (or the default of the models it had then): the tiling fields
+    ``patch_size``, ``stride`` and ``max_patches`` are set for ``task: mil`` models only, ``score_threshold`` for
+    detectors only."""
+
     name: str
-    task: str  # "multiclass" | "multilabel"
+    task: str
     num_classes: int
     input_size: tuple[int, ...]  # [height, width], or [depth, height, width] for volume models
     device: str
     target_layer: str | None = None
+    target_layer_reason: str | None = None  # why that layer (the rule that chose it, or the registry entry)
     methods: list[str] = []
     default: bool = False
     channels: int | None = None
+    spatial_dims: int | None = None         # 3 for volume models
+    keep_aspect: bool = False               # volumes: kept in proportion inside input_size, centred and padded
+    score_threshold: float | None = None    # detection: the least score of a reported detection
+    patch_size: int | None = None           # mil: the side of a patch, in pixels of the native image
+    stride: int | None = None               # mil: pixels between two patches
+    max_patches: int | None = None          # mil: the most patches one image may make (more: PayloadTooLarge)
+
+    @property
+    def is_mil(self) -> bool:
+        """An attention-MIL model: it reads the image at native resolution as a bag of patches."""
+        return self.task == "mil"
+
+
+class LayerChoice(_Result):
+    """A layer a request may name: ``layout`` nchw, nhwc, tokens or ncdhw; ``grid`` its map's (depth,) height,
+    width; ``prefix`` the leading non-patch tokens of a transformer."""
+
+    name: str
+    layout: str
+    grid: tuple[int, ...]
+    channels: int
+    prefix: int = 0
+
+
+class MethodTrustInfo(_Result):
+    """Whether a method can be trusted on the model: ``source`` measured (``xaas evaluate``) or demo; ``flags`` the
+    rules it breaks, ``measured`` the numbers (a dict, as the server's set of measures grows)."""
+
+    source: str
+    passes: bool
+    flags: list[str] = []
+    measured: dict[str, Any] | None = None
 
 
 class ModelDetail(ModelInfo):
+    """``GET /models/{name}``: the model with its labels, the layers a request may name, the methods refused on it
+    with the reason (``refused``), what holds for the applicable ones (``caveats``) and their ``trust``."""
+
     labels: list[str]
+    layers: list[LayerChoice] = []
+    refused: dict[str, str] = {}
+    caveats: dict[str, list[str]] = {}
+    trust: dict[str, MethodTrustInfo] = {}
 
 
 class MethodParam(_Result):
@@ -95,13 +142,15 @@ class MethodParam(_Result):
 
 class MethodInfo(_Result):
     name: str
-    family: str  # "cam" | "gradient" | "perturbation"
+    family: str  # "cam" | "gradient" | "perturbation" | "attention" | "mil"
     description: str
     params: dict[str, MethodParam] = {}
     uses_layer: bool | None = None
     output: str | None = None
     signed: bool | None = None
     sanity: str | None = None
+    caveats: list[str] = []
+    tasks: list[str] | None = None  # the model tasks it is made for (e.g. ["mil"] for attention-mil); None: all
 
 
 class ImageInfo(_Result):
