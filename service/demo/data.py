@@ -20,8 +20,8 @@ same regardless of order, worker count or which other samples were drawn.
 Boxes are ``[x0, y0, x1, y1]`` in pixels with ``x1``/``y1`` EXCLUSIVE, i.e.
 ``mask[y0:y1, x0:x1]`` contains every pixel of the object.
 
-(Over 500 lines: the generator, its on-disk format and the ``labels.json``
-checks that format needs belong together.)
+(Over 500 lines on purpose: the generator, its on-disk format and the
+``labels.json`` checks that format needs belong together.)
 """
 
 from __future__ import annotations
