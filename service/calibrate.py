@@ -174,9 +174,9 @@ def prepare_pairs(classes: Sequence[str], entries: Sequence[tuple[str, Callable[
                                   "here)")
             by_class.setdefault(obj["class"], []).append((box, mask))
         for label, objs in by_class.items():
-            located_by, region = class_location(objs, size)
+            located_by, region = class_location(objs, size, region=keep_masks)
             pairs.append(Pair(i, loaded.labels.index(label), label, [b for b, _ in objs if b is not None],
-                              located_by, region if keep_masks else None))
+                              located_by, region))
     if not tensors:
         raise ConfigError(f"{where}: no images")
     return torch.stack(tensors), sizes, pairs, files

@@ -93,17 +93,20 @@ def read_mask(read: Callable[[str], bytes], path: str, size: tuple[int, int], *,
     return decode_mask(blob, size, where=where, path=path, limits=limits)
 
 
-def class_location(objects: Sequence[tuple[Sequence[int] | None, np.ndarray | None]], size: tuple[int, int]
-                   ) -> tuple[str | None, Region | None]:
+def class_location(objects: Sequence[tuple[Sequence[int] | None, np.ndarray | None]], size: tuple[int, int], *,
+                   region: bool = True) -> tuple[str | None, Region | None]:
     """``(located_by, region)`` for one class's objects in one image, each ``(box or None, mask or None)``:
     ``(None, None)`` when an object has neither (the pair is not located), ``("box", None)`` when none has a mask
     (the boxes say it all), else ``"mask"``/``"mixed"`` and the union :class:`Region` (masks, and the box rectangles
-    of the objects without one)."""
+    of the objects without one; None when not ``region``)."""
     if not objects or any(b is None and m is None for b, m in objects):
         return None, None
     masked = sum(m is not None for _, m in objects)
     if not masked:
         return "box", None
+    located_by = "mask" if masked == len(objects) else "mixed"
+    if not region:
+        return located_by, None
     width, height = size
     union = np.zeros((height, width), bool)
     for box, mask in objects:
@@ -112,4 +115,4 @@ def class_location(objects: Sequence[tuple[Sequence[int] | None, np.ndarray | No
         else:
             x0, y0, x1, y1 = (int(v) for v in box)  # type: ignore[union-attr]
             union[max(0, y0):min(height, y1), max(0, x0):min(width, x1)] = True
-    return ("mask" if masked == len(objects) else "mixed"), Region.of(union)
+    return located_by, Region.of(union)
