@@ -275,3 +275,15 @@ def test_bad_masks_are_problems_naming_the_file(aclient, masked_set):
         if case in ("missing", "wrong size", "undecodable"):
             assert "00001.png" in detail, (case, detail)
         assert not runtime.jobs.store.active(), case
+
+
+def test_read_archive_keeps_subfolders_under_the_labels_folder():
+    from service.handlers.audit import read_archive
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for name in ("set/labels.json", "set/a.png", "set/masks/a_0.png", "set/.git/x", "set/masks/.DS_Store",
+                     "__MACOSX/set/a.png", "other/b.png", "set/../c.png"):
+            z.writestr(name, name.encode())
+    files = read_archive(buf.getvalue(), max_members=20, max_bytes=10_000)
+    assert sorted(files) == ["a.png", "labels.json", "masks/a_0.png"] and files["masks/a_0.png"] == b"set/masks/a_0.png"
