@@ -12,6 +12,13 @@ but one image at a time hides it. For every (image, class) pair of a set in the 
 
 plus the pointing game (the maximum on a box of the class, 2 px tolerance; Zhang et al., ECCV 2016).
 
+**With masks** (objects with ``"mask"``, :mod:`service.label_masks`) the object is the pair's region instead of the
+union of its boxes: the union of the class's object masks and the boxes of its objects without one; pointing asks
+for the maximum on that region dilated by the same 2 px (a square structuring element, so that a box's region
+scores exactly as the box). ``object_area`` is the region's area share; ``located_by`` says per class what located
+its pairs (``box``, ``mask`` or ``mixed``). A pair is located when every object of its class has a box or a mask;
+one unlocated pair makes the whole audit boxless.
+
 **Boxless** (objects listed without ``box``, or ``boxless=True``): nothing says where the object is, so the report
 says where the model looks and whether that place moves with the images. Per class, over its maps resized to
 :data:`MEAN_MAP_SIZE`² and scaled to unit L2 norm (``m_i``):
@@ -59,7 +66,7 @@ from PIL import Image
 
 from .calibrate import MethodSpec, Pair, load_model, load_pairs, parse_method
 from .errors import ConfigError
-from .quality import POINTING_TOLERANCE, pointing_hit, unit_map
+from .quality import POINTING_TOLERANCE, pointing_hit, pointing_in_mask, unit_map
 
 __all__ = ["BORDER_FLAG", "FIXED_FLAG", "POINTING_FLAG", "AuditData", "AuditRun", "audit", "check_audit_method",
            "class_flags", "map_shares", "public"]
@@ -93,20 +100,25 @@ def _bands(height: int, width: int, border: float) -> dict[str, np.ndarray]:
     return masks
 
 
-def map_shares(unit: np.ndarray, boxes: Sequence[Sequence[int]] | None, border: float = BORDER
-               ) -> dict[str, float] | None:
-    """Shares of ``unit``'s mass (``[H, W]``, non-negative) inside the union of ``boxes`` (x1/y1 exclusive; ``None``:
-    boxless, no object shares), in the background, in each border band and in the centre (no band); ``None`` for an
-    all-zero map (nothing to split)."""
+def map_shares(unit: np.ndarray, boxes: Sequence[Sequence[int]] | None, border: float = BORDER, *,
+               mask: np.ndarray | None = None) -> dict[str, float] | None:
+    """Shares of ``unit``'s mass (``[H, W]``, non-negative) inside the object — ``mask`` (boolean ``[H, W]``) when
+    given, else the union of ``boxes`` (x1/y1 exclusive; ``None``: boxless, no object shares) —, in the background,
+    in each border band and in the centre (no band); ``None`` for an all-zero map (nothing to split)."""
     total = float(unit.sum())
     if not total > 0:
         return None
     h, w = unit.shape
     out: dict[str, float] = {}
-    if boxes is not None:
+    if mask is not None and boxes is not None:
+        if mask.shape != unit.shape:
+            raise ValueError(f"map {unit.shape} and mask {mask.shape} differ in shape")
+        inside = mask.astype(bool)
+    elif boxes is not None:
         inside = np.zeros((h, w), bool)
         for x0, y0, x1, y1 in boxes:
             inside[max(0, int(y0)):min(h, int(y1)), max(0, int(x0)):min(w, int(x1))] = True
+    if boxes is not None:
         out = {"in_object": float(unit[inside].sum()) / total, "object_area": float(inside.mean())}
         out["background"] = 1.0 - out["in_object"]
     bands = _bands(h, w, border)
@@ -162,7 +174,7 @@ class AuditRun:
         if not data.pairs:
             raise ConfigError(f"{data.source}: no labelled objects to audit")
         self.lm, self.spec, self.data = lm, spec, data
-        self.boxless = boxless or any(not p.boxes for p in data.pairs)
+        self.boxless = boxless or any(p.located_by is None for p in data.pairs)
         self.border, self.examples, self.batch_size = border, examples, batch_size
         self.raw: list[np.ndarray] = []
         self.images_done = 0
@@ -206,15 +218,18 @@ class AuditRun:
         empty = 0
         for k, (pair, m) in enumerate(zip(data.pairs, self.raw)):
             unit = unit_map(m, data.sizes[pair.image])
-            shares = map_shares(unit, None if boxless else pair.boxes, self.border)
+            h, w = unit.shape
+            mask = None if boxless or pair.region is None else pair.region.full(h, w)
+            shares = map_shares(unit, None if boxless else pair.boxes, self.border, mask=mask)
             if shares is None:
                 empty += 1
                 continue
-            h, w = unit.shape
             y, x = np.unravel_index(int(np.argmax(unit)), unit.shape)
-            row = {"pair": k, "file": data.files[pair.image], "peak": (y / h, x / w), **shares}
+            row = {"pair": k, "file": data.files[pair.image], "peak": (y / h, x / w), "by": pair.located_by,
+                   **shares}
             if not boxless:
-                row["pointing"] = float(pointing_hit(unit, pair.boxes, POINTING_TOLERANCE))
+                row["pointing"] = float(pointing_hit(unit, pair.boxes, POINTING_TOLERANCE) if mask is None
+                                        else pointing_in_mask(unit, mask, POINTING_TOLERANCE))
             rows_of.setdefault(pair.label, []).append(row)
             small = Image.fromarray(unit).resize((MEAN_MAP_SIZE, MEAN_MAP_SIZE), Image.BILINEAR)
             smalls.setdefault(pair.label, []).append(np.asarray(small, dtype=np.float32))
@@ -224,8 +239,10 @@ class AuditRun:
             mean_map = np.mean(smalls[label], axis=0)
             summary: dict[str, Any] = {"pairs": len(rows)}
             if not boxless:
+                by = {r["by"] for r in rows}
                 summary.update(in_object=_mean(rows, "in_object"), background=_mean(rows, "background"),
-                               object_area=_mean(rows, "object_area"), pointing=_mean(rows, "pointing"))
+                               object_area=_mean(rows, "object_area"), pointing=_mean(rows, "pointing"),
+                               located_by=by.pop() if len(by) == 1 else "mixed")
             summary["border"] = {s: _mean(rows, s) for s in SIDES}
             summary["centre"] = _mean(rows, "centre")
             summary.update(_concentration(mean_map))
@@ -257,6 +274,7 @@ class AuditRun:
                 "flagged": flagged,
                 "_maps": {k: self.raw[k] for k in shown},
                 "_boxes": {k: ([] if boxless else data.pairs[k].boxes) for k in shown},
+                "_masks": {k: data.pairs[k].region for k in shown if not boxless and data.pairs[k].region},
                 "_read": data.read}
 
 
@@ -327,7 +345,7 @@ def audit(data_dir: str | Path, *, models_file: str | Path | None = None, model:
     spec = check_audit_method(lm, method)
     t0 = time.perf_counter()
     root = Path(data_dir)
-    inputs, sizes, pairs, files = load_pairs(root, lm, limit=limit, need_boxes=False)
+    inputs, sizes, pairs, files = load_pairs(root, lm, limit=limit, need_boxes=False, keep_masks=not boxless)
     run = AuditRun(lm, spec, AuditData(inputs, sizes, pairs, files, lambda name: (root / name).read_bytes(),
                                        str(data_dir)), boxless=boxless, border=border, examples=examples,
                    batch_size=batch_size)

@@ -1,5 +1,6 @@
 """The audit's report as a Markdown table (the CLI) and as a self-contained HTML page (inline PNGs, nothing fetched):
-the table, each class's mean map and, for a flagged class, its examples overlaid (boxes in white where known)."""
+the table, each class's mean map and, for a flagged class, its examples overlaid (boxes, or the outline of the
+objects' masks where the labels have them, in white)."""
 
 from __future__ import annotations
 
@@ -32,7 +33,8 @@ def _columns(report: dict[str, Any]) -> list[tuple[str, Any]]:
                  ("agreement", lambda c: _f(c["agreement"])), ("baseline", lambda c: _f(c["baseline"])),
                  ("peak cluster", lambda c: _f(c["peak_cluster"]))]
     else:
-        cols += [("in object", lambda c: _f(c["in_object"])), ("object area", lambda c: _f(c["object_area"])),
+        cols += [("located by", lambda c: str(c.get("located_by") or "box")),
+                 ("in object", lambda c: _f(c["in_object"])), ("object area", lambda c: _f(c["object_area"])),
                  ("background", lambda c: _f(c["background"]))]
         cols += [(s, lambda c, s=s: _f(c["border"][s])) for s in SIDES]
         cols += [("pointing", lambda c: _f(c["pointing"])), ("agreement − baseline", lambda c: _f(c.get("excess")))]
@@ -55,11 +57,18 @@ def _png_uri(data: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
 
 
-def _example_overlay(image: bytes, raw: np.ndarray, boxes: Sequence[Sequence[int]]) -> bytes:
+def _example_overlay(image: bytes, raw: np.ndarray, boxes: Sequence[Sequence[int]], region: Any = None) -> bytes:
     rgb = np.asarray(Image.open(io.BytesIO(image)).convert("RGB"))
     overlay = Image.open(io.BytesIO(render_overlay(raw, rgb, alpha=0.5))).convert("RGB")
+    if region is not None:          # the mask's outline: its pixels with a 4-neighbour outside it
+        from scipy import ndimage
+
+        mask = region.full(overlay.height, overlay.width)
+        pixels = np.array(overlay)
+        pixels[mask & ~ndimage.binary_erosion(mask, border_value=0)] = 255
+        overlay = Image.fromarray(pixels, "RGB")
     draw = ImageDraw.Draw(overlay)
-    for x0, y0, x1, y1 in boxes:
+    for x0, y0, x1, y1 in ([] if region is not None else boxes):
         draw.rectangle([x0, y0, x1 - 1, y1 - 1], outline=(255, 255, 255))
     buf = io.BytesIO()
     overlay.save(buf, format="PNG")
@@ -74,7 +83,8 @@ def _caption(ex: dict[str, Any]) -> str:
 
 def render_html(report: dict[str, Any]) -> str:
     """A self-contained HTML page: the table, each class's mean map and its flagged examples (overlays with the
-    class's boxes in white), every image inline as a PNG data URI (``report["_read"]`` reads an image's bytes)."""
+    class's boxes or mask outlines in white), every image inline as a PNG data URI (``report["_read"]`` reads an
+    image's bytes)."""
     e = html.escape
     read = report["_read"]
     cols = _columns(report)
@@ -89,7 +99,8 @@ def render_html(report: dict[str, Any]) -> str:
                 f"<figcaption>mean map of {e(label)}</figcaption></figure>"]
         if c["flags"]:
             for ex in c["examples"]:
-                png = _example_overlay(read(ex["file"]), report["_maps"][ex["pair"]], report["_boxes"][ex["pair"]])
+                png = _example_overlay(read(ex["file"]), report["_maps"][ex["pair"]], report["_boxes"][ex["pair"]],
+                                       report.get("_masks", {}).get(ex["pair"]))
                 figs.append(f"<figure><img src=\"{_png_uri(png)}\" width=\"192\" alt=\"{e(ex['file'])}\">"
                             f"<figcaption>{e(ex['file'])}: {e(_caption(ex))}</figcaption></figure>")
         sections.append(f"<section><h2>{e(label)}{' — flagged: ' + e(flags) if c['flags'] else ''}</h2>"
@@ -101,8 +112,8 @@ def render_html(report: dict[str, Any]) -> str:
                 f"{report['border']:g} of the side), how concentrated the mean map is, and how much the maps agree "
                 "with the class's other maps (agreement) against the other classes' maps (baseline).")
     else:
-        what = (f"Shares of each map's mass inside the class's boxes, in the background and in border bands of "
-                f"{report['border']:g} of the side.")
+        what = (f"Shares of each map's mass inside the class's boxes (or masks: see located by), in the background "
+                f"and in border bands of {report['border']:g} of the side.")
     return ("<!doctype html><html><head><meta charset=\"utf-8\"><title>xaas audit</title><style>"
             "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}td,th{border:1px solid #ccc;"
             "padding:4px 8px;text-align:right}td:first-child{text-align:left}tr.flag{background:#fdd}"

@@ -40,6 +40,7 @@ from .engine import get_method, validate_params
 from .engine.base import Explainer
 from .engine.localize import DEFAULT_THRESHOLD
 from .errors import ConfigError, NotFound
+from .label_masks import Region, class_location, read_mask
 from .quality import IOU_THRESHOLD, box_sweep, localization_summary, parse_thresholds, unit_map
 
 __all__ = [
@@ -101,38 +102,53 @@ def parse_method(text: str) -> MethodSpec:
 
 @dataclass
 class Pair:
-    """One evaluation unit: an image, one class present in it, and that class's ground-truth boxes."""
+    """One evaluation unit: an image, one class present in it, and that class's ground-truth boxes (an object with
+    a mask and no box counts by its mask's tight box). ``located_by``: ``"box"``, ``"mask"`` or ``"mixed"`` when
+    every object of the class has a box or a mask, ``None`` otherwise; ``region``: the union of the objects' masks
+    (and the boxes of those without one) when some have masks and the caller kept them (``keep_masks``), see
+    :mod:`service.label_masks`."""
 
     image: int
     target: int          # model class index
     label: str
     boxes: list[list[int]]
+    located_by: str | None = "box"
+    region: Region | None = None
 
 
-def load_pairs(data_dir: str | Path, loaded: Any, *, limit: int | None = None, need_boxes: bool = True
-               ) -> tuple[torch.Tensor, list[tuple[int, int]], list[Pair], list[str]]:
+def load_pairs(data_dir: str | Path, loaded: Any, *, limit: int | None = None, need_boxes: bool = True,
+               keep_masks: bool = False) -> tuple[torch.Tensor, list[tuple[int, int]], list[Pair], list[str]]:
     """``(inputs [N, C, H, W], sizes [(width, height)], pairs, files)`` for a demo-format folder.
 
     Preprocessing is the service's: :func:`service.imaging.decode_image` then ``to_model_input`` with the model's
     input size, channels, mean and std. Dataset classes are matched to the model's labels by name (a class the
     model does not know is an error). Images without objects contribute no pair. ``need_boxes``: an object without
-    a box is an error (calibrate and evaluate measure against boxes; the audit can run boxless).
+    a box (or a mask, whose tight box stands in) is an error (calibrate and evaluate measure against boxes; the
+    audit can run boxless). Every object mask is read and checked; ``keep_masks``: the pairs keep their regions.
     """
     from .demo.data import load_dataset
 
     classes, entries = load_dataset(data_dir)
     if limit is not None:
         entries = entries[: int(limit)]
+    root = Path(data_dir)
     return prepare_pairs(classes, [(p.name, p.read_bytes, objects) for p, objects in entries], loaded,
-                         where=str(data_dir), need_boxes=need_boxes)
+                         where=str(data_dir), need_boxes=need_boxes, keep_masks=keep_masks,
+                         read_file=lambda rel: (root / rel).read_bytes())
 
 
 def prepare_pairs(classes: Sequence[str], entries: Sequence[tuple[str, Callable[[], bytes], list[dict[str, Any]]]],
-                  loaded: Any, *, where: str, need_boxes: bool = True, limits: Any = None
+                  loaded: Any, *, where: str, need_boxes: bool = True, limits: Any = None, keep_masks: bool = False,
+                  read_file: Callable[[str], bytes] | None = None
                   ) -> tuple[torch.Tensor, list[tuple[int, int]], list[Pair], list[str]]:
     """:func:`load_pairs` on parsed labels: ``entries`` = ``(file name, read the file's bytes, objects)``; ``limits``
-    (:class:`~service.imaging.ImageLimits`) bounds each decoded image (the HTTP audit passes the service's)."""
+    (:class:`~service.imaging.ImageLimits`) bounds each decoded image and mask (the HTTP audit passes the service's);
+    ``read_file(path)`` reads a mask by its path relative to the set (``OSError``/``KeyError`` when absent)."""
+    from .demo.data import mask_box
     from .imaging import decode_image, to_model_input
+
+    def no_file(path: str) -> bytes:
+        raise KeyError(path)
 
     unknown = [c for c in classes if c not in loaded.labels]
     if unknown:
@@ -146,15 +162,21 @@ def prepare_pairs(classes: Sequence[str], entries: Sequence[tuple[str, Callable[
                                       mean=spec.mean, std=spec.std))
         sizes.append((decoded.width, decoded.height))
         files.append(name)
-        by_class: dict[str, list[list[int]]] = {}
+        size = (decoded.width, decoded.height)
+        by_class: dict[str, list[tuple[list[int] | None, np.ndarray | None]]] = {}
         for obj in objects:
-            boxes = by_class.setdefault(obj["class"], [])
-            if "box" in obj:
-                boxes.append(list(obj["box"]))
-            elif need_boxes:
-                raise ConfigError(f"{where}: {name}: a {obj['class']!r} object has no box (boxes are needed here)")
-        for label, boxes in by_class.items():
-            pairs.append(Pair(i, loaded.labels.index(label), label, boxes))
+            mask = None
+            if "mask" in obj:
+                mask = read_mask(read_file or no_file, obj["mask"], size, where=f"{where}: {name}", limits=limits)
+            box = list(obj["box"]) if "box" in obj else None if mask is None else mask_box(mask)
+            if box is None and need_boxes:
+                raise ConfigError(f"{where}: {name}: a {obj['class']!r} object has no box or mask (boxes are needed "
+                                  "here)")
+            by_class.setdefault(obj["class"], []).append((box, mask))
+        for label, objs in by_class.items():
+            located_by, region = class_location(objs, size, region=keep_masks)
+            pairs.append(Pair(i, loaded.labels.index(label), label, [b for b, _ in objs if b is not None],
+                              located_by, region))
     if not tensors:
         raise ConfigError(f"{where}: no images")
     return torch.stack(tensors), sizes, pairs, files

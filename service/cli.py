@@ -51,6 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--bias", action="store_true",
                    help="a biased set: every image with a star carries a corner marker (for `xaas audit`)")
+    p.add_argument("--masks", action="store_true",
+                   help="also write each object's exact mask (masks/00000_0.png, named by the object's 'mask')")
     p.set_defaults(func=_demo_data)
 
     p = sub.add_parser("train-demo", help="train the demo CNN on synthetic data (CPU, a few minutes)")
@@ -296,8 +298,9 @@ BIAS_PRESENTATIONS = 16_000
 def _demo_data(args: argparse.Namespace) -> int:
     from .demo.data import generate_dataset
 
-    path = generate_dataset(args.out, args.n, args.seed, bias=args.bias)
-    print(f"wrote {args.n} {'biased ' if args.bias else ''}images and labels.json to {path}")
+    path = generate_dataset(args.out, args.n, args.seed, bias=args.bias, masks=args.masks)
+    print(f"wrote {args.n} {'biased ' if args.bias else ''}images{', their masks' if args.masks else ''} and "
+          f"labels.json to {path}")
     return 0
 
 

@@ -218,3 +218,12 @@ class ModelExecutionError(XaasError):
 
 class ConfigError(Exception):
     """A broken registry entry or setting: names the entry and the field, fails start-up."""
+
+
+class InvalidMask(ConfigError):
+    """An object's mask in a labelled set that cannot be used: ``where`` names the set and the image, ``path`` the
+    mask file (as ``labels.json`` gives it), ``reason`` what is wrong (missing, not an image, wrong size, empty)."""
+
+    def __init__(self, where: str, path: str, reason: str) -> None:
+        super().__init__(f"{where}: mask {path!r}: {reason}")
+        self.path = path

@@ -251,14 +251,18 @@ def pointing_hit(unit: np.ndarray, gt_boxes: Sequence[Sequence[int]], tolerance:
     return any(x0 <= x < x1 and y0 <= y < y1 for x0, y0, x1, y1 in (_dilated(b, tolerance) for b in gt_boxes))
 
 
-def pointing_in_mask(unit: np.ndarray, mask: np.ndarray) -> bool:
+def pointing_in_mask(unit: np.ndarray, mask: np.ndarray, tolerance: int = 0) -> bool:
     """Pointing game against an exact mask (segmentation): the map's maximum (first in row-major order on ties)
-    is a pixel of ``mask`` (same shape). An all-zero map points nowhere (a miss)."""
+    is a pixel of ``mask`` (same shape) dilated by ``tolerance`` pixels with a square structuring element — the
+    Chebyshev neighbourhood, so a box's mask scores exactly as :func:`pointing_hit` scores the box. An all-zero map
+    points nowhere (a miss)."""
     if unit.shape != mask.shape:
         raise ValueError(f"map {unit.shape} and mask {mask.shape} differ in shape")
     if not unit.size or not unit.max() > 0:
         return False
-    return bool(mask.flat[int(np.argmax(unit))])
+    y, x = np.unravel_index(int(np.argmax(unit)), unit.shape)
+    t = max(0, int(tolerance))
+    return bool(np.asarray(mask, bool)[max(0, y - t):y + t + 1, max(0, x - t):x + t + 1].any())
 
 
 def pointing_baselines(gt_boxes: Sequence[Sequence[int]], size: tuple[int, int],

@@ -27,11 +27,14 @@ class AuditExample(BaseModel):
 
 class AuditClass(BaseModel):
     pairs: int = Field(description="(image, class) pairs of the class with a non-empty map.")
-    in_object: float | None = Field(None, description="With boxes: mean mass share on the class's boxes.")
+    in_object: float | None = Field(None, description="With boxes: mean mass share on the class's boxes (or masks).")
     background: float | None = Field(None, description="With boxes: 1 - in_object.")
-    object_area: float | None = Field(None, description="With boxes: mean area share of the boxes (what a uniform "
-                                                        "map would put on them).")
+    object_area: float | None = Field(None, description="With boxes: mean area share of the boxes or masks (what a "
+                                                        "uniform map would put on them).")
     pointing: float | None = Field(None, description="With boxes: share of maps whose maximum is on the object.")
+    located_by: Literal["box", "mask", "mixed"] | None = Field(
+        None, description="With boxes: what located the class's objects: their boxes, their masks (labels.json "
+                          "'mask'), or both (some objects with a mask, some with only a box).")
     border: AuditBorder = Field(description="Mean mass share in each border band.")
     centre: float = Field(description="Mean mass share in no border band.")
     top5: float = Field(description="Share of the mean map's mass in its top 5 % pixels (0.05: uniform).")

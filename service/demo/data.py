@@ -19,6 +19,9 @@ same regardless of order, worker count or which other samples were drawn.
 
 Boxes are ``[x0, y0, x1, y1]`` in pixels with ``x1``/``y1`` EXCLUSIVE, i.e.
 ``mask[y0:y1, x0:x1]`` contains every pixel of the object.
+
+(Over 500 lines on purpose: the generator, its on-disk format and the
+``labels.json`` checks that format needs belong together.)
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
@@ -42,6 +45,7 @@ __all__ = [
     "CLASSES",
     "IMAGE_SIZE",
     "LABELS_FILE",
+    "MASKS_DIR",
     "DatasetFormatError",
     "SyntheticShapes",
     "generate_dataset",
@@ -58,6 +62,8 @@ __all__ = [
 CLASSES: tuple[str, ...] = ("circle", "square", "triangle", "cross", "ring", "star")
 IMAGE_SIZE: int = 128
 LABELS_FILE: str = "labels.json"
+#: Folder of the object masks ``generate_dataset(masks=True)`` writes.
+MASKS_DIR: str = "masks"
 
 # Object "radius" (centre to farthest drawn point) in pixels.  The lower bound
 # keeps thin parts (ring wall, cross arms, star points) several pixels wide so
@@ -321,10 +327,17 @@ def add_bias_marker(pixels: np.ndarray) -> np.ndarray:
 def generate_biased_sample(rng: np.random.Generator) -> tuple[Image.Image, list[dict[str, Any]]]:
     """:func:`generate_sample`, with the corner marker whenever :data:`BIAS_CLASS` is present (never otherwise):
     a dataset bias of the "X-ray model reads the text in the corner" kind, with the object's own box unchanged."""
-    image, objects = generate_sample(rng)
+    image, objects, _ = _biased_sample_with_masks(rng)
+    return image, objects
+
+
+def _biased_sample_with_masks(rng: np.random.Generator) -> tuple[Image.Image, list[dict[str, Any]], list[np.ndarray]]:
+    """:func:`generate_biased_sample` with the objects' masks (the marker covers no object: objects keep
+    ``_BORDER`` + 1 px off the edge plus their radius, at least 14 px, and the marker ends at 12 px)."""
+    image, objects, masks = generate_sample_with_masks(rng)
     if any(o["class"] == BIAS_CLASS for o in objects):
         image = Image.fromarray(add_bias_marker(np.asarray(image)), "RGB")
-    return image, objects
+    return image, objects, masks
 
 
 def sample_rng(seed: int, index: int) -> np.random.Generator:
@@ -349,9 +362,10 @@ def labels_vector(objects: Sequence[dict[str, Any]], classes: Sequence[str] = CL
 # --------------------------------------------------------------------------
 
 
-def generate_dataset(out_dir: str | Path, n: int, seed: int, *, bias: bool = False) -> Path:
+def generate_dataset(out_dir: str | Path, n: int, seed: int, *, bias: bool = False, masks: bool = False) -> Path:
     """Write ``n`` samples of stream ``seed`` to ``out_dir`` and return it (``bias``: with the corner marker on every
-    image holding :data:`BIAS_CLASS`, :func:`generate_biased_sample`).
+    image holding :data:`BIAS_CLASS`, :func:`generate_biased_sample`; ``masks``: each object's exact visible mask as
+    ``masks/00000_0.png``, 0/255 greyscale, named by the object's ``"mask"`` member).
 
     Files are ``00000.png``, ``00001.png``, ... plus ``labels.json``::
 
@@ -364,26 +378,47 @@ def generate_dataset(out_dir: str | Path, n: int, seed: int, *, bias: bool = Fal
         raise ValueError("n must be >= 0")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    if masks:
+        (out / MASKS_DIR).mkdir(exist_ok=True)
     images: list[dict[str, Any]] = []
-    draw = generate_biased_sample if bias else generate_sample
+    draw = _biased_sample_with_masks if bias else generate_sample_with_masks
     for i in range(n):
-        image, objects = draw(sample_rng(seed, i))
+        image, objects, drawn = draw(sample_rng(seed, i))
         name = f"{i:05d}.png"
         image.save(out / name)
+        if masks:
+            for j, (obj, mask) in enumerate(zip(objects, drawn)):
+                obj["mask"] = f"{MASKS_DIR}/{i:05d}_{j}.png"
+                Image.fromarray(mask.astype(np.uint8) * 255, "L").save(out / obj["mask"])
         images.append({"file": name, "objects": objects})
     payload = {"classes": list(CLASSES), "images": images}
     (out / LABELS_FILE).write_text(json.dumps(payload, indent=1) + "\n", encoding="utf-8")
     return out
 
 
+def _mask_path(value: Any, where: str) -> str:
+    """An object's ``mask`` member: a path relative to the folder of ``labels.json`` that stays inside it."""
+    if not isinstance(value, str) or not value:
+        raise DatasetFormatError(f"{where}: mask must be a file path (a string) relative to the folder of "
+                                 f"{LABELS_FILE}, got {value!r}"[:400])
+    path = PurePosixPath(value)
+    if "\\" in value or path.is_absolute() or ".." in path.parts or not path.parts:
+        raise DatasetFormatError(f"{where}: mask {value[:200]!r} must be a relative path inside the folder of "
+                                 f"{LABELS_FILE} ('/'-separated, no '..', not absolute)")
+    return str(path)
+
+
 def _check_object(obj: Any, classes: list[str], where: str) -> dict[str, Any]:
-    if not isinstance(obj, dict) or "class" not in obj or not set(obj) <= {"class", "box"}:
-        raise DatasetFormatError(f"{where}: object must be {{'class': str, 'box': [x0, y0, x1, y1]}} (the box may be "
-                                 f"left out where it is not known), got {obj!r}"[:400])
+    if not isinstance(obj, dict) or "class" not in obj or not set(obj) <= {"class", "box", "mask"}:
+        raise DatasetFormatError(f"{where}: object must be {{'class': str, 'box': [x0, y0, x1, y1], 'mask': path}} "
+                                 f"(box and mask may be left out where they are not known), got {obj!r}"[:400])
     if obj["class"] not in classes:
         raise DatasetFormatError(f"{where}: unknown class {str(obj['class'])[:64]!r} (classes: {classes})"[:400])
+    out: dict[str, Any] = {"class": obj["class"]}
+    if "mask" in obj:
+        out["mask"] = _mask_path(obj["mask"], where)
     if "box" not in obj:
-        return {"class": obj["class"]}
+        return out
     box = obj["box"]
     if (
         not isinstance(box, list)
@@ -393,13 +428,15 @@ def _check_object(obj: Any, classes: list[str], where: str) -> dict[str, Any]:
         raise DatasetFormatError(f"{where}: box must be 4 integers [x0, y0, x1, y1], got {box!r}"[:400])
     if not (box[0] < box[2] and box[1] < box[3]) or min(box) < 0:
         raise DatasetFormatError(f"{where}: box must satisfy 0 <= x0 < x1 and 0 <= y0 < y1, got {box!r}")
-    return {"class": obj["class"], "box": list(box)}
+    return {**out, "box": list(box)}
 
 
 def parse_labels(payload: Any, where: str) -> tuple[list[str], list[tuple[str, list[dict[str, Any]]]]]:
     """A parsed ``labels.json`` → ``(classes, [(file name, objects), ...])``, checked as :func:`load_dataset`
-    documents (``where`` names the file in the errors). Objects without ``box`` are image-level labels (a class
-    present, its place unknown): ``xaas audit`` then runs boxless."""
+    documents (``where`` names the file in the errors). Objects without ``box`` and ``mask`` are image-level labels
+    (a class present, its place unknown): ``xaas audit`` then runs boxless. A ``mask`` is a path relative to the
+    folder of ``labels.json`` (checked here not to leave it; read and checked against the image by
+    :mod:`service.label_masks`)."""
     if not isinstance(payload, dict) or "classes" not in payload or "images" not in payload:
         raise DatasetFormatError(f"{where}: top level must be an object with 'classes' and 'images'")
     classes = payload["classes"]

@@ -5,7 +5,8 @@ Everything a client can get wrong is checked before the job exists, so it is a 4
 archive (bounded: bytes by the body limit, ``XAAS_AUDIT_MAX_MEMBERS`` files, ``XAAS_AUDIT_MAX_INFLATED_BYTES``
 inflated — declared sizes first, then counted while reading, so a zip bomb stops at the bound), ``labels.json`` (its
 format, every listed image present), at most ``XAAS_AUDIT_MAX_IMAGES`` images, classes the model knows, the method
-and layer, and every image decoded (in the I/O pool, bounded by the service's pixel limits). The job then explains
+and layer, and every image and object mask decoded (in the I/O pool, bounded by the service's pixel limits; a mask
+missing, undecodable, not of its image's size or empty is a 422 naming it). The job then explains
 one image's pairs per step on the model's worker (so live requests wait for at most one image's explanation) and
 measures and renders the report in the I/O pool when the last image is done.
 
@@ -39,13 +40,15 @@ HTML_MEMBER = "_html"
 
 
 def read_archive(data: bytes, *, max_members: int, max_bytes: int) -> dict[str, bytes]:
-    """A zip's files by name, relative to the folder holding ``labels.json`` (the zip of a folder works as well as
-    a zip of its contents); bounded as the module docstring says. Directories, ``__MACOSX/`` and dot-files are
-    skipped; files outside the ``labels.json`` folder are ignored."""
+    """A zip's files by their ``/``-separated path relative to the folder holding ``labels.json`` (the zip of a
+    folder works as well as a zip of its contents; subfolders are read too: the object masks, ``masks/00000_0.png``);
+    bounded as the module docstring says, every file under that folder counting. Directories, ``__MACOSX/``,
+    dot-files and dot-folders and names with ``..`` are skipped; files outside the ``labels.json`` folder are
+    ignored."""
     try:
         archive = zipfile.ZipFile(io.BytesIO(data))
         infos = [i for i in archive.infolist() if not i.is_dir() and not i.filename.startswith("__MACOSX/")
-                 and not PurePosixPath(i.filename).name.startswith(".")]
+                 and not any(part.startswith(".") for part in PurePosixPath(i.filename).parts)]
     except (zipfile.BadZipFile, ValueError) as exc:
         raise InvalidDataset(f"not a readable zip archive: {exc}") from None
     if len(infos) > max_members:
@@ -55,8 +58,8 @@ def read_archive(data: bytes, *, max_members: int, max_bytes: int) -> dict[str, 
                     key=lambda i: len(PurePosixPath(i.filename).parts))
     if not labels:
         raise InvalidDataset(f"the zip archive holds no {LABELS_FILE}")
-    root = PurePosixPath(labels[0].filename).parent
-    chosen = [i for i in infos if PurePosixPath(i.filename).parent == root]
+    root = PurePosixPath(labels[0].filename).parent.parts
+    chosen = [i for i in infos if PurePosixPath(i.filename).parts[:len(root)] == root]
     declared = sum(i.file_size for i in chosen)
     if declared > max_bytes:
         raise PayloadTooLarge(f"the zip archive inflates to {declared} bytes, above {max_bytes} "
@@ -71,7 +74,7 @@ def read_archive(data: bytes, *, max_members: int, max_bytes: int) -> dict[str, 
             if read > max_bytes:
                 raise PayloadTooLarge(f"the zip archive inflates beyond {max_bytes} bytes "
                                       "(XAAS_AUDIT_MAX_INFLATED_BYTES)")
-            out[PurePosixPath(info.filename).name] = blob
+            out["/".join(PurePosixPath(info.filename).parts[len(root):])] = blob
     except (zipfile.BadZipFile, OSError, RuntimeError, EOFError, NotImplementedError) as exc:
         # RuntimeError: encrypted members; NotImplementedError: an unsupported compression method
         raise InvalidDataset(f"cannot read the zip archive: {exc}") from None
@@ -106,7 +109,7 @@ def _load(runtime: Runtime, model: Any, data: bytes, opts: AuditOptions, name: s
     try:
         inputs, sizes, pairs, names = prepare_pairs(
             classes, [(n, lambda n=n: files[n], objects) for n, objects in entries], model, where=name,
-            need_boxes=False, limits=runtime.limits)
+            need_boxes=False, limits=runtime.limits, keep_masks=not opts.boxless, read_file=files.__getitem__)
     except ConfigError as exc:
         raise InvalidDataset(str(exc)) from None
     if not pairs:

@@ -1,6 +1,7 @@
 """``POST /audit``: a zip of a labelled set → 202 + Location; the job counts images, its result is the report (the
 biased demo model flagged, boxless too, the shipped one not), its HTML at ``/jobs/{id}/report.html``; DELETE makes it
-gone; 429 past ``XAAS_MAX_JOBS``; and every bad archive, label file or option is a problem+json 4xx before any job."""
+gone; 429 past ``XAAS_MAX_JOBS``; every bad archive, label file or option is a problem+json 4xx before any job; a set
+with object masks (in a subfolder of the zip) is measured on them, and every bad mask is a 4xx naming its file."""
 
 from __future__ import annotations
 
@@ -202,3 +203,87 @@ def test_audit_work_explains_one_image_per_step(biased_set):
         if done:
             break
     assert counts == per_image
+
+
+@pytest.fixture(scope="module")
+def masked_set(tmp_path_factory) -> Path:
+    return generate_dataset(tmp_path_factory.mktemp("audit-api-masks"), 6, seed=5150, masks=True)
+
+
+def _zip_tree(folder: Path, *, labels: dict | None = None, extra: dict[str, bytes] | None = None,
+              prefix: str = "") -> bytes:
+    """The folder with its subfolders (the masks), labels.json replaced by ``labels`` when given."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as z:
+        for p in sorted(folder.rglob("*")):
+            if p.is_file():
+                rel = p.relative_to(folder).as_posix()
+                if rel == "labels.json" and labels is not None:
+                    z.writestr(prefix + rel, json.dumps(labels))
+                else:
+                    z.write(p, prefix + rel)
+        for name, blob in (extra or {}).items():
+            z.writestr(prefix + name, blob)
+    return buf.getvalue()
+
+
+def test_an_audit_with_masks_measures_them(aclient, masked_set):
+    doc = _audit(aclient, _zip_tree(masked_set, prefix="set/"), model="demo")
+    masked = doc["result"]
+    assert masked["mode"] == "boxes" and masked["images"] == 6
+    assert {c["located_by"] for c in masked["classes"].values()} == {"mask"}
+    labels = _labels(masked_set)
+    for item in labels["images"]:
+        for o in item["objects"]:
+            del o["mask"]
+    boxed = _audit(aclient, _zip(masked_set, labels=labels), model="demo")["result"]
+    for label, c in masked["classes"].items():
+        b = boxed["classes"][label]
+        assert b["located_by"] == "box" and c["object_area"] < b["object_area"]      # a mask within its tight box
+        assert c["in_object"] <= b["in_object"] + 1e-9
+
+
+def test_bad_masks_are_problems_naming_the_file(aclient, masked_set):
+    from PIL import Image
+
+    def relabel(**change) -> dict:
+        labels = _labels(masked_set)
+        labels["images"][1]["objects"][0].update(change)
+        return labels
+
+    small = io.BytesIO()
+    Image.new("L", (64, 64), 255).save(small, format="PNG")
+    cases = [
+        ("missing", _zip_tree(masked_set, labels=relabel(mask="masks/nope.png")), 422, "masks/nope.png"),
+        ("escape", _zip_tree(masked_set, labels=relabel(mask="../00000.png")), 422, "../00000.png"),
+        ("absolute", _zip_tree(masked_set, labels=relabel(mask="/masks/00000_0.png")), 422, "/masks/00000_0.png"),
+        ("not a string", _zip_tree(masked_set, labels=relabel(mask=["m.png"])), 422, "mask must be a file path"),
+        ("wrong size", _zip_tree(masked_set, labels=relabel(mask="small.png"), extra={"small.png": small.getvalue()}),
+         422, "small.png"),
+        ("undecodable", _zip_tree(masked_set, labels=relabel(mask="masks/x.png"), extra={"masks/x.png": b"no png"}),
+         422, "masks/x.png"),
+        ("mask members count", _zip_tree(masked_set, extra={"masks/pad.bin": b"\0" * (3 * 1024 * 1024)}), 413,
+         "inflates"),
+    ]
+    runtime = aclient.app.state.runtime
+    for case, archive, status, fragment in cases:
+        r = aclient.post("/audit", files={"archive": ("set.zip", archive, "application/zip")})
+        assert r.status_code == status, (case, r.text)
+        assert r.headers["content-type"].startswith("application/problem+json"), case
+        detail = r.json()["detail"]
+        assert fragment in detail, (case, detail)
+        if case in ("missing", "wrong size", "undecodable"):
+            assert "00001.png" in detail, (case, detail)
+        assert not runtime.jobs.store.active(), case
+
+
+def test_read_archive_keeps_subfolders_under_the_labels_folder():
+    from service.handlers.audit import read_archive
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for name in ("set/labels.json", "set/a.png", "set/masks/a_0.png", "set/.git/x", "set/masks/.DS_Store",
+                     "__MACOSX/set/a.png", "other/b.png", "set/../c.png"):
+            z.writestr(name, name.encode())
+    files = read_archive(buf.getvalue(), max_members=20, max_bytes=10_000)
+    assert sorted(files) == ["a.png", "labels.json", "masks/a_0.png"] and files["masks/a_0.png"] == b"set/masks/a_0.png"
