@@ -10,6 +10,7 @@ audit — so what is here is flags and wiring.)
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 from pathlib import Path
@@ -106,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--weights", type=Path, default=None)
     p.add_argument("--n", type=int, default=200)
     p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--size", type=int, default=512, help="image side in pixels (the model trained on 512)")
     p.set_defaults(func=_eval_demo_mil)
 
     p = sub.add_parser("demo-volume", help="write a synthetic volume as a DICOM series folder and a NIfTI file")
@@ -339,7 +341,7 @@ def _train_demo_seg(args: argparse.Namespace) -> int:
 def _eval_demo_seg(args: argparse.Namespace) -> int:
     from .demo import segmentation
 
-    return _evaluate(segmentation.evaluate_demo_seg, args)
+    return _evaluate_demo(segmentation.evaluate_demo_seg, args)
 
 
 def _train_demo_3d(args: argparse.Namespace) -> int:
@@ -351,7 +353,7 @@ def _train_demo_3d(args: argparse.Namespace) -> int:
 def _eval_demo_3d(args: argparse.Namespace) -> int:
     from .demo import volume_model
 
-    return _evaluate(volume_model.evaluate_demo_volume, args)
+    return _evaluate_demo(volume_model.evaluate_demo_volume, args)
 
 
 def _train_demo_mil(args: argparse.Namespace) -> int:
@@ -363,7 +365,7 @@ def _train_demo_mil(args: argparse.Namespace) -> int:
 def _eval_demo_mil(args: argparse.Namespace) -> int:
     from .demo import mil
 
-    return _evaluate(mil.evaluate_demo_mil, args)
+    return _evaluate_demo(functools.partial(mil.evaluate_demo_mil, size=args.size), args)
 
 
 def _train(train: Any, default_out: Path, args: argparse.Namespace) -> int:
@@ -375,7 +377,7 @@ def _train(train: Any, default_out: Path, args: argparse.Namespace) -> int:
     return 0
 
 
-def _evaluate(evaluate: Any, args: argparse.Namespace) -> int:
+def _evaluate_demo(evaluate: Any, args: argparse.Namespace) -> int:
     """A demo model's held-out evaluation: ``--weights``, ``--n``, ``--seed`` (else the model's evaluation seed)."""
     kwargs: dict = {"n": args.n}
     if args.seed is not None:

@@ -1,9 +1,10 @@
 """``DemoMIL``: the demo attention-MIL model, trained on synthetic large images whose lesions are known pixel by pixel.
 
 Each image (``512 x 512``, RGB, an H&E-like look) is a pink "tissue" texture — smooth colour fields and about a
-thousand small purple nuclei scattered over it. A *lesion* image (class 1) also holds one to three small lesions:
-a disk of 11–16 px radius packed with larger, darker nuclei. The lesions cover under 1 % of the image, the situation
-where a whole-image CNN's Grad-CAM "highlights some random portion". The generator keeps each lesion's exact mask.
+thousand small purple nuclei scattered over it (as many per area at other sizes). A *lesion* image (class 1) also
+holds one to three small lesions: a disk of 11–16 px radius packed with larger, darker nuclei. The lesions cover
+under 1 % of the image, the situation where a whole-image CNN's Grad-CAM "highlights some random portion". The
+generator keeps each lesion's exact mask.
 
 * ``DemoMIL`` (:data:`PATCH` px patches, no overlap, 256 per image): a small conv encoder (four conv-ReLU blocks,
   GAP, 64-d embedding ``h_k``), gated attention pooling (:class:`service.engine.mil.GatedAttention`, one branch) and a
@@ -85,7 +86,8 @@ def lesion_image(seed: int, index: int, size: int = MIL_SIZE, *, label: int | No
     img = tissue.copy()
     stroma = ndimage.gaussian_filter(rng.normal(0, 1, shape), 2.0)
     img += 0.05 * stroma[None]
-    nuclei = _nuclei(rng, shape, int(rng.integers(900, 1300)), rng.uniform(1.5, 2.5))
+    density = (size / MIL_SIZE) ** 2   # larger images keep the training images' nuclei per patch
+    nuclei = _nuclei(rng, shape, int(rng.integers(900, 1300) * density), rng.uniform(1.5, 2.5))
     purple = np.array([0.55, 0.35, 0.65])[:, None, None]
     img = np.where(nuclei[None], purple + 0.05 * field, img)
     mask = np.zeros(shape, dtype=bool)
@@ -172,9 +174,9 @@ def load_demo_mil(weights: str | Path | None = None, baseline: str | Path | None
     return mil.eval().requires_grad_(False), cnn.eval().requires_grad_(False)
 
 
-def _downscaled(pixels: np.ndarray) -> torch.Tensor:
-    return F.interpolate(model_input(pixels)[None], size=(BASELINE_SIZE, BASELINE_SIZE), mode="bilinear",
-                         align_corners=False, antialias=True)[0]
+def _downscaled(pixels: np.ndarray, side: int = BASELINE_SIZE) -> torch.Tensor:
+    return F.interpolate(model_input(pixels)[None], size=(side, side), mode="bilinear", align_corners=False,
+                         antialias=True)[0]
 
 
 # --------------------------------------------------------------------------------------------------- training
@@ -205,6 +207,8 @@ def train_demo_mil(out: str | Path = DEFAULT_MIL_WEIGHTS, *, seed: int = TRAIN_S
             loss = F.cross_entropy(out_["logits"] if isinstance(out_, dict) else out_, y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            # a batch of 4 can spike the loss (measured: 0.01 -> 2.2 at step 150) and kill the ReLU encoder
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
             losses.append(round(float(loss.detach()), 4))
         if step % 25 == 0:
@@ -257,35 +261,46 @@ def map_scores(heat: torch.Tensor, mask: np.ndarray, tiling: Tiling) -> dict[str
     return {"hit": hit, "mass": mass, "area": float(lesion.mean()), "patch_scores": per_patch, "patch_labels": lesion}
 
 
-def evaluate_demo_mil(weights: str | Path | None = None, *, n: int = 200, seed: int = EVAL_SEED,
+def evaluate_demo_mil(weights: str | Path | None = None, *, n: int = 200, seed: int = EVAL_SEED, size: int = MIL_SIZE,
                       models: tuple[nn.Module, nn.Module] | None = None) -> dict[str, Any]:
-    """On ``n`` unseen images (half lesion images): the bag AUC of both models, and on the lesion images the
-    localization of the MIL attention (``attention-mil``, the service's method) and of the baseline's Grad-CAM
-    (``gradcam`` at ``features``, the lesion class) — pointing game, map mass on lesion patches (beside the
-    lesion patches' share of the image: a uniform map's mass) and patch-level AUC."""
+    """On ``n`` unseen ``size``² images (half lesion images): the bag AUC of both models, and on the lesion images the
+    localization of the MIL attention (``attention-mil``, the service's method, ``weights`` attention and product)
+    and of the baseline's Grad-CAM (``gradcam`` at ``features``, the lesion class) — pointing game, map mass on
+    lesion patches (beside the lesion patches' share of the image: a uniform map's mass) and patch-level AUC.
+
+    The baseline reads each image twice: at its fixed input size (:data:`BASELINE_SIZE`², as a whole-image classifier
+    is served: a larger image is downscaled more; ``cnn``) and at the training scale (the image at half its side;
+    ``cnn_native``: the GAP head accepts any size, at memory growing with the image). At ``size`` 512 the two are
+    the same input."""
     from ..engine import get_method
     from ..engine.targets import ClassLogit, TargetRequest
 
     mil, cnn = models if models is not None else load_demo_mil(weights)
     gradcam, attention_mil = get_method("gradcam"), get_method("attention-mil")
-    labels, p_mil, p_cnn = [], [], []
-    found: dict[str, list[dict[str, Any]]] = {"attention": [], "gradcam": []}
+    target = [TargetRequest((ClassLogit(1),))]
+    labels: list[int] = []
+    probs: dict[str, list[float]] = {"mil": [], "cnn": [], "cnn_native": []}
+    found: dict[str, list[dict[str, Any]]] = {"attention": [], "product": [], "gradcam": [], "gradcam_native": []}
     for i in range(n):
-        pixels, mask, label = lesion_image(seed, i, label=i % 2)
+        pixels, mask, label = lesion_image(seed, i, size, label=i % 2)
         bag, tiling = bag_of(pixels)
-        whole = _downscaled(pixels)[None]
-        explained = attention_mil.explain_bags(mil, bag[None], [TargetRequest((ClassLogit(1),))], tiling=tiling)
+        views = {"cnn": _downscaled(pixels), "cnn_native": _downscaled(pixels, size // 2)}
+        explained = attention_mil.explain_bags(mil, bag[None], target, tiling=tiling)
+        probs["mil"].append(float(explained.scores[0]))
         with torch.no_grad():
-            p_cnn.append(float(torch.softmax(cnn(whole), 1)[0, 1]))
-        p_mil.append(float(explained.scores[0]))
+            for name, view in views.items():
+                probs[name].append(float(torch.softmax(cnn(view[None]), 1)[0, 1]))
         labels.append(label)
         if label == 1:
             found["attention"].append(map_scores(explained.maps[0], mask, tiling))
-            cam = gradcam.explain(cnn, whole, torch.tensor([1]), layer="features")[0]
-            found["gradcam"].append(map_scores(cam, mask, tiling))
+            product = attention_mil.explain_bags(mil, bag[None], target, tiling=tiling, weights="product")
+            found["product"].append(map_scores(product.maps[0], mask, tiling))
+            for name, view in views.items():
+                cam = gradcam.explain(cnn, view[None], torch.tensor([1]), layer="features")[0]
+                found[name.replace("cnn", "gradcam")].append(map_scores(cam, mask, tiling))
     y = np.array(labels)
-    result: dict[str, Any] = {"n": n, "seed": seed, "auc_mil": round(auc(np.array(p_mil), y), 4),
-                              "auc_cnn": round(auc(np.array(p_cnn), y), 4)}
+    result: dict[str, Any] = {"n": n, "seed": seed, "size": size}
+    result.update({f"auc_{name}": round(auc(np.array(p), y), 4) for name, p in probs.items()})
     for name, rows in found.items():
         result[f"pointing_{name}"] = round(float(np.mean([r["hit"] for r in rows])), 4)
         result[f"lesion_mass_{name}"] = round(float(np.mean([r["mass"] for r in rows])), 4)

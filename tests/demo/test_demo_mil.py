@@ -33,6 +33,16 @@ def test_lesion_images_are_deterministic_with_exact_masks():
     assert bag.shape == ((MIL_SIZE // PATCH) ** 2, 3, PATCH, PATCH) and tiling.cells == (16, 16)
 
 
+def test_larger_images_keep_the_nuclei_density():
+    def nuclei_share(pixels: np.ndarray) -> float:       # purple nuclei: the green channel far below the tissue's
+        return float((pixels[..., 1] < 130).mean())
+
+    small = np.mean([nuclei_share(lesion_image(3, i, label=0)[0]) for i in range(6)])
+    large = np.mean([nuclei_share(lesion_image(3, i, 2 * MIL_SIZE, label=0)[0]) for i in range(6)])
+    # the nuclei radius varies per image (1.5-2.5 px); a fixed count would give a quarter of the share at 2x the side
+    assert small > 0.01 and 0.6 < large / small < 1.7
+
+
 def test_auc_and_map_scores():
     assert auc(np.array([0.1, 0.4, 0.35, 0.8]), np.array([0, 0, 1, 1])) == 0.75
     _, mask, _ = lesion_image(5, 0, label=1)
