@@ -6,7 +6,8 @@ A real ``xaas serve`` holds only ``demo-mil`` (the shipped entry, ``max_patches`
 ``POST /explain/attention-mil`` (``outputs=raw``), with the request's wall time, the server's peak resident memory
 after it (``VmHWM`` of the server process, which only grows) and whether the centre of the map's maximum cell lies
 within 15 px (plus half a cell) of a lesion. The last row is the shipped registry's limit: an image of more patches
-than ``max_patches`` is refused from its header (413), before any decoding.
+than ``max_patches`` is refused from its header (413), before any decoding. Both servers accept bodies up to 64 MiB
+(``XAAS_MAX_BODY_BYTES``; a 4096² PNG of this texture is 36 MB).
 
 Usage::
 
@@ -49,6 +50,10 @@ REGISTRY = """models:
 """
 
 
+#: A 4096² PNG of this texture is ~36 MB, above the default 32 MiB body limit.
+BODY = {"XAAS_MAX_BODY_BYTES": str(64 * 1024 * 1024)}
+
+
 def vm_hwm_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
@@ -82,7 +87,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         models = Path(tmp) / "models.yaml"
         models.write_text(REGISTRY.format(weights=weights, max_patches=args.max_patches))
-        with running_server(models) as server:
+        with running_server(models, env=BODY) as server:
             print(f"{'image':>11} {'patches':>8} {'PNG MB':>7} {'status':>6} {'seconds':>8} {'server peak MB':>15} "
                   f"{'points at lesion':>17}")
             print(f"{'(idle)':>11} {'':>8} {'':>7} {'':>6} {'':>8} {vm_hwm_mb(server.process.pid):>15.0f}")
@@ -99,7 +104,7 @@ def main() -> None:
                 print(f"{size:>5} x {size:<4} {(size // 32) ** 2:>8} {len(data) / 1e6:>7.1f} {resp.status_code:>6} "
                       f"{seconds:>8.2f} {vm_hwm_mb(server.process.pid):>15.0f} {hit:>17}", flush=True)
         models.write_text(REGISTRY.format(weights=weights, max_patches=4096))
-        with running_server(models) as server:
+        with running_server(models, env=BODY) as server:
             size = max(args.sizes)
             data = png(lesion_image(7, 1, size, label=1)[0])
             resp, seconds = explain(server.url, data)
