@@ -116,20 +116,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--index", type=int, default=0)
     p.set_defaults(func=_demo_volume)
 
-    p = sub.add_parser("calibrate", help="measure /localize on a labelled folder and pick its threshold (MaxBoxAcc)",
+    # calibrate, evaluate and audit read the same labelled folder with the same model choice
+    labelled = argparse.ArgumentParser(add_help=False)
+    labelled.add_argument("data_dir", type=Path, help="folder with labels.json and its images (see `xaas demo-data`)")
+    labelled.add_argument("--model", default=None, help="registry name (default: the registry's default model)")
+    labelled.add_argument("--models", type=Path, default=None,
+                          help="models.yaml (default XAAS_MODELS or the shipped registry)")
+    labelled.add_argument("--limit", type=int, default=None, help="use only the first N images")
+
+    p = sub.add_parser("calibrate", parents=[labelled],
+                       help="measure /localize on a labelled folder and pick its threshold (MaxBoxAcc)",
                        description="Sweep thresholds x methods on a folder in the demo-data format (labels.json with "
                                    "boxes), report box accuracy (IoU >= 0.5, largest component) per threshold, "
                                    "MaxBoxAcc and the best threshold; --write stores the winner in the model's "
                                    "registry entry.")
-    p.add_argument("data_dir", type=Path, help="folder with labels.json and its images (see `xaas demo-data`)")
-    p.add_argument("--model", default=None, help="registry name (default: the registry's default model)")
-    p.add_argument("--models", type=Path, default=None,
-                   help="models.yaml (default XAAS_MODELS or the shipped registry)")
     p.add_argument("--methods", default="gradcam",
                    help="comma-separated methods; 'name@layer' overrides the layer, 'name:key=value' a parameter "
                         "(default gradcam)")
     p.add_argument("--thresholds", default="0.05:0.95:0.05", help="start:stop:step (inclusive) or a,b,c")
-    p.add_argument("--limit", type=int, default=None, help="use only the first N images")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--write", nargs="?", const=True, default=None, metavar="MODELS_YAML",
                    help="write the best threshold and method into the model's entry of MODELS_YAML (default: the "
@@ -138,40 +142,33 @@ def main(argv: list[str] | None = None) -> int:
                    help="print the report as JSON instead of tables (or write it to PATH)")
     p.set_defaults(func=_calibrate)
 
-    p = sub.add_parser("evaluate", help="measure every method on a labelled folder for one model and store the "
-                                        "results as its method_trust (shown by /models/{name})",
+    p = sub.add_parser("evaluate", parents=[labelled],
+                       help="measure every method on a labelled folder for one model and store the results as its "
+                            "method_trust (shown by /models/{name})",
                        description="Randomisation sanity, pointing and box accuracy, deletion/insertion and ROAD for "
                                    "each method on a folder in the demo-data format; writes them into the model's "
                                    "registry entry as method_trust (restart the service to serve them).")
-    p.add_argument("data_dir", type=Path, help="folder with labels.json and its images (see `xaas demo-data`)")
-    p.add_argument("--model", default=None, help="registry name (default: the registry's default model)")
-    p.add_argument("--models", type=Path, default=None,
-                   help="models.yaml (default XAAS_MODELS or the shipped registry); written unless --no-write")
     p.add_argument("--methods", default=None,
                    help="comma-separated methods (default: the model's applicable one-pass methods)")
-    p.add_argument("--limit", type=int, default=None, help="use only the first N images")
     p.add_argument("--sanity-pairs", type=int, default=20)
     p.add_argument("--faithfulness-pairs", type=int, default=30, help="pairs for deletion/insertion")
     p.add_argument("--road-pairs", type=int, default=10, help="pairs for ROAD (a sparse solve per fraction)")
     p.add_argument("--write", type=Path, default=None, metavar="MODELS_YAML",
-                   help="write into this registry file instead of --models")
+                   help="write into this registry file instead of --models (written unless --no-write)")
     p.add_argument("--no-write", action="store_true", help="only report")
     p.add_argument("--json", nargs="?", const="-", default=None, metavar="PATH",
                    help="print the report as JSON instead of a table (or write it to PATH)")
     p.set_defaults(func=_evaluate)
 
-    p = sub.add_parser("audit", help="where the model looks, per class, over a labelled folder (dataset bias): JSON + "
-                                     "HTML report",
+    p = sub.add_parser("audit", parents=[labelled],
+                       help="where the model looks, per class, over a labelled folder (dataset bias): JSON + HTML "
+                            "report",
                        description="Explain every (image, class) pair of a folder in the demo-data format; per class "
                                    "the share of map mass on the object, in the background and in each border band, "
                                    "the pointing rate and flags; writes audit.json and a self-contained audit.html.")
-    p.add_argument("data_dir", type=Path, help="folder with labels.json and its images (see `xaas demo-data`)")
-    p.add_argument("--model", default=None, help="registry name (default: the registry's default model)")
-    p.add_argument("--models", type=Path, default=None, help="models.yaml (default XAAS_MODELS or the shipped one)")
     p.add_argument("--weights", type=Path, default=None,
                    help="other weights for the model's architecture (e.g. the biased demo model)")
     p.add_argument("--method", default="gradcam", help="method, 'name@layer' or 'name:key=value' (default gradcam)")
-    p.add_argument("--limit", type=int, default=None, help="use only the first N images")
     p.add_argument("--border", type=float, default=0.1, help="border band width as a fraction of the side")
     p.add_argument("--no-boxes", action="store_true",
                    help="boxless mode even when labels.json has boxes (automatic when objects have none)")
