@@ -65,7 +65,12 @@ def test_sigterm_drains_in_flight_requests():
         threads = [threading.Thread(target=slow_request) for _ in range(3)]
         for t in threads:
             t.start()
-        time.sleep(0.5)  # the three requests are in flight or queued
+        # SIGTERM only once the service holds all three (one on the worker, two queued): a request still connecting
+        # when the listener closes is refused, which is right but not what this test is about
+        deadline = time.monotonic() + 60
+        while 'xaas_queue_rows{model="demo"} 2.0' not in httpx.get(url + "/metrics", timeout=5).text:
+            assert time.monotonic() < deadline, "the three requests never reached the queue"
+            time.sleep(0.05)
         server.process.send_signal(signal.SIGTERM)
         for t in threads:
             t.join(120)
