@@ -37,6 +37,7 @@ from .fusion import FusedCAM
 from .gradients import GuidedBackprop, GuidedGradCAM, IntegratedGradients, Saliency, SmoothGrad
 from .layers import find_target_layer, spatial_layers
 from .mil import AttentionMIL
+from .mil_cam import MILGradCAM
 from .perturbation import DRISE, RISE, Occlusion
 
 __all__ = [
@@ -76,6 +77,7 @@ METHODS: dict[str, Explainer] = {
         AttentionRollout(),
         AttentionGradients(),
         AttentionMIL(),
+        MILGradCAM(),
     )
 }
 
