@@ -30,7 +30,7 @@ HOOKLESS_METHODS = ("saliency", "smoothgrad", "integrated-gradients", "occlusion
 """Methods that need neither forward hooks nor Python-level ReLU interception: all a TorchScript model allows."""
 
 _BAGS = ("{name} explains models of one image input; a mil model takes bags of patches [B, N, C, p, p] and is "
-         "explained by its attention over them: use attention-mil")
+         "explained by its attention over them (use attention-mil) or by Grad-CAM of its patch encoder (mil-gradcam)")
 _UNHOOKABLE = ("TorchScript models cannot be hooked (no layer maps, no guided ReLUs); serve it from a python: or "
                "torchvision: source")
 
@@ -60,6 +60,8 @@ class Capabilities:
     caveats: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     #: Methods made for other tasks (D-RISE for detectors), with the reason: refused, but not listed as refusals.
     other_tasks: Mapping[str, str] = field(default_factory=dict)
+    #: A mil model's layers with one 4-D map per patch (``mil-gradcam``'s ``layer``), in execution order.
+    patch_layers: tuple[str, ...] = ()
     _layer_set: frozenset[str] = field(default=frozenset(), repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -81,11 +83,13 @@ class Capabilities:
         if reason is not None and (layer is None or not self.hookable):
             raise MethodNotApplicable(method, model, reason)
 
-    def check_layer(self, model: str, layer: str | None, *, field: str = "layer") -> str:
-        """``layer`` (or the model's target layer when ``None``) if a request may name it, else ``UnknownLayer``."""
+    def check_layer(self, model: str, layer: str | None, *, field: str = "layer", patches: bool = False) -> str:
+        """``layer`` (or the model's target layer when ``None``) if a request may name it, else ``UnknownLayer``.
+        ``patches``: a mil model's per-patch layers (:attr:`patch_layers`) instead of the image layers."""
         name = layer or self.target_layer
-        if name is None or name not in self._layer_set:
-            raise UnknownLayer(name, model, self.layers, field=field)
+        valid = self.patch_layers if patches else self.layers
+        if name is None or name not in (set(valid) if patches else self._layer_set):
+            raise UnknownLayer(name, model, valid, field=field)
         return name
 
 
@@ -102,10 +106,22 @@ def probe(module: nn.Module, *, input_shape: Sequence[int], task: str, target_la
     if task == "mil":
         # A mil model takes bags of patches ([B, N, C, p, p]), not one image: it is explained by its own pooling
         # weights; the image methods would perturb or differentiate an input layout the model does not have.
-        methods = {name: (None if m.tasks and "mil" in m.tasks else _BAGS.format(name=name))
-                   for name, m in mine.items()}
-        return Capabilities(methods, (), None, hookable=False, target_layer_reason=target_layer_reason,
-                            other_tasks=other_tasks)
+        # Methods made for mil (attention-mil, mil-gradcam) run their own check on a two-patch bag.
+        from .engine.mil_cam import patch_layers
+
+        methods: dict[str, str | None] = {}
+        for name, m in mine.items():
+            if not (m.tasks and "mil" in m.tasks):
+                methods[name] = _BAGS.format(name=name)
+                continue
+            try:
+                m.check_model(module, input_shape, layer=target_layer, task=task)
+                methods[name] = None
+            except InvalidOption as exc:
+                methods[name] = exc.detail
+        patches = tuple(n for n, _ in patch_layers(module, input_shape))
+        return Capabilities(methods, (), target_layer, hookable=False, target_layer_reason=target_layer_reason,
+                            other_tasks=other_tasks, patch_layers=patches)
     if isinstance(module, torch.jit.ScriptModule):
         methods = {name: (None if name in HOOKLESS_METHODS else _UNHOOKABLE) for name in mine}
         return Capabilities(methods, (), None, hookable=False, target_layer_reason=target_layer_reason,

@@ -454,10 +454,7 @@ def _target_layer(module: nn.Module, spec: ModelSpec, num_classes: int) -> tuple
             raise ConfigError("field 'target_layer': TorchScript models cannot be hooked, so they have no target layer")
         return None, "TorchScript models cannot be hooked"
     if spec.task == "mil":
-        if spec.target_layer is not None:
-            raise ConfigError("field 'target_layer': a mil model is explained by its attention (attention-mil), "
-                              "not at a layer")
-        return None, "a mil model is explained by its attention over the patches (attention-mil)"
+        return _mil_target_layer(module, spec)
     shape = (spec.channels, *spec.input_size)
     if spec.tokens is not None:
         set_token_layout(module, spec.tokens.grid, spec.tokens.prefix)
@@ -474,6 +471,25 @@ def _target_layer(module: nn.Module, spec: ModelSpec, num_classes: int) -> tuple
         raise ConfigError(f"field 'target_layer': {spec.target_layer!r} is not a layer with a spatial or token output "
                           f"(e.g. {', '.join(valid[-5:])})")
     return spec.target_layer, "set in the registry entry (target_layer)"
+
+
+def _mil_target_layer(module: nn.Module, spec: ModelSpec) -> tuple[str | None, str | None]:
+    """A mil model's ``mil-gradcam`` layer: the entry's (one 4-D map per patch), else the last such map larger than
+    1 x 1 seen in a probe forward of a two-patch bag; ``None`` when its encoder has none."""
+    from .engine.mil_cam import patch_layers
+
+    found = patch_layers(module, (spec.channels, *spec.input_size))
+    if spec.target_layer is not None:
+        if spec.target_layer not in {name for name, _ in found}:
+            shown = ", ".join(name for name, _ in found[-5:]) or "none"
+            raise ConfigError(f"field 'target_layer': {spec.target_layer!r} is not a layer of the patch encoder with "
+                              f"one [K, h, w] map per patch (e.g. {shown})")
+        return spec.target_layer, "set in the registry entry (target_layer)"
+    maps = [name for name, shape in found if shape[1] * shape[2] > 1]
+    if maps:
+        return maps[-1], "the last per-patch map of the patch encoder (mil-gradcam; attention-mil needs no layer)"
+    return None, ("a mil model is explained by its attention over the patches (attention-mil); its encoder has no "
+                  "per-patch map for mil-gradcam")
 
 
 class ModelRegistry:

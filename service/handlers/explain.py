@@ -119,7 +119,7 @@ def plan(runtime: Runtime, explainer: Explainer, opts: ImageOptions, extras: Map
     caps = model.capabilities
     caps.check_method(model.name, explainer.name, layer=layer)
     if layer is not None:
-        caps.check_layer(model.name, layer)
+        caps.check_layer(model.name, layer, patches=model.task == "mil")
     targets = runtime.resolve_targets(model, opts.target)
     region = parse_region(getattr(opts, "region", None), model.task)
     detection = parse_detection(getattr(opts, "detection", None), model.task, targets,
