@@ -138,3 +138,60 @@ def test_a_model_off_the_protocol_fails_at_load(tmp_path):
     with pytest.raises(ConfigError, match="mil model"):
         ModelRegistry.from_file(path).load_all()
     assert torch.is_tensor(torch.zeros(1))
+
+
+# --------------------------------------------------------------------------------------------------- mil-gradcam
+
+
+def _lesion_png(size: int = 128, index: int = 1) -> tuple[bytes, np.ndarray]:
+    from service.demo.mil import lesion_image
+
+    pixels, mask, _ = lesion_image(4242, index, size, label=1)
+    return png_bytes(pixels), mask
+
+
+def _demo_mil_gradcam(data: bytes, layer: str, target: int = 1):
+    from service.demo.mil import MEAN, PATCH, STD, load_demo_mil
+    from service.engine import get_method
+    from service.engine.targets import ClassLogit, TargetRequest
+    from service.imaging import decode_image, to_bag
+
+    bag = to_bag(decode_image(data), patch=PATCH, stride=PATCH, channels=3, mean=list(MEAN), std=list(STD))
+    model, _ = load_demo_mil()
+    return get_method("mil-gradcam").explain_bags(model, bag.patches[None], [TargetRequest((ClassLogit(target),))],
+                                                  tiling=bag.tiling, layer=layer)
+
+
+def test_mil_gradcam_on_the_demo_is_the_engine_map_at_the_image_size(client):
+    info = client.get("/models/demo-mil").json()
+    assert "mil-gradcam" in info["methods"] and info["target_layer"] == "encoder.b4"
+    data, _ = _lesion_png(128)
+    for layer, side in ((None, 16), ("encoder.b3", 32)):
+        fields = {"model": "demo-mil", "target": "lesion", "outputs": ["heatmap", "raw"], **({"layer": layer} if layer
+                                                                                             else {})}
+        resp = client.post("/explain/mil-gradcam", files={"image": ("x.png", data, "image/png")}, data=fields)
+        assert resp.status_code == 200, resp.text
+        body = resp.json()
+        assert body["layer"] == (layer or "encoder.b4")
+        item = body["explanations"][0]
+        raw = decode_raw(item["raw"])
+        ex = _demo_mil_gradcam(data, layer or "encoder.b4")
+        assert raw.shape == (side, side)   # 128 px in 32-px patches of 4x4 (b4) or 8x8 (b3) cells
+        np.testing.assert_allclose(raw, ex.maps[0].numpy(), rtol=1e-4, atol=1e-6 * float(ex.maps.max()))
+        assert decode_png(item["heatmap"]).shape[:2] == (128, 128)
+        assert item["index"] == 1 and abs(item["score"] - float(ex.scores[0])) < 1e-5
+
+
+def test_mil_gradcam_layer_errors_and_refusals(client, mil_client):
+    data, _ = _lesion_png(64)
+    resp = client.post("/explain/mil-gradcam", files={"image": ("x.png", data, "image/png")},
+                       data={"model": "demo-mil", "layer": "head"})
+    assert resp.status_code == 422 and resp.headers["content-type"].startswith(PROBLEM)
+    assert "encoder.b4" in resp.json()["detail"] and resp.json()["errors"][0]["field"] == "layer"
+    resp = client.post("/explain/mil-gradcam", files={"image": ("x.png", data, "image/png")}, data={"model": "demo"})
+    assert resp.status_code == 422 and "mil models" in resp.json()["detail"]
+    assert "mil-gradcam" not in client.get("/models/demo").json()["methods"]
+    tiny = mil_client.get("/models/mil").json()   # a mean-colour encoder: no per-patch map
+    assert "per-patch map" in tiny["refused"]["mil-gradcam"] and tiny["target_layer"] is None
+    resp = _post(mil_client, "/explain/mil-gradcam", _image())
+    assert resp.status_code == 422 and "per-patch map" in resp.json()["detail"]
