@@ -264,9 +264,10 @@ def map_scores(heat: torch.Tensor, mask: np.ndarray, tiling: Tiling) -> dict[str
 def evaluate_demo_mil(weights: str | Path | None = None, *, n: int = 200, seed: int = EVAL_SEED, size: int = MIL_SIZE,
                       models: tuple[nn.Module, nn.Module] | None = None) -> dict[str, Any]:
     """On ``n`` unseen ``size``² images (half lesion images): the bag AUC of both models, and on the lesion images the
-    localization of the MIL attention (``attention-mil``, the service's method, ``weights`` attention and product)
-    and of the baseline's Grad-CAM (``gradcam`` at ``features``, the lesion class) — pointing game, map mass on
-    lesion patches (beside the lesion patches' share of the image: a uniform map's mass) and patch-level AUC.
+    localization of the MIL attention (``attention-mil``, the service's method, ``weights`` attention and product),
+    of the MIL patch encoder's Grad-CAM (``mil-gradcam`` at ``encoder.b4``, ``mil_gradcam``) and of the baseline's
+    Grad-CAM (``gradcam`` at ``features``, the lesion class) — pointing game, map mass on lesion patches (beside the
+    lesion patches' share of the image: a uniform map's mass) and patch-level AUC.
 
     The baseline reads each image twice: at its fixed input size (:data:`BASELINE_SIZE`², as a whole-image classifier
     is served: a larger image is downscaled more; ``cnn``) and at the training scale (the image at half its side;
@@ -276,11 +277,12 @@ def evaluate_demo_mil(weights: str | Path | None = None, *, n: int = 200, seed: 
     from ..engine.targets import ClassLogit, TargetRequest
 
     mil, cnn = models if models is not None else load_demo_mil(weights)
-    gradcam, attention_mil = get_method("gradcam"), get_method("attention-mil")
+    gradcam, attention_mil, mil_gradcam = get_method("gradcam"), get_method("attention-mil"), get_method("mil-gradcam")
     target = [TargetRequest((ClassLogit(1),))]
     labels: list[int] = []
     probs: dict[str, list[float]] = {"mil": [], "cnn": [], "cnn_native": []}
-    found: dict[str, list[dict[str, Any]]] = {"attention": [], "product": [], "gradcam": [], "gradcam_native": []}
+    found: dict[str, list[dict[str, Any]]] = {"attention": [], "product": [], "mil_gradcam": [], "gradcam": [],
+                                              "gradcam_native": []}
     for i in range(n):
         pixels, mask, label = lesion_image(seed, i, size, label=i % 2)
         bag, tiling = bag_of(pixels)
@@ -295,6 +297,8 @@ def evaluate_demo_mil(weights: str | Path | None = None, *, n: int = 200, seed: 
             found["attention"].append(map_scores(explained.maps[0], mask, tiling))
             product = attention_mil.explain_bags(mil, bag[None], target, tiling=tiling, weights="product")
             found["product"].append(map_scores(product.maps[0], mask, tiling))
+            cam = mil_gradcam.explain_bags(mil, bag[None], target, tiling=tiling, layer="encoder.b4")
+            found["mil_gradcam"].append(map_scores(cam.maps[0], mask, tiling))
             for name, view in views.items():
                 cam = gradcam.explain(cnn, view[None], torch.tensor([1]), layer="features")[0]
                 found[name.replace("cnn", "gradcam")].append(map_scores(cam, mask, tiling))
