@@ -283,11 +283,12 @@ def explain(method: str, image: ImageInput, *, model: str | None = None, target:
     :meth:`predict`, or a box ``(x0, y0, x1, y1)`` with ``target`` = its label; without it the ``top_k`` most
     confident detections; ``box_regression`` adds the box's IoU to the explained score. Other keywords are the
     method's own parameters (see :meth:`methods`), e.g. ``window=16, stride=8`` for occlusion,
-    ``weights="confidence"`` for ``attention-mil`` (the one method of ``task: mil`` models; the others are refused on
-    them, :class:`InvalidInput` with the reason; an image of more than the model's ``max_patches`` patches is
-    :class:`PayloadTooLarge`). ``wait=False`` runs it as a job on the server (``Prefer: respond-async``, for slow
-    methods such as Score-CAM or RISE on large models) and returns a :class:`JobHandle` at once:
-    ``.progress``, ``.refresh()``, ``.result(timeout)`` (the same :class:`ExplainResponse`), ``.cancel()``.
+    ``weights="confidence"`` for ``attention-mil`` (with ``mil-gradcam`` the methods of ``task: mil`` models; the
+    others are refused on them, :class:`InvalidInput` with the reason; an image of more than the model's
+    ``max_patches`` patches is :class:`PayloadTooLarge`). ``wait=False`` runs it as a job on the server
+    (``Prefer: respond-async``, for slow methods such as Score-CAM or RISE on large models) and returns a
+    :class:`JobHandle` at once: ``.progress``, ``.refresh()``, ``.result(timeout)`` (the same
+    :class:`ExplainResponse`), ``.cancel()``.
     """
     options: dict[str, FormValue] = {"model": model, "target": _targets(target), "top_k": top_k, "layer": layer,
                                      "outputs": [outputs] if isinstance(outputs, str) else list(outputs),
