@@ -195,3 +195,12 @@ def test_mil_gradcam_layer_errors_and_refusals(client, mil_client):
     assert "per-patch map" in tiny["refused"]["mil-gradcam"] and tiny["target_layer"] is None
     resp = _post(mil_client, "/explain/mil-gradcam", _image())
     assert resp.status_code == 422 and "per-patch map" in resp.json()["detail"]
+
+
+def test_a_mil_target_layer_must_be_a_per_patch_map(tmp_path):
+    from service.registry import ModelRegistry
+
+    path = tmp_path / "models.yaml"
+    path.write_text(ENTRY + "    target_layer: enc\n")   # TinyMIL's Linear on mean colours: [B, N, 8], no map
+    with pytest.raises(ConfigError, match="target_layer"):
+        ModelRegistry.from_file(path).load_all()
