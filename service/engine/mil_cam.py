@@ -37,6 +37,7 @@ Example::
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 from typing import Any, ClassVar
@@ -65,11 +66,12 @@ def patch_layers(model: nn.Module, patch_shape: Sequence[int]) -> list[tuple[str
 def _layers_seen(model: nn.Module, bags: Tensor) -> list[tuple[str, tuple[int, ...]]]:
     calls: dict[str, list[tuple[int, ...] | None]] = {}
     last: dict[str, int] = {}   # the order of each module's last finished call
+    order = itertools.count()
 
     def recorder(name: str) -> Any:
         def on_call(mod: nn.Module, args: tuple, out: Any) -> None:
             calls.setdefault(name, []).append(tuple(out.shape) if isinstance(out, Tensor) and out.dim() == 4 else None)
-            last[name] = sum(len(v) for v in calls.values())
+            last[name] = next(order)
 
         return on_call
 
