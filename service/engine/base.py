@@ -53,6 +53,7 @@ __all__ = [
     "coerce_params",
     "grad_enabled",
     "logits_of",
+    "outside_inference_mode",
     "prepare_batch",
     "target_scores",
 ]
@@ -245,6 +246,18 @@ def coerce_params(method: Explainer, raw: Mapping[str, Any]) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------------- explainer
 
 
+def outside_inference_mode(gen: Steps[Explained]) -> Steps[Explained]:
+    """``gen`` resumed with inference mode off at every step, never across a yield: the worker may hold it on around
+    other work between steps, and autograd needs it off while a method runs."""
+    while True:
+        with torch.inference_mode(False):
+            try:
+                progress = next(gen)
+            except StopIteration as done:
+                return done.value  # type: ignore[no-any-return]
+        yield progress
+
+
 class Explainer(ABC):
     """A saliency method. Stateless: one instance serves every model and thread.
 
@@ -308,13 +321,7 @@ class Explainer(ABC):
                 gen = augmented_run(self, model, x, list(requests), layer=layer, task=task, **params)
             else:
                 gen = self.run(model, x, list(requests), layer=layer, task=task, **params)
-        while True:
-            with torch.inference_mode(False):
-                try:
-                    progress = next(gen)
-                except StopIteration as done:
-                    return done.value  # type: ignore[no-any-return]
-            yield progress
+        return (yield from outside_inference_mode(gen))
 
     def explain(self, model: nn.Module, inputs: Tensor, targets: Tensor, *, layer: str | None = None,
                 task: str = "multiclass", **params: Any) -> Tensor:

@@ -54,7 +54,7 @@ from .base import Explained, Explainer, ParamSpec
 from .passes import Steps, complete
 from .targets import TargetRequest, plan_rows, reported_scores
 
-__all__ = ["MIL_WEIGHTS", "AttentionMIL", "Bag", "GatedAttention", "MILOutput", "Tiling", "mil_outputs",
+__all__ = ["MIL_WEIGHTS", "AttentionMIL", "Bag", "GatedAttention", "MILOutput", "Tiling", "check_bags", "mil_outputs",
            "patch_map", "tile"]
 
 MIL_WEIGHTS = ("attention", "confidence", "product")
@@ -116,6 +116,17 @@ def mil_outputs(output: Any, batch: int, patches: int) -> MILOutput:
         raise ModelExecutionError(f"a mil model's patch_logits must be [B={batch}, N={patches}, K={k}], got "
                                   f"{_shape(patch_logits)}")
     return MILOutput(logits, attention, patch_logits)
+
+
+def check_bags(method: str, inputs: Any, requests: Sequence[TargetRequest], task: str) -> None:
+    """What every mil method needs of its call: a mil model, float bags ``[B, N, C, p, p]``, one request per bag."""
+    if task != "mil":
+        raise InvalidOption(f"{method} explains mil models; this one's task is {task}",
+                            errors=[FieldError("method", "not a mil model")])
+    if not isinstance(inputs, Tensor) or inputs.dim() != 5 or not inputs.is_floating_point():
+        raise InvalidOption(f"{method} takes float bags [B, N, C, p, p], got {_shape(inputs)}")
+    if len(requests) != inputs.shape[0]:
+        raise InvalidOption(f"{len(requests)} target requests for a batch of {inputs.shape[0]} bags")
 
 
 def _shape(t: Any) -> str:
@@ -222,13 +233,7 @@ class AttentionMIL(Explainer):
     def steps(self, model: nn.Module, inputs: Tensor, requests: Sequence[TargetRequest], *,
               layer: str | None = None, task: str = "mil", **params: Any) -> Steps[Explained]:
         """:meth:`run` on bags ``[B, N, C, p, p]`` (``tiling`` in the keyword arguments)."""
-        if task != "mil":
-            raise InvalidOption(f"{self.name} explains mil models; this one's task is {task}",
-                                errors=[FieldError("method", "not a mil model")])
-        if not isinstance(inputs, Tensor) or inputs.dim() != 5 or not inputs.is_floating_point():
-            raise InvalidOption(f"{self.name} takes float bags [B, N, C, p, p], got {_shape(inputs)}")
-        if len(requests) != inputs.shape[0]:
-            raise InvalidOption(f"{len(requests)} target requests for a batch of {inputs.shape[0]} bags")
+        check_bags(self.name, inputs, requests, task)
         return self.run(model, inputs, list(requests), layer=layer, task=task, **params)
 
     def run(self, model: nn.Module, inputs: Tensor, requests: Sequence[TargetRequest], *, layer: str | None,

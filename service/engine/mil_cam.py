@@ -47,8 +47,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import FieldError, InvalidOption
-from .base import Explained, Explainer, Hooks, grad_enabled, model_device
-from .mil import Tiling, _shape, mil_outputs
+from .base import Explained, Explainer, Hooks, grad_enabled, model_device, outside_inference_mode
+from .mil import Tiling, _shape, check_bags, mil_outputs
 from .passes import Steps, complete, single_pass, slot_gradients
 from .targets import Rows, TargetRequest, plan_rows, reported_scores
 
@@ -133,23 +133,11 @@ class MILGradCAM(Explainer):
     def steps(self, model: nn.Module, inputs: Tensor, requests: Sequence[TargetRequest], *,
               layer: str | None = None, task: str = "mil", **params: Any) -> Steps[Explained]:
         """:meth:`run` on bags ``[B, N, C, p, p]`` (``tiling`` in the keyword arguments)."""
-        if task != "mil":
-            raise InvalidOption(f"{self.name} explains mil models; this one's task is {task}",
-                                errors=[FieldError("method", "not a mil model")])
-        if not isinstance(inputs, Tensor) or inputs.dim() != 5 or not inputs.is_floating_point():
-            raise InvalidOption(f"{self.name} takes float bags [B, N, C, p, p], got {_shape(inputs)}")
-        if len(requests) != inputs.shape[0]:
-            raise InvalidOption(f"{len(requests)} target requests for a batch of {inputs.shape[0]} bags")
+        check_bags(self.name, inputs, requests, task)
         with torch.inference_mode(False):
             x = inputs.clone() if inputs.is_inference() else inputs.detach()
             gen = self.run(model, x, list(requests), layer=layer, task=task, **params)
-        while True:   # inference mode off at every resumption, never across a yield (as Explainer.steps)
-            with torch.inference_mode(False):
-                try:
-                    progress = next(gen)
-                except StopIteration as done:
-                    return done.value  # type: ignore[no-any-return]
-            yield progress
+        return (yield from outside_inference_mode(gen))
 
     def check_model(self, model: nn.Module, input_shape: Sequence[int], *, layer: str | None = None,
                     task: str = "mil") -> None:
