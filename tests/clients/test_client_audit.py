@@ -41,6 +41,18 @@ def test_audit_a_folder_gives_a_handle_and_the_report(server: str, labelled: Pat
         assert info.value.status == 404
 
 
+def test_a_folder_with_object_masks_is_sent_with_its_masks(server: str, tmp_path: Path):
+    from service.demo.data import generate_dataset
+
+    folder = generate_dataset(tmp_path / "masked", 4, seed=5150, masks=True)
+    (folder / ".cache").mkdir()
+    (folder / ".cache" / "junk.bin").write_bytes(b"x")
+    with Client(server) as client:
+        report = client.audit(folder).result(timeout=120, poll_interval=0.05)
+    assert report["mode"] == "boxes" and report["images"] == 4
+    assert {c["located_by"] for c in report["classes"].values()} == {"mask"}
+
+
 def test_a_bad_set_is_refused_before_any_job(server: str, labelled: Path):
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as z:

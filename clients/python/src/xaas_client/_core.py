@@ -381,16 +381,18 @@ def audit(data: str | PathLike[str] | bytes, *, model: str | None = None, method
 
 
 def _archive(data: str | PathLike[str] | bytes) -> bytes:
-    """Zip bytes of a folder (its files, flat), of a zip file, or given as bytes."""
+    """Zip bytes of a folder (its files and subfolders, e.g. the object masks ``masks/00000_0.png``, by their paths
+    relative to it; dot-files and dot-folders left out), of a zip file, or given as bytes."""
     if isinstance(data, (bytes, bytearray, memoryview)):
         return bytes(data)
     path = Path(data)
     if path.is_dir():
         buf = io.BytesIO()
         with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-            for file in sorted(path.iterdir()):
-                if file.is_file() and not file.name.startswith("."):
-                    archive.write(file, file.name)
+            for file in sorted(path.rglob("*")):
+                rel = file.relative_to(path)
+                if file.is_file() and not any(part.startswith(".") for part in rel.parts):
+                    archive.write(file, rel.as_posix())
         return buf.getvalue()
     return path.read_bytes()
 
