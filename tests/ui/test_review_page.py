@@ -20,11 +20,10 @@ from pydicom.data import get_testdata_file
 
 from bench._server import running_server
 from tests.support import demo_png
-from tests.ui.browser_support import CHROMIUM, CHROMIUM_ARGS, SHOTS, browser_skip_reason
+from tests.ui.browser_support import SHOTS, browser_skip_reason
 
 if browser_skip_reason():
     pytest.skip(browser_skip_reason(), allow_module_level=True)
-from playwright import sync_api  # imported only once it is known to be installed
 
 TIMEOUT_MS = 20_000
 
@@ -34,14 +33,6 @@ def server():
     env = {"XAAS_DEVICE": "cpu", "XAAS_API_KEYS": "", "XAAS_CORS_ORIGINS": ""}
     with running_server(env=env) as srv:
         yield srv
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        yield b
-        b.close()
 
 
 class Console:

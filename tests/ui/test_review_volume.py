@@ -28,7 +28,7 @@ from service.demo.volumes import dicom_series, nifti_file
 from service.imaging.volume import decode_volume, volume_to_model_input
 from service.rendering_volume import map_on_grid
 from tests.support import decode_raw, demo_png
-from tests.ui.browser_support import CHROMIUM, CHROMIUM_ARGS, browser_skip_reason
+from tests.ui.browser_support import browser_skip_reason
 
 if browser_skip_reason():
     pytest.skip(browser_skip_reason(), allow_module_level=True)
@@ -71,14 +71,6 @@ def server(tmp_path_factory):
     with running_server(models=registry, env={"XAAS_DEVICE": "cpu", "XAAS_API_KEYS": "",
                                               "XAAS_CORS_ORIGINS": ""}) as srv:
         yield srv
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        yield b
-        b.close()
 
 
 @pytest.fixture(scope="module")
