@@ -87,9 +87,8 @@ class Capabilities:
         """``layer`` (or the model's target layer when ``None``) if a request may name it, else ``UnknownLayer``.
         ``patches``: a mil model's per-patch layers (:attr:`patch_layers`) instead of the image layers."""
         name = layer or self.target_layer
-        valid = self.patch_layers if patches else self.layers
-        if name is None or name not in (set(valid) if patches else self._layer_set):
-            raise UnknownLayer(name, model, valid, field=field)
+        if name is None or name not in (self.patch_layers if patches else self._layer_set):
+            raise UnknownLayer(name, model, self.patch_layers if patches else self.layers, field=field)
         return name
 
 

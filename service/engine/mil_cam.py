@@ -47,7 +47,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import FieldError, InvalidOption
-from .base import Explained, Explainer, Hooks, grad_enabled, model_device, outside_inference_mode
+from .base import Explained, Explainer, Hooks, grad_enabled, model_device, outside_inference_mode, prepare_inputs
 from .mil import Tiling, _shape, check_bags, mil_outputs
 from .passes import Steps, complete, single_pass, slot_gradients
 from .targets import Rows, TargetRequest, plan_rows, reported_scores
@@ -58,9 +58,13 @@ __all__ = ["MILGradCAM", "patch_layers", "stitch_patch_maps"]
 def patch_layers(model: nn.Module, patch_shape: Sequence[int]) -> list[tuple[str, tuple[int, ...]]]:
     """``[(name, (K, h, w))]``: the modules whose output is one 4-D map per patch (calls adding up to ``B N`` rows of
     one shape) in a probe forward of a seeded two-patch bag, in the order their last call finished."""
+    return _layers_seen(model, _probe_bag(model, patch_shape))
+
+
+def _probe_bag(model: nn.Module, patch_shape: Sequence[int]) -> Tensor:
+    """A seeded bag of two patches ``[1, 2, *patch_shape]`` on the model's device and dtype."""
     device, dtype = model_device(model)
-    bag = torch.randn((1, 2, *patch_shape), generator=torch.Generator().manual_seed(0)).to(device=device, dtype=dtype)
-    return _layers_seen(model, bag)
+    return torch.randn((1, 2, *patch_shape), generator=torch.Generator().manual_seed(0)).to(device=device, dtype=dtype)
 
 
 def _layers_seen(model: nn.Module, bags: Tensor) -> list[tuple[str, tuple[int, ...]]]:
@@ -135,19 +139,15 @@ class MILGradCAM(Explainer):
         """:meth:`run` on bags ``[B, N, C, p, p]`` (``tiling`` in the keyword arguments)."""
         check_bags(self.name, inputs, requests, task)
         with torch.inference_mode(False):
-            x = inputs.clone() if inputs.is_inference() else inputs.detach()
-            gen = self.run(model, x, list(requests), layer=layer, task=task, **params)
+            gen = self.run(model, prepare_inputs(inputs), list(requests), layer=layer, task=task, **params)
         return (yield from outside_inference_mode(gen))
 
     def check_model(self, model: nn.Module, input_shape: Sequence[int], *, layer: str | None = None,
                     task: str = "mil") -> None:
         """Run on a seeded two-patch bag: the layer must give one map per patch and reach the logits."""
-        device, dtype = model_device(model)
-        bag = torch.randn((1, 2, *input_shape), generator=torch.Generator().manual_seed(0)).to(device=device,
-                                                                                            dtype=dtype)
         p = int(input_shape[-1])
         tiling = Tiling.of(height=p, width=2 * p, patch=p, stride=p)
-        self.explain_bags(model, bag, [TargetRequest()], tiling=tiling, layer=layer)
+        self.explain_bags(model, _probe_bag(model, input_shape), [TargetRequest()], tiling=tiling, layer=layer)
 
     @single_pass
     def run(self, model: nn.Module, inputs: Tensor, requests: Sequence[TargetRequest], *, layer: str | None,
