@@ -55,7 +55,7 @@ from .passes import Steps, complete
 from .targets import TargetRequest, plan_rows, reported_scores
 
 __all__ = ["MIL_WEIGHTS", "AttentionMIL", "Bag", "GatedAttention", "MILOutput", "Tiling", "check_bags", "mil_outputs",
-           "patch_map", "tile"]
+           "patch_map", "stitch_patch_maps", "tile"]
 
 MIL_WEIGHTS = ("attention", "confidence", "product")
 
@@ -199,16 +199,29 @@ def tile(x: Tensor, tiling: Tiling) -> Tensor:
 
 def patch_map(values: Tensor, tiling: Tiling) -> Tensor:
     """``[R, N]`` per-patch values → ``[R, h, w]`` maps on :attr:`Tiling.cells`: each ``s x s`` cell holds the mean
-    value of the patches covering it (``F.fold`` sums, a fold of ones counts)."""
-    r = values.shape[0]
+    value of the patches covering it — :func:`stitch_patch_maps` of constant ``p/s x p/s`` patch maps."""
     k = tiling.patch // tiling.stride
-    ph, pw = tiling.padded
-    size = (ph // tiling.stride, pw // tiling.stride)
-    cols = values.float()[:, None, :].expand(r, k * k, tiling.count)
-    total = F.fold(cols, size, kernel_size=k, stride=1)
-    count = F.fold(torch.ones_like(cols[:1]), size, kernel_size=k, stride=1)
-    h, w = tiling.cells
-    return (total / count)[:, 0, :h, :w].contiguous()
+    r, n = values.shape
+    return stitch_patch_maps(values.float()[:, :, None, None].expand(r, n, k, k), tiling)
+
+
+def stitch_patch_maps(maps: Tensor, tiling: Tiling) -> Tensor:
+    """``[R, N, h, w]`` per-patch maps → ``[R, ceil(H h / p), ceil(W w / p)]``: placed on the tiling's grid every
+    ``stride h / p`` cells, overlapping cells averaged, cropped to the image (see :mod:`service.engine.mil_cam`)."""
+    r, n, h, w = maps.shape
+    p, s = tiling.patch, tiling.stride
+    if (s * h) % p or (s * w) % p:
+        raise InvalidOption(f"the layer's {h}x{w} map per {p}-px patch does not put a stride of {s} px on whole "
+                            f"cells ({s} x {h} / {p} is not an integer), so overlapping patch maps cannot be stitched; "
+                            "choose a layer whose map side divides the patch into stride-sized steps",
+                            errors=[FieldError("layer", "map cells do not align with the stride")])
+    sh, sw = s * h // p, s * w // p
+    size = ((tiling.rows - 1) * sh + h, (tiling.cols - 1) * sw + w)
+    cols = maps.float().reshape(r, n, h * w).transpose(1, 2)                   # [R, h w, N]: one block per patch
+    total = F.fold(cols, size, kernel_size=(h, w), stride=(sh, sw))
+    count = F.fold(torch.ones_like(cols[:1]), size, kernel_size=(h, w), stride=(sh, sw))
+    out_h, out_w = math.ceil(tiling.height * h / p), math.ceil(tiling.width * w / p)
+    return (total / count)[:, 0, :out_h, :out_w].contiguous()
 
 
 class AttentionMIL(Explainer):

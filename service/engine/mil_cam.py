@@ -38,17 +38,15 @@ Example::
 from __future__ import annotations
 
 import itertools
-import math
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import FieldError, InvalidOption
 from .base import Explained, Explainer, Hooks, grad_enabled, model_device, outside_inference_mode, prepare_inputs
-from .mil import Tiling, _shape, check_bags, mil_outputs
+from .mil import Tiling, _shape, check_bags, mil_outputs, stitch_patch_maps
 from .passes import Steps, complete, single_pass, slot_gradients
 from .targets import Rows, TargetRequest, plan_rows, reported_scores
 
@@ -92,25 +90,6 @@ def _layers_seen(model: nn.Module, bags: Tensor) -> list[tuple[str, tuple[int, .
         if sum(s[0] for s in shapes) == rows:  # type: ignore[index]
             found.append((name, shapes[0][1:]))  # type: ignore[index]
     return sorted(found, key=lambda item: last[item[0]])
-
-
-def stitch_patch_maps(maps: Tensor, tiling: Tiling) -> Tensor:
-    """``[R, N, h, w]`` per-patch maps → ``[R, ceil(H h / p), ceil(W w / p)]``: placed on the tiling's grid every
-    ``stride h / p`` cells, overlapping cells averaged, cropped to the image (see the module docstring)."""
-    r, n, h, w = maps.shape
-    p, s = tiling.patch, tiling.stride
-    if (s * h) % p or (s * w) % p:
-        raise InvalidOption(f"the layer's {h}x{w} map per {p}-px patch does not put a stride of {s} px on whole "
-                            f"cells ({s} x {h} / {p} is not an integer), so overlapping patch maps cannot be stitched; "
-                            "choose a layer whose map side divides the patch into stride-sized steps",
-                            errors=[FieldError("layer", "map cells do not align with the stride")])
-    sh, sw = s * h // p, s * w // p
-    size = ((tiling.rows - 1) * sh + h, (tiling.cols - 1) * sw + w)
-    cols = maps.float().reshape(r, n, h * w).transpose(1, 2)                   # [R, h w, N]: one block per patch
-    total = F.fold(cols, size, kernel_size=(h, w), stride=(sh, sw))
-    count = F.fold(torch.ones_like(cols[:1]), size, kernel_size=(h, w), stride=(sh, sw))
-    out_h, out_w = math.ceil(tiling.height * h / p), math.ceil(tiling.width * w / p)
-    return (total / count)[:, 0, :out_h, :out_w].contiguous()
 
 
 class MILGradCAM(Explainer):
